@@ -1,0 +1,472 @@
+"""An async-first httpx client for the Evolink Seedream API, with a sync twin.
+
+Retry rules, in one place:
+
+* ``GET`` calls (task queries, downloads) are retried on transport errors, 429
+  and 5xx, with exponential backoff and full jitter that honours the API's
+  "retry after N seconds" hint.
+* ``POST`` (a submission costs credits) is retried **only** when the request
+  provably created no task: the connection was refused or never opened, or the
+  API answered 429 or 5xx. When the request may have reached the server (a read
+  timeout after sending, a connection dropped mid-response, a 2xx body that is
+  not JSON) the client raises :class:`SubmissionOutcomeUnknownError` instead of
+  paying twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import IO, Any, Union
+
+import httpx
+
+from prefect_seedream.api.errors import (
+    DownloadError,
+    ImageTooLargeError,
+    NotAnImageError,
+    NotFoundError,
+    ResponseFormatError,
+    ResultExpiredError,
+    SeedreamAPIError,
+    SeedreamConfigurationError,
+    SeedreamConnectionError,
+    SeedreamError,
+    SubmissionOutcomeUnknownError,
+    WaitTimeoutError,
+    api_error_for_status,
+    error_body_fields,
+)
+from prefect_seedream.api.imagetype import sniff_image_type
+from prefect_seedream.api.models import GenerationRequest, GenerationTask, TaskStatus
+
+logger = logging.getLogger("prefect_seedream.api")
+
+DEFAULT_BASE_URL = "https://api.evolink.ai"
+API_KEY_ENV = "SEEDREAM_API_KEY"
+BASE_URL_ENV = "SEEDREAM_BASE_URL"
+DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=30.0)
+DEFAULT_MAX_WAIT_SECONDS = 900.0
+DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+ProgressCallback = Callable[[GenerationTask], Union[None, Awaitable[None]]]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How the client retries what is safe to retry.
+
+    Attributes:
+        max_attempts: Attempts per call, the first included.
+        backoff_base: First backoff in seconds; doubled per attempt, with full jitter.
+        backoff_max: Longest backoff in seconds.
+        max_retry_after: Longest "retry after" hint the client sleeps through; a
+            longer one is raised to the caller (its orchestrator can wait better).
+    """
+
+    max_attempts: int = 4
+    backoff_base: float = 0.5
+    backoff_max: float = 20.0
+    max_retry_after: float = 120.0
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to sleep before retry number ``attempt`` (1-based)."""
+        ceiling = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+@dataclass(frozen=True)
+class PollPolicy:
+    """How :meth:`SeedreamClient.wait` polls.
+
+    The first poll comes after half the task's ``estimated_time`` (bounded by
+    ``min_interval`` and ``max_interval``), later polls back off by ``factor``
+    up to ``max_interval``.
+
+    Attributes:
+        min_interval: Shortest pause between polls (also the first one when the
+            API gives no estimate).
+        max_interval: Longest pause between polls.
+        factor: Growth of the pause after each poll.
+        max_wait: Wall-clock cap of the whole wait, in seconds.
+        not_found_grace: Seconds after the wait starts during which a 404 is
+            taken for eventual consistency rather than a gone task.
+        max_consecutive_errors: Transient poll errors tolerated in a row.
+    """
+
+    min_interval: float = 3.0
+    max_interval: float = 15.0
+    factor: float = 1.5
+    max_wait: float = DEFAULT_MAX_WAIT_SECONDS
+    not_found_grace: float = 30.0
+    max_consecutive_errors: int = 5
+
+    def first_delay(self, estimated_time: float | None) -> float:
+        """The pause before the first poll."""
+        if not estimated_time:
+            return self.min_interval
+        return min(self.max_interval, max(self.min_interval, estimated_time / 2))
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    """What a download wrote into its sink.
+
+    Attributes:
+        url: The result URL.
+        bytes_written: Size of the image in bytes.
+        content_type: The response's content type.
+        image_type: The sniffed image type (``png``, ``jpeg``, ``webp``, ...).
+    """
+
+    url: str
+    bytes_written: int
+    content_type: str | None
+    image_type: str
+
+
+class SeedreamClient:
+    """Async client of the Evolink Seedream API.
+
+    One pooled ``httpx.AsyncClient`` with explicit timeouts serves all calls.
+    The API key is sent only to the API's own host, never to result URLs.
+
+    Args:
+        api_key: The Evolink API key; defaults to ``$SEEDREAM_API_KEY``.
+        base_url: The API's base URL; defaults to ``$SEEDREAM_BASE_URL`` or
+            ``https://api.evolink.ai``.
+        timeout: httpx timeout (seconds or an ``httpx.Timeout``).
+        retry: Retry policy for safe retries.
+        poll: Default polling policy for :meth:`wait`.
+        transport: An httpx transport, for tests.
+
+    Examples:
+        >>> import asyncio
+        >>> from prefect_seedream import GenerationRequest, SeedreamClient
+        >>> async def main():
+        ...     async with SeedreamClient(api_key="sk-...", base_url="http://127.0.0.1:8787") as c:
+        ...         task = await c.submit(GenerationRequest(prompt="A red fox", size="2K"))
+        ...         done = await c.wait(task.id)
+        ...         with open("fox.png", "wb") as sink:
+        ...             await c.download(done.results[0], sink)
+        >>> asyncio.run(main())  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        poll: PollPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
+        if not key:
+            raise SeedreamConfigurationError(
+                f"no API key: pass api_key=... or set {API_KEY_ENV}"
+            )
+        self._api_key = key
+        self.base_url = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
+        self.retry = retry or RetryPolicy()
+        self.poll = poll or PollPolicy()
+        self._http = httpx.AsyncClient(
+            timeout=timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout),
+            transport=transport,
+            follow_redirects=False,
+            headers={"User-Agent": "prefect-seedream"},
+        )
+
+    def __repr__(self) -> str:
+        return f"SeedreamClient(base_url={self.base_url!r})"
+
+    async def __aenter__(self) -> SeedreamClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    # -- calls -------------------------------------------------------------
+
+    async def submit(self, request: GenerationRequest) -> GenerationTask:
+        """Submit a generation; returns the new task (status ``pending``).
+
+        Raises:
+            SubmissionOutcomeUnknownError: the request may have created a task.
+            SeedreamAPIError: the API refused it (after safe retries for 429/5xx).
+        """
+        payload = await self._call("POST", "/v1/images/generations", json_body=request.to_api_body())
+        task = self._parse_task(payload, submitting=True)
+        logger.debug("submitted task %s", task.id)
+        return task
+
+    async def get_task(self, task_id: str) -> GenerationTask:
+        """Query a task's status (retried on transport errors, 429 and 5xx)."""
+        payload = await self._call("GET", f"/v1/tasks/{task_id}")
+        return self._parse_task(payload, submitting=False)
+
+    async def wait(
+        self,
+        task_id: str,
+        *,
+        max_wait: float | None = None,
+        estimated_time: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        poll: PollPolicy | None = None,
+    ) -> GenerationTask:
+        """Poll a task until it is terminal and return it (completed, failed or cancelled).
+
+        Args:
+            task_id: The remote task id.
+            max_wait: Wall-clock cap in seconds (default: the poll policy's).
+            estimated_time: The submit response's ``task_info.estimated_time``,
+                which times the first poll.
+            on_progress: Called (sync or async) whenever status or progress changes.
+            poll: A polling policy for this wait.
+
+        Raises:
+            WaitTimeoutError: the cap ran out; the task may still finish.
+            NotFoundError: the task stayed unknown beyond the grace period.
+            SeedreamError: a poll error that persisted past the tolerance.
+        """
+        policy = poll or self.poll
+        cap = policy.max_wait if max_wait is None else max_wait
+        started = time.monotonic()
+        deadline = started + cap
+        delay = policy.first_delay(estimated_time)
+        last: GenerationTask | None = None
+        errors_in_a_row = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(policy.max_interval, max(policy.min_interval, delay * policy.factor))
+            try:
+                # One poll (with its own retries) may not outlive the cap either.
+                task = await asyncio.wait_for(
+                    self.get_task(task_id), timeout=max(0.001, deadline - time.monotonic())
+                )
+            except asyncio.TimeoutError:
+                break
+            except NotFoundError:
+                if time.monotonic() - started > policy.not_found_grace:
+                    raise
+                logger.debug("task %s not visible yet; polling again", task_id)
+                continue
+            except SeedreamError as exc:
+                errors_in_a_row += 1
+                if not exc.retryable or errors_in_a_row > policy.max_consecutive_errors:
+                    raise
+                logger.debug("transient poll error %d for %s: %s", errors_in_a_row, task_id, exc)
+                continue
+            errors_in_a_row = 0
+            if on_progress is not None and (
+                last is None or (task.status, task.progress) != (last.status, last.progress)
+            ):
+                outcome = on_progress(task)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            last = task
+            if task.status.is_terminal:
+                return task
+        raise WaitTimeoutError(
+            task_id, time.monotonic() - started, last.status.value if last else None
+        )
+
+    async def download(
+        self, url: str, sink: IO[bytes], *, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    ) -> DownloadResult:
+        """Stream a result image into a binary sink, checking its type and size.
+
+        The API key is not sent (result URLs are served by a CDN). Transport
+        errors and 5xx are retried; a partial write is rewound first, so the sink
+        must be seekable for retries to happen.
+
+        Args:
+            url: A URL from ``task.results``.
+            sink: A binary file-like object opened for writing.
+            max_bytes: Size cap; a larger body raises :class:`ImageTooLargeError`.
+
+        Raises:
+            ResultExpiredError: 403/404/410, the URL expired or is gone.
+            NotAnImageError: the bytes are not an image.
+            ImageTooLargeError: the body exceeds ``max_bytes``.
+            DownloadError: other failures (``retryable`` says if a later try may work).
+        """
+        start = sink.tell() if sink.seekable() else None
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._download_once(url, sink, max_bytes)
+            except DownloadError as exc:
+                can_retry = exc.retryable and start is not None
+                if not can_retry or attempt >= self.retry.max_attempts:
+                    raise
+                assert start is not None
+                sink.seek(start)
+                sink.truncate()
+                await asyncio.sleep(self.retry.backoff(attempt))
+
+    # -- internals -----------------------------------------------------------
+
+    async def _download_once(self, url: str, sink: IO[bytes], max_bytes: int) -> DownloadResult:
+        try:
+            async with self._http.stream("GET", url) as response:
+                if response.status_code in (403, 404, 410):
+                    raise ResultExpiredError(url, f"HTTP {response.status_code}: expired or gone")
+                if response.status_code >= 400:
+                    raise DownloadError(
+                        url,
+                        f"HTTP {response.status_code}",
+                        retryable=response.status_code >= 500 or response.status_code == 429,
+                    )
+                declared = response.headers.get("content-length")
+                if declared and declared.isdigit() and int(declared) > max_bytes:
+                    raise ImageTooLargeError(url, f"{declared} bytes declared, cap is {max_bytes}")
+                written = 0
+                head = b""
+                image_type: str | None = None
+                async for chunk in response.aiter_bytes():
+                    written += len(chunk)
+                    if written > max_bytes:
+                        raise ImageTooLargeError(url, f"body exceeds the cap of {max_bytes} bytes")
+                    if image_type is None:
+                        head += chunk
+                        if len(head) < 16:
+                            continue
+                        image_type = self._require_image(url, head)
+                        sink.write(head)
+                    else:
+                        sink.write(chunk)
+                if image_type is None:
+                    image_type = self._require_image(url, head)
+                    sink.write(head)
+                return DownloadResult(
+                    url, written, response.headers.get("content-type"), image_type
+                )
+        except httpx.TransportError as exc:
+            raise DownloadError(url, f"{type(exc).__name__}: {exc}", retryable=True) from None
+
+    @staticmethod
+    def _require_image(url: str, head: bytes) -> str:
+        image_type = sniff_image_type(head)
+        if image_type is None:
+            raise NotAnImageError(url, f"the body is not an image (starts with {head[:8]!r})")
+        return image_type
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+    async def _call(
+        self, method: str, path: str, *, json_body: dict[str, Any] | None = None
+    ) -> Any:
+        """One API call with the retry rules of this module; returns parsed JSON."""
+        is_submit = method == "POST"
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = await self._http.request(
+                    method,
+                    self.base_url + path,
+                    json=json_body,
+                    headers={"Authorization": f"Bearer {self._api_key}"},
+                )
+            except _NOT_SENT as exc:
+                error: SeedreamError = SeedreamConnectionError(
+                    f"cannot reach {self.base_url}: {type(exc).__name__}: {self._scrub(str(exc))}"
+                )
+            except httpx.TransportError as exc:
+                detail = f"{type(exc).__name__}: {self._scrub(str(exc)) or 'no detail'}"
+                if is_submit:
+                    raise SubmissionOutcomeUnknownError(
+                        f"the submission reached {self.base_url} but no answer came back "
+                        f"({detail}); a task may have been created and billed, so it was not "
+                        "resubmitted"
+                    ) from None
+                error = SeedreamConnectionError(f"{method} {path} failed: {detail}")
+            else:
+                if response.status_code < 400:
+                    return self._json(response, is_submit)
+                error = self._api_error(response)
+            delay = self._retry_delay(error, attempt)
+            if delay is None:
+                raise error
+            logger.debug("%s %s: %s; retrying in %.1f s", method, path, error, delay)
+            await asyncio.sleep(delay)
+
+    def _retry_delay(self, error: SeedreamError, attempt: int) -> float | None:
+        if not error.retryable or attempt >= self.retry.max_attempts:
+            return None
+        hint = error.retry_after if isinstance(error, SeedreamAPIError) else None
+        if hint is None:
+            return self.retry.backoff(attempt)
+        if hint > self.retry.max_retry_after:
+            return None
+        return hint + random.uniform(0, min(1.0, hint / 10))
+
+    def _json(self, response: httpx.Response, is_submit: bool) -> Any:
+        try:
+            return response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            snippet = self._scrub(response.text[:120])
+            if is_submit:
+                raise SubmissionOutcomeUnknownError(
+                    f"the submission was answered {response.status_code} with a body that is not "
+                    f"JSON ({snippet!r}); a task may exist, so it was not resubmitted"
+                ) from None
+            raise ResponseFormatError(
+                f"{response.request.method} {response.request.url.path} answered a body that is "
+                f"not JSON: {snippet!r}"
+            ) from None
+
+    def _api_error(self, response: httpx.Response) -> SeedreamAPIError:
+        try:
+            fields = error_body_fields(response.json())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            fields = {}
+        fields = {name: self._scrub(value) for name, value in fields.items()}
+        return api_error_for_status(
+            response.status_code,
+            fields.get("message") or response.reason_phrase or "error",
+            error_type=fields.get("type"),
+            param=fields.get("param"),
+            fallback_suggestion=fields.get("fallback_suggestion"),
+        )
+
+    def _parse_task(self, payload: Any, *, submitting: bool) -> GenerationTask:
+        try:
+            return GenerationTask.model_validate(payload)
+        except ValueError as exc:
+            summary = self._scrub(str(exc).splitlines()[0])
+            if submitting:
+                raise SubmissionOutcomeUnknownError(
+                    f"the submission was answered with an unexpected body ({summary}); "
+                    "a task may exist, so it was not resubmitted"
+                ) from None
+            raise ResponseFormatError(f"unexpected task body: {summary}") from None
+
+
+def is_terminal(status: TaskStatus | str) -> bool:
+    """True when a status (enum or string) is terminal.
+
+    Examples:
+        >>> is_terminal("completed"), is_terminal("processing")
+        (True, False)
+    """
+    return TaskStatus(status).is_terminal

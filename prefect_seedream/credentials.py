@@ -1,0 +1,98 @@
+"""The ``SeedreamCredentials`` block: an API key, a base URL and timeouts."""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr
+
+from prefect_seedream.api.client import (
+    API_KEY_ENV,
+    BASE_URL_ENV,
+    DEFAULT_BASE_URL,
+    SeedreamClient,
+)
+from prefect_seedream.api.errors import SeedreamConfigurationError
+
+
+class SeedreamCredentials(Block):
+    """Credentials and connection settings for the Evolink Seedream API.
+
+    Attributes:
+        api_key: The Evolink API key (stored as a secret).
+        base_url: The API's base URL; point it at the simulator to work offline.
+        connect_timeout: Seconds to open a connection.
+        read_timeout: Seconds to wait for an answer.
+
+    Examples:
+        Save a block once:
+        ```python
+        from prefect_seedream import SeedreamCredentials
+
+        SeedreamCredentials(api_key="sk-...").save("evolink", overwrite=True)
+        ```
+
+        Load it in a flow and get a client:
+        ```python
+        credentials = SeedreamCredentials.load("evolink")
+        async with credentials.get_client() as client:
+            task = await client.get_task("task-unified-...")
+        ```
+    """
+
+    _block_type_name = "Seedream Credentials"
+    _block_type_slug = "seedream-credentials"
+    _description = "API key and endpoint of the Evolink Seedream image-generation API."
+    _documentation_url = "https://docs.evolink.ai"  # type: ignore[assignment]
+
+    api_key: SecretStr = Field(description="The Evolink API key.")
+    base_url: str = Field(
+        default=DEFAULT_BASE_URL,
+        description="Base URL of the API (or of the local simulator).",
+    )
+    connect_timeout: float = Field(default=10.0, gt=0, description="Seconds to connect.")
+    read_timeout: float = Field(default=60.0, gt=0, description="Seconds to wait for a response.")
+
+    @classmethod
+    def from_env(cls) -> SeedreamCredentials:
+        """Build credentials from ``SEEDREAM_API_KEY`` and ``SEEDREAM_BASE_URL``.
+
+        Raises:
+            SeedreamConfigurationError: ``SEEDREAM_API_KEY`` is not set.
+
+        Examples:
+            ```python
+            credentials = SeedreamCredentials.from_env()
+            ```
+        """
+        key = os.environ.get(API_KEY_ENV, "")
+        if not key:
+            raise SeedreamConfigurationError(
+                f"no Seedream credentials: pass a SeedreamCredentials block or set {API_KEY_ENV}"
+            )
+        return cls(
+            api_key=SecretStr(key), base_url=os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+        )
+
+    def get_client(self) -> SeedreamClient:
+        """Return a new API client configured from this block.
+
+        Examples:
+            ```python
+            async with SeedreamCredentials.load("evolink").get_client() as client:
+                ...
+            ```
+        """
+        timeout = httpx.Timeout(
+            connect=self.connect_timeout, read=self.read_timeout, write=60.0, pool=30.0
+        )
+        return SeedreamClient(
+            api_key=self.api_key.get_secret_value(), base_url=self.base_url, timeout=timeout
+        )
+
+
+def resolve_credentials(credentials: SeedreamCredentials | None) -> SeedreamCredentials:
+    """The given block, or one built from the environment when none is given."""
+    return credentials if credentials is not None else SeedreamCredentials.from_env()

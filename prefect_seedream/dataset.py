@@ -1,0 +1,283 @@
+"""Read prompt datasets (CSV, JSONL, Parquet) as a stream and validate each row.
+
+A dataset has a ``prompt`` column and optional ``id``, ``model``, ``size``,
+``n``, ``prompt_priority`` and ``image_urls`` columns; other columns are
+ignored. Flow parameters are the defaults and row values override them. A
+problem with the whole file (unknown format, missing ``prompt`` column, not
+UTF-8, empty) raises :class:`DatasetError`; a problem with one row makes that
+row an :class:`InvalidRow` with the reason, and the others go on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+from pydantic import ValidationError
+
+from prefect_seedream.api.models import GenerationRequest
+
+ROW_FIELDS = ("id", "prompt", "model", "size", "n", "prompt_priority", "image_urls")
+MAX_ROW_ID_CHARS = 128
+CSV_FORMATS = {".csv": ",", ".tsv": "\t"}
+JSONL_FORMATS = (".jsonl", ".ndjson")
+PARQUET_FORMATS = (".parquet", ".pq")
+
+
+class DatasetError(ValueError):
+    """The dataset as a whole cannot be read; nothing was submitted."""
+
+
+@dataclass(frozen=True)
+class RowDefaults:
+    """Request parameters that rows may override."""
+
+    model: str
+    size: str | None = None
+    n: int = 1
+    prompt_priority: str | None = None
+
+
+@dataclass(frozen=True)
+class ValidRow:
+    """A row that became a valid request."""
+
+    number: int
+    row_id: str
+    request: GenerationRequest
+
+
+@dataclass(frozen=True)
+class InvalidRow:
+    """A row that cannot be submitted, with the reason."""
+
+    number: int
+    row_id: str
+    prompt: str | None
+    reason: str
+    parameters: dict[str, Any]
+
+
+DatasetRow = ValidRow | InvalidRow
+
+
+def _suffix(path: str) -> str:
+    name = path.rsplit("/", 1)[-1].lower()
+    return "." + name.rsplit(".", 1)[-1] if "." in name else ""
+
+
+def read_records(path: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """Stream a dataset's records as ``(row number, mapping)``; a string is a row's error.
+
+    Raises:
+        DatasetError: unknown format, no ``prompt`` column, not UTF-8, or no rows.
+    """
+    suffix = _suffix(path)
+    if suffix in CSV_FORMATS:
+        records = _csv_records(path, CSV_FORMATS[suffix])
+    elif suffix in JSONL_FORMATS:
+        records = _jsonl_records(path)
+    elif suffix in PARQUET_FORMATS:
+        records = _parquet_records(path)
+    else:
+        raise DatasetError(
+            f"dataset {path!r}: unknown format {suffix or '(no extension)'}; "
+            "use .csv, .tsv, .jsonl, .ndjson or .parquet"
+        )
+    count = 0
+    try:
+        for record in records:
+            count += 1
+            yield record
+    except UnicodeDecodeError as exc:
+        raise DatasetError(
+            f"dataset {path!r} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start} of a read block, after {count} rows)"
+        ) from None
+    except FileNotFoundError:
+        raise DatasetError(f"dataset {path!r} does not exist") from None
+    if count == 0:
+        raise DatasetError(f"dataset {path!r} has no rows")
+
+
+def _csv_records(path: str, delimiter: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    with fsspec.open(path, "rt", encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter=delimiter)
+        header = [name.strip().lstrip("\ufeff") for name in (reader.fieldnames or [])]
+        if not header:
+            return
+        if "prompt" not in header:
+            raise DatasetError(
+                f"dataset {path!r} has no 'prompt' column (columns: {', '.join(header) or 'none'})"
+            )
+        reader.fieldnames = header
+        for number, row in enumerate(reader, start=1):
+            if None in row:
+                yield number, f"row has {len(header) + len(row[None])} fields, header has {len(header)}"
+                continue
+            yield number, {key: value for key, value in row.items() if value not in (None, "")}
+
+
+def _jsonl_records(path: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    with fsspec.open(path, "rt", encoding="utf-8") as handle:
+        number = 0
+        for line in handle:
+            if not line.strip():
+                continue
+            number += 1
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield number, f"line is not valid JSON ({exc.msg} at column {exc.colno})"
+                continue
+            if not isinstance(value, dict):
+                yield number, f"line is a JSON {type(value).__name__}, not an object"
+                continue
+            yield number, value
+
+
+def _parquet_records(path: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DatasetError(
+            "reading Parquet needs pyarrow: pip install 'prefect-seedream[parquet]'"
+        ) from None
+    with fsspec.open(path, "rb") as handle:
+        parquet = pq.ParquetFile(handle)
+        if "prompt" not in parquet.schema_arrow.names:
+            raise DatasetError(f"dataset {path!r} has no 'prompt' column")
+        number = 0
+        for batch in parquet.iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                number += 1
+                yield number, {key: value for key, value in row.items() if value is not None}
+
+
+def _has_control_chars(text: str, allow_whitespace: bool) -> bool:
+    allowed = {"\n", "\r", "\t"} if allow_whitespace else set()
+    return any(unicodedata.category(ch) == "Cc" and ch not in allowed for ch in text)
+
+
+def _text(record: dict[str, Any], field: str) -> str | None:
+    value = record.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"{field} must be text, got {type(value).__name__}")
+    return str(value)
+
+
+def _int(record: dict[str, Any], field: str, default: int) -> int:
+    value = record.get(field)
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        raise ValueError(f"{field} must be a whole number, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        return int(value.strip())
+    raise ValueError(f"{field} must be a whole number, got {str(value)[:40]!r}")
+
+
+def _urls(record: dict[str, Any]) -> tuple[str, ...]:
+    value = record.get("image_urls")
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            value = json.loads(text)
+        else:
+            return tuple(part for part in text.replace("|", " ").split() if part)
+    if not isinstance(value, list) or not all(isinstance(url, str) for url in value):
+        raise ValueError("image_urls must be a list of URLs")
+    return tuple(value)
+
+
+def parse_row(number: int, record: dict[str, Any] | str, defaults: RowDefaults) -> DatasetRow:
+    """Turn one record into a valid request or an invalid row with its reason.
+
+    Examples:
+        >>> row = parse_row(1, {"prompt": "A red fox", "n": "2"}, RowDefaults(model="doubao-seedream-4.5"))
+        >>> row.row_id, row.request.n
+        ('row-1', 2)
+        >>> bad = parse_row(2, {"prompt": "x", "size": "1K"}, RowDefaults(model="doubao-seedream-4.5"))
+        >>> bad.reason.split(":")[0]
+        'size'
+    """
+    fallback_id = f"row-{number}"
+    if isinstance(record, str):
+        return InvalidRow(number, fallback_id, None, record, {})
+    raw_id = record.get("id")
+    prompt_value = record.get("prompt")
+    prompt = prompt_value if isinstance(prompt_value, str) else None
+    parameters: dict[str, Any] = {}
+    try:
+        row_id = _text(record, "id") or fallback_id
+        if raw_id is not None and (
+            len(row_id) > MAX_ROW_ID_CHARS or _has_control_chars(row_id, allow_whitespace=False)
+        ):
+            raise ValueError(
+                f"id must be at most {MAX_ROW_ID_CHARS} printable characters "
+                f"(got {len(row_id)} characters: {row_id[:40]!r})"
+            )
+    except ValueError as exc:
+        return InvalidRow(number, fallback_id, prompt, str(exc), parameters)
+    try:
+        if prompt_value is None:
+            raise ValueError("prompt is missing")
+        if not isinstance(prompt_value, str):
+            raise ValueError(f"prompt must be text, got {type(prompt_value).__name__}")
+        if _has_control_chars(prompt_value, allow_whitespace=True):
+            raise ValueError("prompt contains control characters")
+        parameters = {
+            "model": _text(record, "model") or defaults.model,
+            "size": _text(record, "size") or defaults.size,
+            "n": _int(record, "n", defaults.n),
+            "prompt_priority": _text(record, "prompt_priority") or defaults.prompt_priority,
+            "image_urls": _urls(record),
+        }
+        request = GenerationRequest(prompt=prompt_value, **parameters)
+    except ValidationError as exc:
+        return InvalidRow(number, row_id, prompt, _validation_reason(exc), parameters)
+    except ValueError as exc:
+        return InvalidRow(number, row_id, prompt, str(exc), parameters)
+    return ValidRow(number, row_id, request)
+
+
+def _validation_reason(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False):
+        location = ".".join(str(item) for item in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        field = location or message.split(" ", 1)[0].strip("'")
+        parts.append(f"{field}: {message}")
+    return "; ".join(parts)
+
+
+def iter_rows(path: str, defaults: RowDefaults) -> Iterator[DatasetRow]:
+    """Stream a dataset as validated rows; duplicate ids make later rows invalid.
+
+    Examples:
+        ```python
+        for row in iter_rows("prompts.csv", RowDefaults(model="doubao-seedream-4.5")):
+            print(row)
+        ```
+    """
+    seen_ids: set[str] = set()
+    for number, record in read_records(path):
+        row = parse_row(number, record, defaults)
+        if row.row_id in seen_ids:
+            prompt = row.request.prompt if isinstance(row, ValidRow) else row.prompt
+            row = InvalidRow(number, row.row_id, prompt, f"duplicate id {row.row_id!r}", {})
+        seen_ids.add(row.row_id)
+        yield row

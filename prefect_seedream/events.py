@@ -1,0 +1,51 @@
+"""Prefect events for each generation, so automations can react to them.
+
+Events are named ``seedream.generation.<kind>`` with the remote task as their
+resource (``seedream.task.<task id>``); Prefect relates them to the current
+flow and task run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from prefect.events import emit_event
+
+GenerationEventKind = Literal["submitted", "completed", "failed"]
+EVENT_PREFIX = "seedream.generation"
+
+
+def task_resource_id(task_id: str) -> str:
+    """The Prefect resource id of a remote task.
+
+    Examples:
+        >>> task_resource_id("task-unified-1-abc")
+        'seedream.task.task-unified-1-abc'
+    """
+    return f"seedream.task.{task_id}"
+
+
+def emit_generation_event(
+    kind: GenerationEventKind,
+    task_id: str,
+    *,
+    label: str | None = None,
+    model: str | None = None,
+    payload: dict[str, Any] | None = None,
+) -> None:
+    """Emit ``seedream.generation.<kind>`` for a remote task.
+
+    Args:
+        kind: ``submitted``, ``completed`` or ``failed``.
+        task_id: The remote task id.
+        label: A readable name (row id or prompt slug).
+        model: The model name.
+        payload: Extra facts (credits, error code, image count, ...).
+    """
+    resource = {
+        "prefect.resource.id": task_resource_id(task_id),
+        "prefect.resource.name": label or task_id,
+    }
+    if model:
+        resource["seedream.model"] = model
+    emit_event(event=f"{EVENT_PREFIX}.{kind}", resource=resource, payload=payload or {})

@@ -1,0 +1,53 @@
+"""A local server that speaks the Evolink Seedream image API (see ``evolink-api.md``).
+
+The simulator is a standalone implementation of the server side of the contract: it imports
+neither the client API layer nor Prefect, so pipelines can be developed and tested offline
+against it. Faults are injected deterministically with ``[[sim:...]]`` markers in prompts (see
+:mod:`prefect_seedream.simulator.faults`) or randomly with ``SimulatorConfig.fault_rates``.
+
+Modules:
+    config: :class:`SimulatorConfig`.
+    rules: per-model validation rules of submit bodies (data, not code paths).
+    errors: the contract's HTTP error bodies.
+    faults: marker parsing and fault decisions.
+    images: deterministic result images.
+    state: tasks, counters, statistics and concurrency.
+    payloads: task objects as JSON.
+    responses: deliberately broken responses (dropped connections, huge bodies).
+    app: the routes (:func:`create_app`).
+    server: runners (:func:`run_simulator`, :func:`running_simulator`, :func:`main_simulator`).
+
+Examples:
+    >>> import httpx
+    >>> from prefect_seedream.simulator import SimulatorConfig, running_simulator
+    >>> with running_simulator(SimulatorConfig(latency_seconds=0.1)) as sim:
+    ...     response = httpx.post(
+    ...         f"{sim.base_url}/v1/images/generations",
+    ...         headers={"Authorization": "Bearer sk-test"},
+    ...         json={"model": "doubao-seedream-4.5", "prompt": "a lighthouse at dusk"},
+    ...     )
+    ...     response.json()["status"]
+    'pending'
+"""
+
+from .app import create_app, get_state
+from .config import FAULT_RATE_KEYS, SimulatorConfig
+from .faults import FaultPlan, MarkerError, parse_fault_plan
+from .server import RunningSimulator, main_simulator, run_simulator, running_simulator
+from .state import SimulatorState, key_id_for
+
+__all__ = [
+    "FAULT_RATE_KEYS",
+    "FaultPlan",
+    "MarkerError",
+    "RunningSimulator",
+    "SimulatorConfig",
+    "SimulatorState",
+    "create_app",
+    "get_state",
+    "key_id_for",
+    "main_simulator",
+    "parse_fault_plan",
+    "run_simulator",
+    "running_simulator",
+]

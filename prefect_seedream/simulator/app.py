@@ -1,0 +1,238 @@
+"""Routes of the simulator: the Evolink contract plus a few ``/_sim`` helpers.
+
+| route | auth | purpose |
+|---|---|---|
+| ``POST /v1/images/generations`` | Bearer | submit a generation task |
+| ``GET /v1/tasks/{task_id}`` | Bearer (the creating key only) | query a task |
+| ``GET /files/{task_id}/{index}.{png,jpg}`` | none (like a CDN) | download a result image |
+| ``GET /_sim/stats`` | none | counters, see :meth:`SimulatorState.stats` |
+| ``POST /_sim/reset`` | none | forget all tasks and counters |
+| ``GET /healthz`` | none | ``{"ok": true}`` |
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import Any
+
+from fastapi import FastAPI, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from .config import SimulatorConfig
+from .errors import SimulatorHTTPError, error_body, retry_after_suggestion, simulated_error
+from .faults import (
+    FaultAction,
+    MarkerError,
+    decide_creation_faults,
+    decide_download_fault,
+    decide_poll_fault,
+    decide_submit_fault,
+    parse_fault_plan,
+)
+from .images import CONTENT_TYPES, EXTENSIONS, render_image, served_size
+from .payloads import submit_payload, task_payload
+from .responses import TruncatedResponse, install_log_filter, oversize_body
+from .rules import validate_generation_request
+from .state import SimTask, SimulatorState, key_id_for
+
+#: Shape of task ids; anything else is answered with 400 "Invalid task ID format".
+TASK_ID_RE = re.compile(r"^task-unified-[0-9]+-[a-z0-9]+$")
+
+_FILE_RE = re.compile(r"^(0|[1-9][0-9]{0,2})\.([a-z]+)$")
+
+_NOT_AN_IMAGE = (
+    b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head>"
+    b"<body><h1>502 Bad Gateway</h1><p>simulated CDN error page</p></body></html>"
+)
+
+
+def get_state(app: FastAPI) -> SimulatorState:
+    """The :class:`SimulatorState` of an app made by :func:`create_app`.
+
+    Examples:
+        >>> get_state(create_app()).stats()["polls"]
+        0
+    """
+    state: SimulatorState = app.state.sim
+    return state
+
+
+def _authenticate(request: Request, config: SimulatorConfig) -> str:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise SimulatorHTTPError(401, "Missing or invalid Authorization header")
+    if config.api_keys is not None and token not in config.api_keys:
+        raise SimulatorHTTPError(401, "Invalid or expired token")
+    return key_id_for(token)
+
+
+def _json_bytes(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _malformed_poll_body(task: SimTask) -> Response:
+    body = f'{{"created":{task.created},"id":"{task.id}","status":"proc'.encode()
+    return Response(content=body, status_code=200, media_type="application/json")
+
+
+def _fault_error(fault: FaultAction, not_found_message: str) -> SimulatorHTTPError:
+    assert fault.status is not None
+    message = not_found_message if fault.status == 404 else None
+    return simulated_error(fault.status, fault.retry_after, message)
+
+
+async def _image_bytes(state: SimulatorState, task: SimTask, index: int) -> bytes:
+    config = state.config
+    width, height = served_size(task.width, task.height, config.image_max_side)
+    key = (task.prompt, index, width, height, config.image_format)
+    data = state.images.get(key)
+    if data is None:
+        data = await run_in_threadpool(
+            render_image, task.prompt, index, width, height, config.image_format
+        )
+        state.images.put(key, data)
+    return data
+
+
+def create_app(config: SimulatorConfig | None = None) -> FastAPI:
+    """Build the simulator's ASGI app.
+
+    Args:
+        config: Behaviour of the simulator; defaults to ``SimulatorConfig()``.
+
+    Returns:
+        A FastAPI app; its state is ``app.state.sim`` (a :class:`SimulatorState`).
+
+    Examples:
+        >>> app = create_app(SimulatorConfig(latency_seconds=0.1))
+        >>> get_state(app).config.latency_seconds
+        0.1
+    """
+    config = config if config is not None else SimulatorConfig()
+    state = SimulatorState(config)
+    install_log_filter()
+    app = FastAPI(
+        title="Evolink Seedream simulator",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.sim = state
+
+    @app.exception_handler(SimulatorHTTPError)
+    async def _simulator_error(request: Request, exc: SimulatorHTTPError) -> Response:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return JSONResponse(
+            error_body(exc.status_code, str(exc.detail)),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.post("/v1/images/generations")
+    async def submit(request: Request) -> Response:
+        key_id = _authenticate(request, config)
+        state.record_submit(key_id)
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise SimulatorHTTPError(400, "Malformed JSON body") from None
+        generation = validate_generation_request(body)
+        try:
+            plan = parse_fault_plan(generation.prompt)
+        except MarkerError as err:
+            raise SimulatorHTTPError(400, str(err), param="prompt") from None
+
+        fault = decide_submit_fault(plan, generation.prompt, state.fault_counters, state.dice)
+        if fault is not None:
+            raise _fault_error(fault, "Specified model not found")
+        limit = config.max_concurrent_tasks_per_key
+        if limit is not None and state.active_tasks(key_id) >= limit:
+            raise SimulatorHTTPError(
+                429,
+                f"Too many concurrent tasks for this API key (limit {limit})",
+                fallback_suggestion=retry_after_suggestion(config.rate_limit_retry_after),
+            )
+
+        faults = decide_creation_faults(plan, generation.prompt, state.fault_counters, state.dice)
+        task = state.create_task(generation, key_id, plan, faults)
+        payload = submit_payload(task, config)
+        if faults.submit_delay > 0:
+            await asyncio.sleep(faults.submit_delay)
+        if faults.drop_after_create:
+            return TruncatedResponse(_json_bytes(payload), "application/json")
+        return JSONResponse(payload)
+
+    @app.get("/v1/tasks/{task_id}")
+    async def query_task(task_id: str, request: Request) -> Response:
+        key_id = _authenticate(request, config)
+        state.record_poll(key_id)
+        if not TASK_ID_RE.match(task_id):
+            raise SimulatorHTTPError(400, "Invalid task ID format", param="task_id")
+        task = state.find_task(task_id, key_id)
+        if task is None:
+            raise SimulatorHTTPError(404, "Task not found or expired")
+        task.polls += 1
+        fault = decide_poll_fault(task.plan, task.id, state.fault_counters, state.dice)
+        if fault is not None:
+            if fault.kind == "malformed":
+                return _malformed_poll_body(task)
+            raise _fault_error(fault, "Task not found or expired")
+        return JSONResponse(task_payload(task, state.now(), str(request.base_url), config))
+
+    @app.get("/files/{task_id}/{filename}")
+    async def download(task_id: str, filename: str) -> Response:
+        task = state.tasks.get(task_id)
+        state.record_download(task)
+        match = _FILE_RE.match(filename)
+        not_found = SimulatorHTTPError(404, "Resource not found or expired")
+        if task is None or match is None or match.group(2) != EXTENSIONS[config.image_format]:
+            raise not_found
+        index = int(match.group(1))
+        now = state.now()
+        if (
+            index >= task.image_count
+            or task.status_at(now)[0] != "completed"
+            or task.is_expired(now, config.result_ttl_seconds)
+        ):
+            raise not_found
+        media_type = CONTENT_TYPES[config.image_format]
+        fault = decide_download_fault(
+            task.plan, f"{task.id}/{index}", state.fault_counters, state.dice
+        )
+        if fault is not None:
+            if fault.kind == "status":
+                raise _fault_error(fault, "Resource not found or expired")
+            if fault.kind == "expired":
+                raise not_found
+            if fault.kind == "not_image":
+                return Response(content=_NOT_AN_IMAGE, media_type=media_type)
+            if fault.kind == "oversize":
+                return StreamingResponse(
+                    oversize_body(config.download_max_bytes_oversize), media_type=media_type
+                )
+            return TruncatedResponse(await _image_bytes(state, task, index), media_type)
+        return Response(content=await _image_bytes(state, task, index), media_type=media_type)
+
+    @app.get("/_sim/stats")
+    async def stats() -> Response:
+        return JSONResponse(state.stats())
+
+    @app.post("/_sim/reset")
+    async def reset() -> Response:
+        state.reset()
+        return JSONResponse({"ok": True})
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return JSONResponse({"ok": True})
+
+    return app

@@ -1,0 +1,114 @@
+"""Configuration of the local Evolink Seedream simulator.
+
+The simulator is configured by one :class:`SimulatorConfig` object. Every field has a default
+that suits interactive use (tasks finish after about two seconds, served images are small
+thumbnails); tests usually lower ``latency_seconds`` and ``jitter_seconds``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: Names accepted as keys of :attr:`SimulatorConfig.fault_rates`.
+FAULT_RATE_KEYS: frozenset[str] = frozenset(
+    {
+        "submit_500",
+        "submit_429",
+        "submit_503",
+        "poll_500",
+        "poll_503",
+        "poll_429",
+        "drop_after_create",
+        "task_service_error",
+        "task_content_policy",
+        "download_500",
+        "download_truncated",
+    }
+)
+
+
+class SimulatorConfig(BaseModel):
+    """Behaviour of a simulator instance.
+
+    Attributes:
+        api_keys: Accepted Bearer tokens. ``None`` accepts any non-empty token; otherwise a
+            missing or unknown token is answered with 401 ``authentication_error``.
+        latency_seconds: Time from a task's creation until it is terminal.
+        jitter_seconds: Each task's latency is ``latency_seconds`` plus a uniform value in
+            ``[-jitter_seconds, +jitter_seconds]`` (never below zero), drawn from a
+            ``random.Random`` seeded with ``seed``.
+        seed: Seed of the simulator's random number generators (jitter and fault rates), so
+            that a run with the same requests in the same order behaves the same.
+        estimated_time: ``task_info.estimated_time`` of submit responses; ``None`` means
+            ``ceil(latency_seconds)``.
+        image_max_side: Served images are downscaled so that their largest side is at most
+            this many pixels, keeping the aspect ratio; ``None`` serves the requested size.
+        image_format: Encoding of served images.
+        result_ttl_seconds: Result URLs (and the task itself) answer 404 this many seconds
+            after the task completed. Evolink keeps results for 24 hours.
+        max_concurrent_tasks_per_key: When an API key already has this many non-terminal tasks,
+            a submit is answered with 429 ``rate_limit_error``. ``None`` means unlimited.
+        rate_limit_retry_after: Seconds advertised in the ``fallback_suggestion`` ("retry after
+            N seconds") of concurrency-limit 429 answers.
+        fault_rates: Probabilities (0..1) of random faults for soak runs, keyed by one of
+            :data:`FAULT_RATE_KEYS`.
+        download_max_bytes_oversize: Size in bytes of the body served for the
+            ``[[sim:download=oversize]]`` marker.
+
+    Examples:
+        >>> config = SimulatorConfig(latency_seconds=0.2, jitter_seconds=0.0)
+        >>> config.effective_estimated_time
+        1
+        >>> SimulatorConfig(fault_rates={"poll_503": 0.1}).fault_rates["poll_503"]
+        0.1
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    api_keys: set[str] | None = None
+    latency_seconds: float = Field(default=2.0, ge=0.0)
+    jitter_seconds: float = Field(default=0.5, ge=0.0)
+    seed: int = 0
+    estimated_time: int | None = Field(default=None, ge=0)
+    image_max_side: int | None = Field(default=256, ge=1)
+    image_format: Literal["png", "jpeg"] = "png"
+    result_ttl_seconds: float = Field(default=86400.0, ge=0.0)
+    max_concurrent_tasks_per_key: int | None = Field(default=None, ge=1)
+    rate_limit_retry_after: int = Field(default=1, ge=0)
+    fault_rates: dict[str, float] = Field(default_factory=dict)
+    download_max_bytes_oversize: int = Field(default=64 * 1024 * 1024, ge=8)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_not_empty(cls, value: set[str] | None) -> set[str] | None:
+        if value is not None and any(not key.strip() for key in value):
+            raise ValueError("api_keys must not contain empty keys")
+        return value
+
+    @field_validator("fault_rates")
+    @classmethod
+    def _known_fault_rates(cls, value: dict[str, float]) -> dict[str, float]:
+        for key, rate in value.items():
+            if key not in FAULT_RATE_KEYS:
+                known = ", ".join(sorted(FAULT_RATE_KEYS))
+                raise ValueError(f"unknown fault rate {key!r}; known keys: {known}")
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"fault rate {key!r} must be within [0, 1], got {rate}")
+        return value
+
+    @property
+    def effective_estimated_time(self) -> int:
+        """The ``task_info.estimated_time`` announced in submit responses, in seconds.
+
+        Examples:
+            >>> SimulatorConfig(latency_seconds=2.5).effective_estimated_time
+            3
+            >>> SimulatorConfig(estimated_time=45).effective_estimated_time
+            45
+        """
+        if self.estimated_time is not None:
+            return self.estimated_time
+        return math.ceil(self.latency_seconds)

@@ -1,0 +1,476 @@
+"""Fault injection: deterministic prompt markers and seeded random fault rates.
+
+Deterministic markers
+---------------------
+A prompt may contain any number of markers ``[[sim:KEY]]`` or ``[[sim:KEY=VALUE]]``, each
+optionally ending in ``*N`` (``[[sim:KEY*N]]``, ``[[sim:KEY=VALUE*N]]``), which means "only the
+first N times, then behave normally". Markers stay in the prompt (they count toward its 2000
+characters and are part of the prompt text used for counting). Each KEY may appear at most
+once per prompt; an unknown KEY or a bad VALUE is answered with 400 ``invalid_request_error``
+(``param: "prompt"``), so a typo never passes silently. Text that does not have the exact
+``[[sim:...]]`` shape is ordinary prompt text.
+
+``*N`` is counted per exact prompt text across submissions for submit-time markers, per task
+for poll markers, and per result URL for download markers. Without ``*N`` the marker applies
+every time.
+
+| marker | effect | ``*N`` counts |
+|---|---|---|
+| ``[[sim:task_error=CODE]]`` | the task ends ``failed`` with ``error.code`` CODE (any code, e.g. ``content_policy_violation``, ``service_error``); message ``simulated failure: CODE`` | tasks created with this prompt |
+| ``[[sim:submit_status=STATUS]]`` | submit answers HTTP STATUS (400, 401, 402, 403, 404, 413, 429, 500, 502, 503) with the documented error body; no task is created | submissions of this prompt |
+| ``[[sim:retry_after=R]]`` | seconds in the ``"retry after R seconds"`` ``fallback_suggestion`` of simulated 429/503 answers (default 1) | (not counted) |
+| ``[[sim:drop_after_create]]`` | the task is created, then the connection is dropped mid-response (declared Content-Length larger than the bytes sent); the client sees a transport error, not a status | tasks created with this prompt |
+| ``[[sim:submit_delay=SECONDS]]`` | the task is created, then the submit response is delayed SECONDS | tasks created with this prompt |
+| ``[[sim:latency=SECONDS]]`` | this task's latency (no jitter) instead of the configured one; a huge value never finishes | tasks created with this prompt |
+| ``[[sim:images=K]]`` | generate K images (0..15, capped so that reference images + K <= 15) instead of ``n``; ``credits_used`` follows K | tasks created with this prompt |
+| ``[[sim:extra_fields]]`` | task objects carry unknown extra fields at top level and in ``task_info`` / ``usage`` | tasks created with this prompt |
+| ``[[sim:poll_404*N]]`` | the first N polls of each task answer 404 ``not_found_error`` (eventual consistency) | polls of each task |
+| ``[[sim:poll_status=STATUS*N]]`` | the first N polls of each task answer HTTP STATUS with the documented error body (429/503 with a retry hint) | polls of each task |
+| ``[[sim:poll_malformed*N]]`` | the first N polls of each task answer 200 with a body that is not valid JSON | polls of each task |
+| ``[[sim:download_status=STATUS*N]]`` | the first N downloads of each result URL answer HTTP STATUS | downloads of each URL |
+| ``[[sim:download=truncated]]`` | the image body is cut: declared Content-Length larger than the bytes sent, then the connection is closed (transport error) | downloads of each URL |
+| ``[[sim:download=not_image]]`` | 200 with the image content type (``image/png`` by default), but the bytes are an HTML error page | downloads of each URL |
+| ``[[sim:download=oversize]]`` | 200, the image content type, a chunked body (no Content-Length) of ``download_max_bytes_oversize`` bytes: a PNG signature, then padding | downloads of each URL |
+| ``[[sim:download=expired]]`` | result URLs answer 404 as if expired | downloads of each URL |
+
+The three poll markers combine in the order ``poll_404``, ``poll_status``, ``poll_malformed``:
+each one, while it fires, consumes its own count, so ``[[sim:poll_404*1]][[sim:poll_status=503*2]]``
+gives 404, 503, 503, then normal answers. Downloads likewise check ``download_status`` before
+``download``.
+
+Random faults
+-------------
+``SimulatorConfig.fault_rates`` maps a fault name to a probability, decided with a
+``random.Random`` seeded from ``SimulatorConfig.seed``: ``submit_500``, ``submit_429``,
+``submit_503`` (no task created), ``drop_after_create``, ``task_service_error``,
+``task_content_policy`` (at task creation), ``poll_500``, ``poll_503``, ``poll_429``,
+``download_500``, ``download_truncated``. A fault whose rate is 0 draws no random number, so a
+configuration without fault rates consumes none, and the same requests in the same order give
+the same faults (``POST /_sim/reset`` re-seeds).
+
+Order of decisions on a submit: authentication, JSON and contract validation (markers only act
+on bodies that pass it), marker syntax, ``submit_status``, random ``submit_*`` faults, the
+per-key concurrency limit, then the task is created with its creation-time faults.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from typing import Generic, Literal, TypeVar, cast
+
+from .errors import SIMULATED_STATUSES
+
+T = TypeVar("T")
+
+#: The shape of a marker: key, optional ``=value``, optional ``*N``.
+MARKER_RE = re.compile(r"\[\[sim:([A-Za-z0-9_]+)(?:=([^\]*]*))?(?:\*([0-9]+))?\]\]")
+
+#: Values of ``[[sim:download=...]]``.
+DOWNLOAD_MODES: frozenset[str] = frozenset({"truncated", "not_image", "oversize", "expired"})
+
+_ERROR_CODE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
+
+
+class MarkerError(ValueError):
+    """A ``[[sim:...]]`` marker with an unknown key or an invalid value.
+
+    Examples:
+        >>> try:
+        ...     parse_fault_plan("a cat [[sim:nope]]")
+        ... except MarkerError as err:
+        ...     str(err).startswith("unknown simulator marker")
+        True
+    """
+
+
+@dataclass(frozen=True)
+class Marker(Generic[T]):
+    """One parsed marker.
+
+    Attributes:
+        value: The parsed value (``True`` for markers without a value).
+        limit: ``N`` of a ``*N`` suffix, or ``None`` for "every time".
+
+    Examples:
+        >>> parse_fault_plan("[[sim:poll_404*2]]").poll_404
+        Marker(value=True, limit=2)
+    """
+
+    value: T
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    """Every marker found in one prompt; ``None`` where a marker is absent.
+
+    Examples:
+        >>> plan = parse_fault_plan("a cat [[sim:task_error=service_error*1]]")
+        >>> plan.task_error
+        Marker(value='service_error', limit=1)
+        >>> plan.is_empty
+        False
+        >>> parse_fault_plan("a cat").is_empty
+        True
+    """
+
+    task_error: Marker[str] | None = None
+    submit_status: Marker[int] | None = None
+    retry_after: Marker[int] | None = None
+    drop_after_create: Marker[bool] | None = None
+    submit_delay: Marker[float] | None = None
+    latency: Marker[float] | None = None
+    images: Marker[int] | None = None
+    extra_fields: Marker[bool] | None = None
+    poll_404: Marker[bool] | None = None
+    poll_status: Marker[int] | None = None
+    poll_malformed: Marker[bool] | None = None
+    download_status: Marker[int] | None = None
+    download: Marker[str] | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        """Whether the prompt carried no marker at all."""
+        return all(getattr(self, f.name) is None for f in fields(self))
+
+    @property
+    def retry_after_seconds(self) -> int:
+        """Seconds for simulated "retry after" hints (``retry_after`` marker, default 1)."""
+        return self.retry_after.value if self.retry_after is not None else 1
+
+
+_FLAG_KEYS = frozenset({"drop_after_create", "extra_fields", "poll_404", "poll_malformed"})
+_STATUS_KEYS = frozenset({"submit_status", "poll_status", "download_status"})
+_SECONDS_KEYS = frozenset({"submit_delay", "latency"})
+KNOWN_MARKERS: frozenset[str] = frozenset(f.name for f in fields(FaultPlan))
+
+
+def _parse_value(key: str, raw: str | None) -> object:
+    if key in _FLAG_KEYS:
+        if raw is not None:
+            raise MarkerError(f"simulator marker {key!r} takes no value")
+        return True
+    if raw is None or raw == "":
+        raise MarkerError(f"simulator marker {key!r} needs a value: [[sim:{key}=...]]")
+    if key in _STATUS_KEYS:
+        if not raw.isdigit() or int(raw) not in SIMULATED_STATUSES:
+            allowed = ", ".join(str(s) for s in sorted(SIMULATED_STATUSES))
+            raise MarkerError(f"simulator marker {key!r}: status must be one of {allowed}")
+        return int(raw)
+    if key in _SECONDS_KEYS:
+        try:
+            seconds = float(raw)
+        except ValueError:
+            raise MarkerError(f"simulator marker {key!r}: {raw!r} is not a number") from None
+        if not math.isfinite(seconds) or seconds < 0:
+            raise MarkerError(f"simulator marker {key!r}: seconds must be finite and >= 0")
+        return seconds
+    if key in ("retry_after", "images"):
+        if not raw.isdigit():
+            raise MarkerError(f"simulator marker {key!r}: {raw!r} is not a non-negative integer")
+        number = int(raw)
+        if key == "images" and number > 15:
+            raise MarkerError("simulator marker 'images': at most 15 images")
+        return number
+    if key == "task_error":
+        if not _ERROR_CODE_RE.match(raw):
+            raise MarkerError("simulator marker 'task_error': code must match [A-Za-z0-9_.-]+")
+        return raw
+    if key == "download":
+        if raw not in DOWNLOAD_MODES:
+            allowed = ", ".join(sorted(DOWNLOAD_MODES))
+            raise MarkerError(f"simulator marker 'download': value must be one of {allowed}")
+        return raw
+    raise MarkerError(f"unknown simulator marker {key!r}")  # pragma: no cover
+
+
+@lru_cache(maxsize=1024)
+def parse_fault_plan(prompt: str) -> FaultPlan:
+    """Parse every ``[[sim:...]]`` marker of a prompt.
+
+    Args:
+        prompt: The prompt text as submitted.
+
+    Returns:
+        The prompt's fault plan.
+
+    Raises:
+        MarkerError: On an unknown key, a repeated key or an invalid value.
+
+    Examples:
+        >>> plan = parse_fault_plan("x [[sim:submit_status=429*2]] [[sim:retry_after=5]]")
+        >>> (plan.submit_status, plan.retry_after_seconds)
+        (Marker(value=429, limit=2), 5)
+        >>> parse_fault_plan("x [[sim:download=oversize]]").download.value
+        'oversize'
+    """
+    found: dict[str, Marker[object]] = {}
+    for match in MARKER_RE.finditer(prompt):
+        key, raw_value, raw_limit = match.group(1), match.group(2), match.group(3)
+        if key not in KNOWN_MARKERS:
+            known = ", ".join(sorted(KNOWN_MARKERS))
+            raise MarkerError(f"unknown simulator marker {key!r}; known markers: {known}")
+        if key in found:
+            raise MarkerError(f"simulator marker {key!r} appears more than once")
+        limit = int(raw_limit) if raw_limit is not None else None
+        found[key] = Marker(_parse_value(key, raw_value), limit)
+    return FaultPlan(**found)  # type: ignore[arg-type]
+
+
+class FaultCounters:
+    """Counts how often each limited (``*N``) marker has fired, per scope.
+
+    The scope is the prompt text for submit-time markers, the task id for poll markers and
+    ``"<task id>/<index>"`` for download markers.
+
+    Examples:
+        >>> counters = FaultCounters()
+        >>> marker = Marker(True, limit=2)
+        >>> [counters.take("prompt", "poll_404", marker) for _ in range(3)]
+        [True, True, False]
+        >>> counters.take("prompt", "extra_fields", Marker(True))
+        True
+        >>> counters.take("prompt", "latency", None)
+        False
+    """
+
+    def __init__(self) -> None:
+        self._used: dict[tuple[str, str], int] = {}
+
+    def take(self, scope: str, name: str, marker: Marker[object] | None) -> bool:
+        """Whether ``marker`` fires now; a firing limited marker uses up one of its N."""
+        if marker is None:
+            return False
+        if marker.limit is None:
+            return True
+        used = self._used.get((scope, name), 0)
+        if used >= marker.limit:
+            return False
+        self._used[(scope, name)] = used + 1
+        return True
+
+    def clear(self) -> None:
+        """Forget every count."""
+        self._used.clear()
+
+
+class FaultDice:
+    """Seeded random fault decisions for soak runs.
+
+    Args:
+        rates: Fault name -> probability (see ``SimulatorConfig.fault_rates``).
+        seed: Seed of the private ``random.Random`` (derived from it, so that it does not
+            draw the same sequence as the latency jitter).
+
+    Examples:
+        >>> dice = FaultDice({"poll_503": 1.0}, seed=0)
+        >>> dice.first(["poll_500", "poll_503", "poll_429"])
+        'poll_503'
+        >>> FaultDice({}, seed=0).roll("poll_500")
+        False
+    """
+
+    def __init__(self, rates: Mapping[str, float], seed: int) -> None:
+        self._rates = dict(rates)
+        self._seed = seed
+        self._rng = random.Random(f"sim-faults:{seed}")
+
+    def roll(self, name: str) -> bool:
+        """Whether fault ``name`` happens now (never draws when its rate is 0)."""
+        rate = self._rates.get(name, 0.0)
+        if rate <= 0.0:
+            return False
+        return self._rng.random() < rate
+
+    def first(self, names: Iterable[str]) -> str | None:
+        """The first of ``names`` whose roll fires, rolling in order and stopping there."""
+        for name in names:
+            if self.roll(name):
+                return name
+        return None
+
+    def reset(self) -> None:
+        """Re-seed, so the decisions start over."""
+        self._rng = random.Random(f"sim-faults:{self._seed}")
+
+
+FaultKind = Literal["status", "malformed", "truncated", "not_image", "oversize", "expired"]
+
+
+@dataclass(frozen=True)
+class FaultAction:
+    """What a route must do instead of its normal answer.
+
+    Attributes:
+        kind: ``status`` (an error answer), ``malformed`` (a body that is not JSON),
+            ``truncated`` (cut body, connection closed), ``not_image``, ``oversize`` or
+            ``expired`` (a 404 download).
+        status: The HTTP status for ``kind == "status"``.
+        retry_after: Seconds for the "retry after" hint of 429/503 answers.
+        source: The marker key or random fault name that caused it (for logs and tests).
+
+    Examples:
+        >>> FaultAction("status", 503, retry_after=1, source="poll_503").status
+        503
+    """
+
+    kind: FaultKind
+    status: int | None = None
+    retry_after: int = 1
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class CreationFaults:
+    """Faults decided when a task is created.
+
+    Attributes:
+        error_code: ``error.code`` the task fails with, or ``None`` to complete.
+        latency: Latency override in seconds, or ``None`` for the configured latency.
+        images: Number of images to generate instead of ``n``, or ``None``.
+        extra_fields: Whether task objects carry unknown extra fields.
+        drop_after_create: Whether the submit connection is dropped mid-response.
+        submit_delay: Seconds to wait before answering the submit.
+
+    Examples:
+        >>> CreationFaults().error_code is None
+        True
+    """
+
+    error_code: str | None = None
+    latency: float | None = None
+    images: int | None = None
+    extra_fields: bool = False
+    drop_after_create: bool = False
+    submit_delay: float = 0.0
+
+
+_RANDOM_TASK_ERRORS: dict[str, str] = {
+    "task_service_error": "service_error",
+    "task_content_policy": "content_policy_violation",
+}
+
+
+def decide_submit_fault(
+    plan: FaultPlan, prompt: str, counters: FaultCounters, dice: FaultDice
+) -> FaultAction | None:
+    """Whether a submit is answered with an error instead of creating a task.
+
+    Examples:
+        >>> plan = parse_fault_plan("p [[sim:submit_status=503*1]]")
+        >>> counters, dice = FaultCounters(), FaultDice({}, 0)
+        >>> decide_submit_fault(plan, "p", counters, dice).status
+        503
+        >>> decide_submit_fault(plan, "p", counters, dice) is None
+        True
+    """
+    if counters.take(prompt, "submit_status", plan.submit_status):
+        assert plan.submit_status is not None
+        return FaultAction(
+            "status", plan.submit_status.value, plan.retry_after_seconds, "submit_status"
+        )
+    fault = dice.first(["submit_500", "submit_429", "submit_503"])
+    if fault is not None:
+        return FaultAction("status", int(fault[-3:]), plan.retry_after_seconds, fault)
+    return None
+
+
+def decide_creation_faults(
+    plan: FaultPlan, prompt: str, counters: FaultCounters, dice: FaultDice
+) -> CreationFaults:
+    """The faults of a task being created (markers first, then random faults).
+
+    Examples:
+        >>> plan = parse_fault_plan("p [[sim:task_error=service_error]] [[sim:images=2]]")
+        >>> faults = decide_creation_faults(plan, "p", FaultCounters(), FaultDice({}, 0))
+        >>> (faults.error_code, faults.images)
+        ('service_error', 2)
+    """
+    error_code: str | None = None
+    if counters.take(prompt, "task_error", plan.task_error):
+        assert plan.task_error is not None
+        error_code = plan.task_error.value
+    else:
+        random_error = dice.first(_RANDOM_TASK_ERRORS)
+        if random_error is not None:
+            error_code = _RANDOM_TASK_ERRORS[random_error]
+    latency = (
+        plan.latency.value
+        if plan.latency is not None and counters.take(prompt, "latency", plan.latency)
+        else None
+    )
+    images = (
+        plan.images.value
+        if plan.images is not None and counters.take(prompt, "images", plan.images)
+        else None
+    )
+    extra_fields = counters.take(prompt, "extra_fields", plan.extra_fields)
+    drop = counters.take(prompt, "drop_after_create", plan.drop_after_create)
+    if not drop:
+        drop = dice.roll("drop_after_create")
+    delay = (
+        plan.submit_delay.value
+        if plan.submit_delay is not None
+        and counters.take(prompt, "submit_delay", plan.submit_delay)
+        else 0.0
+    )
+    return CreationFaults(error_code, latency, images, extra_fields, drop, delay)
+
+
+def decide_poll_fault(
+    plan: FaultPlan, task_id: str, counters: FaultCounters, dice: FaultDice
+) -> FaultAction | None:
+    """Whether a poll of an existing task is answered with a fault.
+
+    Examples:
+        >>> plan = parse_fault_plan("p [[sim:poll_404*1]] [[sim:poll_malformed*1]]")
+        >>> counters, dice = FaultCounters(), FaultDice({}, 0)
+        >>> [getattr(decide_poll_fault(plan, "t", counters, dice), "kind", None)
+        ...  for _ in range(3)]
+        ['status', 'malformed', None]
+    """
+    retry_after = plan.retry_after_seconds
+    if counters.take(task_id, "poll_404", plan.poll_404):
+        return FaultAction("status", 404, retry_after, "poll_404")
+    if counters.take(task_id, "poll_status", plan.poll_status):
+        assert plan.poll_status is not None
+        return FaultAction("status", plan.poll_status.value, retry_after, "poll_status")
+    if counters.take(task_id, "poll_malformed", plan.poll_malformed):
+        return FaultAction("malformed", None, retry_after, "poll_malformed")
+    fault = dice.first(["poll_500", "poll_503", "poll_429"])
+    if fault is not None:
+        return FaultAction("status", int(fault[-3:]), retry_after, fault)
+    return None
+
+
+def decide_download_fault(
+    plan: FaultPlan, url_scope: str, counters: FaultCounters, dice: FaultDice
+) -> FaultAction | None:
+    """Whether a result download is answered with a fault.
+
+    Examples:
+        >>> plan = parse_fault_plan("p [[sim:download=truncated*1]]")
+        >>> counters, dice = FaultCounters(), FaultDice({}, 0)
+        >>> decide_download_fault(plan, "t/0", counters, dice).kind
+        'truncated'
+        >>> decide_download_fault(plan, "t/0", counters, dice) is None
+        True
+    """
+    retry_after = plan.retry_after_seconds
+    if counters.take(url_scope, "download_status", plan.download_status):
+        assert plan.download_status is not None
+        return FaultAction("status", plan.download_status.value, retry_after, "download_status")
+    if counters.take(url_scope, "download", plan.download):
+        assert plan.download is not None
+        kind = cast(FaultKind, plan.download.value)
+        return FaultAction(kind, None, retry_after, "download")
+    if dice.roll("download_500"):
+        return FaultAction("status", 500, retry_after, "download_500")
+    if dice.roll("download_truncated"):
+        return FaultAction("truncated", None, retry_after, "download_truncated")
+    return None

@@ -1,0 +1,288 @@
+"""Running the simulator: blocking, in a background thread, or from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+from .app import create_app, get_state
+from .config import FAULT_RATE_KEYS, SimulatorConfig
+from .state import SimulatorState
+
+DEFAULT_PORT = 8787
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on accepted sockets whose proto
+    # says TCP, and without it every response waits ~40 ms for a delayed ACK (Nagle).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    return sock
+
+
+def _uvicorn_server(app: FastAPI, log_level: str) -> uvicorn.Server:
+    return uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_level=log_level,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=2,
+        )
+    )
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def run_simulator(
+    config: SimulatorConfig | None = None,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    log_level: str = "warning",
+) -> None:
+    """Serve the simulator in the foreground until interrupted (Ctrl-C).
+
+    Args:
+        config: Behaviour of the simulator; defaults to ``SimulatorConfig()``.
+        host: Interface to listen on.
+        port: TCP port to listen on.
+        log_level: uvicorn log level; the access log is always off.
+
+    Examples:
+        >>> run_simulator(SimulatorConfig(latency_seconds=5), port=8787)  # doctest: +SKIP
+    """
+    _serve(create_app(config), _bind(host, port), log_level)
+
+
+def _serve(app: FastAPI, sock: socket.socket, log_level: str) -> None:
+    server = _uvicorn_server(app, log_level)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+class RunningSimulator:
+    """Handle on a simulator served in a background thread by :func:`running_simulator`.
+
+    Attributes:
+        base_url: Root URL of the simulator, e.g. ``"http://127.0.0.1:54321"``.
+        host: Interface it listens on.
+        port: TCP port it listens on.
+        app: The ASGI app.
+        config: Its configuration.
+
+    Examples:
+        >>> with running_simulator(SimulatorConfig(latency_seconds=0.1)) as sim:
+        ...     sim.stats()["tasks_created"]
+        0
+    """
+
+    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self.base_url = f"http://{_url_host(host)}:{port}"
+        self.config: SimulatorConfig = get_state(app).config
+        self._client = httpx.Client(base_url=self.base_url, timeout=10)
+
+    @property
+    def app_state(self) -> SimulatorState:
+        """Direct access to the in-memory state (tasks, counters, clock) for tests."""
+        return get_state(self.app)
+
+    def stats(self) -> dict[str, Any]:
+        """``GET /_sim/stats``."""
+        response = self._client.get("/_sim/stats")
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
+
+    def reset(self) -> None:
+        """``POST /_sim/reset``: forget every task and counter."""
+        self._client.post("/_sim/reset").raise_for_status()
+
+    def close(self) -> None:
+        """Release the HTTP client used by :meth:`stats` and :meth:`reset`."""
+        self._client.close()
+
+
+def _wait_until_up(server: uvicorn.Server, thread: threading.Thread, sim: RunningSimulator) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if not thread.is_alive():
+            raise RuntimeError("the simulator thread exited during start-up")
+        if server.started:
+            try:
+                if sim._client.get("/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+        time.sleep(0.01)
+    raise RuntimeError("the simulator did not start within 15 seconds")
+
+
+@contextmanager
+def running_simulator(
+    config: SimulatorConfig | None = None,
+    host: str = "127.0.0.1",
+    log_level: str = "warning",
+) -> Iterator[RunningSimulator]:
+    """Serve a simulator on a free loopback port in a background thread.
+
+    Args:
+        config: Behaviour of the simulator; defaults to ``SimulatorConfig()``.
+        host: Interface to listen on.
+        log_level: uvicorn log level; the access log is always off.
+
+    Yields:
+        A :class:`RunningSimulator`; the server shuts down when the block exits.
+
+    Examples:
+        >>> import httpx
+        >>> with running_simulator(SimulatorConfig(latency_seconds=0.1)) as sim:
+        ...     httpx.get(f"{sim.base_url}/healthz").json()
+        {'ok': True}
+    """
+    app = create_app(config)
+    sock = _bind(host, 0)
+    port = sock.getsockname()[1]
+    server = _uvicorn_server(app, log_level)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="seedream-simulator", daemon=True
+    )
+    thread.start()
+    running = RunningSimulator(app, host, port)
+    try:
+        _wait_until_up(server, thread, running)
+        yield running
+    finally:
+        running.close()
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+def _fault_rate(text: str) -> tuple[str, float]:
+    key, sep, value = text.partition("=")
+    if not sep or key not in FAULT_RATE_KEYS:
+        known = ", ".join(sorted(FAULT_RATE_KEYS))
+        raise argparse.ArgumentTypeError(f"expected KEY=P with KEY one of {known}")
+    try:
+        rate = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a probability") from None
+    return key, rate
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of :func:`main_simulator`.
+
+    Examples:
+        >>> build_parser().parse_args(["--latency", "0.5"]).latency
+        0.5
+    """
+    parser = argparse.ArgumentParser(
+        prog="prefect-seedream simulator",
+        description="Serve a local Evolink Seedream-compatible API (see evolink-api.md).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default 8787)")
+    parser.add_argument("--latency", type=float, default=2.0, help="seconds per task")
+    parser.add_argument("--jitter", type=float, default=0.5, help="+/- seconds of latency")
+    parser.add_argument("--ttl", type=float, default=86400.0, help="result URL lifetime (s)")
+    parser.add_argument(
+        "--max-concurrency", type=int, default=None, help="non-terminal tasks per API key"
+    )
+    parser.add_argument(
+        "--image-max-side", type=int, default=256, help="largest served side; 0 = full size"
+    )
+    parser.add_argument("--format", choices=["png", "jpeg"], default="png")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--api-key",
+        action="append",
+        default=None,
+        help="accepted API key (repeatable); default: any non-empty key",
+    )
+    parser.add_argument(
+        "--fault-rate",
+        action="append",
+        type=_fault_rate,
+        default=[],
+        metavar="KEY=P",
+        help="random fault probability (repeatable), e.g. poll_503=0.05",
+    )
+    parser.add_argument("--log-level", default="warning", help="uvicorn log level")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
+    """Build a :class:`SimulatorConfig` from parsed command-line arguments.
+
+    Examples:
+        >>> args = build_parser().parse_args(["--image-max-side", "0", "--api-key", "k"])
+        >>> config = config_from_args(args)
+        >>> config.image_max_side is None, config.api_keys
+        (True, {'k'})
+    """
+    return SimulatorConfig(
+        api_keys=set(args.api_key) if args.api_key else None,
+        latency_seconds=args.latency,
+        jitter_seconds=args.jitter,
+        seed=args.seed,
+        image_max_side=args.image_max_side or None,
+        image_format=args.format,
+        result_ttl_seconds=args.ttl,
+        max_concurrent_tasks_per_key=args.max_concurrency,
+        fault_rates=dict(args.fault_rate),
+    )
+
+
+def main_simulator(argv: list[str] | None = None) -> int:
+    """Command-line entry point: ``prefect-seedream simulator [options]``.
+
+    Args:
+        argv: Arguments without the program name; defaults to ``sys.argv[1:]``.
+
+    Returns:
+        The process exit code (0 after Ctrl-C, 2 on a bad option value).
+
+    Examples:
+        >>> main_simulator(["--port", "8787", "--latency", "1"])  # doctest: +SKIP
+        Seedream simulator listening on http://127.0.0.1:8787
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ValueError as err:
+        print(f"invalid option: {err}", file=sys.stderr)
+        return 2
+    try:
+        sock = _bind(args.host, args.port)
+    except OSError as err:
+        print(f"cannot listen on {args.host}:{args.port}: {err}", file=sys.stderr)
+        return 1
+    port = sock.getsockname()[1]
+    print(f"Seedream simulator listening on http://{_url_host(args.host)}:{port}", flush=True)
+    try:
+        _serve(create_app(config), sock, args.log_level)
+    except KeyboardInterrupt:
+        pass
+    return 0

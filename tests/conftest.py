@@ -1,0 +1,51 @@
+"""Shared fixtures of the test suite (keep small)."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections.abc import Iterator
+
+# Before Prefect is imported anywhere: no telemetry, and a private Prefect home.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="seedream-prefect-home-"))
+
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from prefect_seedream.simulator import RunningSimulator, SimulatorConfig, running_simulator  # noqa: E402
+
+TEST_API_KEY = "sk-test-key"
+
+
+@pytest.fixture(scope="session")
+def png_bytes() -> bytes:
+    """A real 64x48 PNG image (a few hundred bytes)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 90)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """A real Prefect API (a subprocess server on a temporary SQLite database)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture
+def simulator() -> Iterator[RunningSimulator]:
+    """A fresh simulator on a free loopback port, with short latency."""
+    with running_simulator(SimulatorConfig(latency_seconds=0.3, jitter_seconds=0.05)) as sim:
+        yield sim
+
+
+@pytest.fixture
+def seedream_env(simulator: RunningSimulator, monkeypatch: pytest.MonkeyPatch) -> RunningSimulator:
+    """SEEDREAM_API_KEY / SEEDREAM_BASE_URL pointing at the simulator."""
+    monkeypatch.setenv("SEEDREAM_API_KEY", TEST_API_KEY)
+    monkeypatch.setenv("SEEDREAM_BASE_URL", simulator.base_url)
+    return simulator

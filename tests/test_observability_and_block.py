@@ -1,0 +1,97 @@
+"""The credentials block, artifacts, events and task usage from sync flows."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from prefect import flow
+from prefect.settings import PREFECT_API_URL
+from pydantic import SecretStr
+
+from prefect_seedream import GenerationRequest, SeedreamCredentials, generate_images
+from prefect_seedream.simulator import RunningSimulator
+from tests.helpers import run_dataset, write_csv
+from tests.prefect_reads import artifacts_of, events_named, flow_run_id_of
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+async def test_block_saves_loads_and_builds_a_client(simulator: RunningSimulator) -> None:
+    await SeedreamCredentials(api_key=SecretStr("sk-block-key"), base_url=simulator.base_url).save(
+        "test-evolink", overwrite=True
+    )
+
+    loaded = await SeedreamCredentials.load("test-evolink")
+
+    assert loaded.api_key.get_secret_value() == "sk-block-key"
+    async with loaded.get_client() as client:
+        assert client.base_url == simulator.base_url
+        task = await client.submit(GenerationRequest(prompt="A block-made fox"))
+    assert task.status.value == "pending"
+    assert "sk-block-key" not in repr(loaded) + loaded.model_dump_json()
+
+
+def test_block_registers_through_the_collections_entry_point() -> None:
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    prefect = Path(sys.executable).with_name("prefect")
+
+    result = subprocess.run(
+        [str(prefect), "block", "register", "-m", "prefect_seedream"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Seedream Credentials" in result.stdout
+    listing = subprocess.run(
+        [str(prefect), "block", "type", "ls"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert "seedream-credentials" in listing.stdout
+
+
+async def test_run_creates_progress_table_gallery_and_events(
+    seedream_env: RunningSimulator, tmp_path: Path
+) -> None:
+    rows = [
+        {"id": "sunrise", "prompt": "A sunrise over dunes"},
+        {"id": "refused", "prompt": "Refused [[sim:task_error=content_policy_violation]]"},
+    ]
+    state = await run_dataset(write_csv(tmp_path / "d.csv", rows), tmp_path / "out")
+    run_id = flow_run_id_of(state)
+
+    artifacts = {artifact.key: artifact for artifact in await artifacts_of(run_id)}
+
+    assert {"seedream-progress", "seedream-summary", "seedream-gallery"} <= set(artifacts)
+    assert float(artifacts["seedream-progress"].data) == 100.0
+    table = artifacts["seedream-summary"].data
+    assert "sunrise" in table and "content_policy_violation" in table
+    gallery = artifacts["seedream-gallery"].data
+    assert "![sunrise](data:image/jpeg;base64," in gallery
+    assert str((tmp_path / "out" / "sunrise-1.png").resolve()) in gallery
+
+    submitted = await events_named("seedream.generation.submitted", expected=2)
+    ours = [e for e in submitted if any(r.get("prefect.resource.id") == f"prefect.flow-run.{run_id}" for r in e["related"])]
+    assert len(ours) == 2
+    assert all(e["resource"]["prefect.resource.id"].startswith("seedream.task.task-unified-") for e in ours)
+    completed = await events_named("seedream.generation.completed", expected=1)
+    failed = await events_named("seedream.generation.failed", expected=1)
+    assert any(e["resource"]["prefect.resource.name"] == "sunrise" for e in completed)
+    refused = [e for e in failed if e["resource"]["prefect.resource.name"] == "refused"]
+    assert refused and refused[0]["payload"]["code"] == "content_policy_violation"
+
+
+def test_tasks_are_usable_from_a_sync_flow(seedream_env: RunningSimulator, tmp_path: Path) -> None:
+    @flow
+    def sync_pipeline(destination: str) -> list[str]:
+        future = generate_images.submit(
+            GenerationRequest(prompt="A sync-flow lighthouse"), destination, label="sync-row"
+        )
+        return [image.uri for image in future.result().images]
+
+    uris = sync_pipeline(str(tmp_path / "sync"))
+
+    assert uris == [str((tmp_path / "sync" / "sync-row-1.png").resolve())]
+    assert Path(uris[0]).stat().st_size > 0

@@ -1,0 +1,850 @@
+"""Tests of the Evolink Seedream simulator over real loopback HTTP."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import io
+import json
+import logging
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image, UnidentifiedImageError
+
+from prefect_seedream.simulator import (
+    RunningSimulator,
+    SimulatorConfig,
+    create_app,
+    key_id_for,
+    parse_fault_plan,
+    running_simulator,
+)
+from prefect_seedream.simulator.server import build_parser, config_from_args
+
+KEY = "sk-test-alpha"
+OTHER_KEY = "sk-test-beta"
+M45 = "doubao-seedream-4.5"
+M40 = "doubao-seedream-4.0"
+SUBMIT = "/v1/images/generations"
+TASK_ID = re.compile(r"^task-unified-(\d+)-[a-z0-9]{8}$")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+FAST = {"latency_seconds": 0.1, "jitter_seconds": 0.0}
+
+
+# -- fixtures and helpers ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shared_sim() -> Iterator[RunningSimulator]:
+    config = SimulatorConfig(**FAST, download_max_bytes_oversize=2_000_000)
+    with running_simulator(config) as sim:
+        yield sim
+
+
+@pytest.fixture
+def sim(shared_sim: RunningSimulator) -> RunningSimulator:
+    shared_sim.reset()
+    return shared_sim
+
+
+@pytest.fixture
+def client(sim: RunningSimulator) -> Iterator[httpx.Client]:
+    with make_client(sim) as c:
+        yield c
+
+
+def make_client(
+    sim: RunningSimulator, key: str = KEY, timeout: httpx.Timeout | float = 10
+) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {key}"}
+    return httpx.Client(base_url=sim.base_url, headers=headers, timeout=timeout)
+
+
+def body(prompt: str = "a lighthouse at dusk", model: str = M45, **fields: Any) -> dict[str, Any]:
+    return {"model": model, "prompt": prompt, **fields}
+
+
+def submit_ok(client: httpx.Client, **fields: Any) -> dict[str, Any]:
+    response = client.post(SUBMIT, json=body(**fields))
+    assert response.status_code == 200, response.text
+    payload: dict[str, Any] = response.json()
+    return payload
+
+
+def wait_terminal(client: httpx.Client, task_id: str, timeout: float = 5.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.get(f"/v1/tasks/{task_id}")
+        if response.status_code == 200:
+            task: dict[str, Any] = response.json()
+            if task["status"] in ("completed", "failed"):
+                return task
+        assert time.monotonic() < deadline, f"task {task_id} did not finish"
+        time.sleep(0.02)
+
+
+def assert_error(
+    response: httpx.Response, status: int, error_type: str, param: str | None = None
+) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error: dict[str, Any] = response.json()["error"]
+    assert error["code"] == status
+    assert error["type"] == error_type
+    assert isinstance(error["message"], str) and error["message"]
+    if param is not None:
+        assert error.get("param") == param
+    return error
+
+
+# -- submit ---------------------------------------------------------------------------------
+
+
+def test_submit_response_matches_contract(client: httpx.Client) -> None:
+    before = int(time.time())
+    payload = submit_ok(client)
+    assert set(payload) == {
+        "created",
+        "id",
+        "model",
+        "object",
+        "progress",
+        "status",
+        "task_info",
+        "type",
+        "usage",
+    }
+    match = TASK_ID.match(payload["id"])
+    assert match is not None
+    assert int(match.group(1)) == payload["created"]
+    assert before <= payload["created"] <= int(time.time()) + 1
+    assert payload["model"] == M45
+    assert payload["object"] == "image.generation.task"
+    assert payload["progress"] == 0
+    assert payload["status"] == "pending"
+    assert payload["type"] == "image"
+    assert payload["task_info"] == {"can_cancel": True, "estimated_time": 1}
+    assert payload["usage"] == {
+        "billing_rule": "per_call",
+        "credits_reserved": 2.0,
+        "user_group": "default",
+    }
+
+
+def test_estimated_time_can_be_configured() -> None:
+    config = SimulatorConfig(**FAST, estimated_time=45)
+    with running_simulator(config) as sim, make_client(sim) as c:
+        assert submit_ok(c)["task_info"]["estimated_time"] == 45
+
+
+def test_authentication(sim: RunningSimulator, client: httpx.Client) -> None:
+    anonymous = httpx.Client(base_url=sim.base_url, timeout=10)
+    assert_error(anonymous.post(SUBMIT, json=body()), 401, "authentication_error")
+    for header in ("Bearer", "Basic abc", "sk-test", "Token sk-test"):
+        response = anonymous.post(SUBMIT, json=body(), headers={"Authorization": header})
+        assert_error(response, 401, "authentication_error")
+    task_id = submit_ok(client)["id"]
+    assert_error(anonymous.get(f"/v1/tasks/{task_id}"), 401, "authentication_error")
+    anonymous.close()
+    assert sim.stats()["submit_requests"] == 1  # only the authenticated submit counts
+
+
+def test_configured_api_keys_only() -> None:
+    with running_simulator(SimulatorConfig(**FAST, api_keys={"good-key"})) as sim:
+        with make_client(sim, key="bad-key") as bad, make_client(sim, key="good-key") as good:
+            assert_error(bad.post(SUBMIT, json=body()), 401, "authentication_error")
+            submit_ok(good)
+        assert sim.stats()["tasks_created"] == 1
+
+
+P4_0_OK = [
+    {"size": "1K"},
+    {"size": "4K"},
+    {"size": "1280x720"},
+    {"size": "3840x240"},  # exactly the minimum pixels and an aspect ratio of exactly 16
+    {"size": "4096x4096"},
+    {"prompt_priority": "fast"},
+    {"image_urls": [f"https://example.com/{i}.png" for i in range(5)], "n": 10},
+    {"n": 15},
+    {"prompt": "x" * 2000},
+    {"callback_url": "https://example.com/hook"},
+]
+P4_5_OK = [
+    {"size": "2K"},
+    {"size": "2560x1440"},
+    {"size": "1440x2560"},
+    {"prompt_priority": "standard"},
+    {"image_urls": [f"https://example.com/{i}.png" for i in range(14)], "n": 1},
+]
+
+
+@pytest.mark.parametrize(
+    ("model", "fields"), [(M40, f) for f in P4_0_OK] + [(M45, f) for f in P4_5_OK]
+)
+def test_valid_bodies_are_accepted(client: httpx.Client, model: str, fields: dict) -> None:
+    payload = submit_ok(client, model=model, **fields)
+    assert payload["status"] == "pending"
+
+
+INVALID = [
+    ({"model": None}, "model"),
+    ({"prompt": None}, "prompt"),
+    ({"prompt": ""}, "prompt"),
+    ({"prompt": "   "}, "prompt"),
+    ({"prompt": "x" * 2001}, "prompt"),
+    ({"prompt": 42}, "prompt"),
+    ({"n": 0}, "n"),
+    ({"n": 16}, "n"),
+    ({"n": "2"}, "n"),
+    ({"n": True}, "n"),
+    ({"n": 1.5}, "n"),
+    ({"size": "1K"}, "size"),  # not a 4.5 preset
+    ({"size": "2048x1152"}, "size"),  # below 2560*1440 pixels for 4.5
+    ({"size": "4097x4096"}, "size"),
+    ({"size": "big"}, "size"),
+    ({"size": 2048}, "size"),
+    ({"size": "2k"}, "size"),
+    ({"prompt_priority": "fast"}, "prompt_priority"),  # 4.5 is standard only
+    ({"image_urls": [f"https://e.com/{i}.png" for i in range(15)]}, "image_urls"),
+    ({"image_urls": [f"https://e.com/{i}.png" for i in range(14)], "n": 2}, "n"),
+    ({"image_urls": "https://e.com/a.png"}, "image_urls"),
+    ({"image_urls": ["ftp://e.com/a.png"]}, "image_urls"),
+    ({"callback_url": "http://example.com/hook"}, "callback_url"),
+    ({"callback_url": "https://127.0.0.1/hook"}, "callback_url"),
+    ({"callback_url": "https://192.168.1.4/hook"}, "callback_url"),
+    ({"callback_url": "https://example.com/" + "a" * 2030}, "callback_url"),
+    ({"prompt": "a cat [[sim:no_such_marker]]"}, "prompt"),
+    ({"prompt": "a cat [[sim:submit_status=418]]"}, "prompt"),
+    ({"prompt": "a cat [[sim:poll_404]] [[sim:poll_404*2]]"}, "prompt"),
+]
+INVALID_4_0 = [
+    ({"size": "1279x720"}, "size"),
+    ({"size": "3900x240"}, "size"),  # aspect ratio above 16
+    ({"size": "240x3900"}, "size"),
+    ({"prompt_priority": "urgent"}, "prompt_priority"),
+    ({"image_urls": [f"https://e.com/{i}.png" for i in range(6)]}, "image_urls"),
+    ({"image_urls": [f"https://e.com/{i}.png" for i in range(5)], "n": 11}, "n"),
+]
+
+
+@pytest.mark.parametrize(
+    ("model", "fields", "param"),
+    [(M45, f, p) for f, p in INVALID] + [(M40, f, p) for f, p in INVALID_4_0],
+)
+def test_validation_errors(
+    sim: RunningSimulator, client: httpx.Client, model: str, fields: dict, param: str
+) -> None:
+    request = {k: v for k, v in {**body(model=model), **fields}.items() if v is not None}
+    assert_error(client.post(SUBMIT, json=request), 400, "invalid_request_error", param)
+    stats = sim.stats()
+    assert stats["tasks_created"] == 0
+    assert stats["submit_requests"] == 1
+
+
+def test_malformed_and_non_object_bodies(sim: RunningSimulator, client: httpx.Client) -> None:
+    response = client.post(
+        SUBMIT, content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert_error(response, 400, "invalid_request_error")
+    assert_error(client.post(SUBMIT, json=[1, 2]), 400, "invalid_request_error")
+    assert sim.stats()["tasks_created"] == 0
+
+
+def test_unknown_model(client: httpx.Client) -> None:
+    error = assert_error(client.post(SUBMIT, json=body(model="dall-e-3")), 404, "not_found_error")
+    assert error["message"] == "Specified model not found"
+
+
+# -- query ----------------------------------------------------------------------------------
+
+
+def test_task_query_errors(client: httpx.Client, sim: RunningSimulator) -> None:
+    error = assert_error(client.get("/v1/tasks/abc"), 400, "invalid_request_error")
+    assert error["message"] == "Invalid task ID format"
+    error = assert_error(
+        client.get("/v1/tasks/task-unified-1757165031-zzzzzzzz"), 404, "not_found_error"
+    )
+    assert error["message"] == "Task not found or expired"
+    task_id = submit_ok(client)["id"]
+    with make_client(sim, key=OTHER_KEY) as other:
+        assert_error(other.get(f"/v1/tasks/{task_id}"), 404, "not_found_error")
+    assert client.get(f"/v1/tasks/{task_id}").status_code == 200
+
+
+def test_status_progression_in_real_time(client: httpx.Client) -> None:
+    task_id = submit_ok(client, prompt="progress [[sim:latency=0.6]]")["id"]
+    seen: list[tuple[str, int]] = []
+    while True:
+        task = client.get(f"/v1/tasks/{task_id}").json()
+        seen.append((task["status"], task["progress"]))
+        if task["status"] == "completed":
+            break
+        time.sleep(0.03)
+    statuses = [s for s, _ in seen]
+    order = {"pending": 0, "processing": 1, "completed": 2}
+    assert statuses == sorted(statuses, key=order.__getitem__)
+    # "pending" lasts only the first 20% (0.12 s); the clock-driven test below pins it down
+    assert {"processing", "completed"} <= set(statuses)
+    progresses = [p for _, p in seen]
+    assert progresses == sorted(progresses)
+    assert all(1 <= p <= 99 for s, p in seen if s == "processing")
+
+
+def test_status_progression_with_clock(client: httpx.Client, sim: RunningSimulator) -> None:
+    task_id = submit_ok(client, prompt="clock [[sim:latency=100]]")["id"]
+    first = client.get(f"/v1/tasks/{task_id}").json()
+    assert (first["status"], first["progress"]) == ("pending", 0)
+    assert first["task_info"]["can_cancel"] is True
+    assert "results" not in first
+    assert set(first["usage"]) == {"billing_rule", "credits_reserved", "user_group"}
+    sim.app_state.advance_time(50)
+    middle = client.get(f"/v1/tasks/{task_id}").json()
+    assert middle["status"] == "processing"
+    assert 49 <= middle["progress"] <= 51
+    sim.app_state.advance_time(50)
+    done = client.get(f"/v1/tasks/{task_id}").json()
+    assert set(done) == {
+        "created",
+        "id",
+        "model",
+        "object",
+        "progress",
+        "status",
+        "results",
+        "task_info",
+        "type",
+        "usage",
+    }
+    assert (done["status"], done["progress"]) == ("completed", 100)
+    assert done["task_info"] == {"can_cancel": False}
+    assert done["usage"]["credits_used"] == 2.0
+
+
+# -- results --------------------------------------------------------------------------------
+
+
+def test_results_are_downscaled_images(client: httpx.Client) -> None:
+    task = submit_ok(client, model=M40, size="4096x1024", n=3, prompt="three foxes")
+    done = wait_terminal(client, task["id"])
+    assert done["status"] == "completed"
+    assert len(done["results"]) == 3
+    contents = []
+    anonymous = httpx.Client(timeout=10)  # result URLs need no auth, like a CDN
+    for url in done["results"]:
+        assert url.startswith(str(client.base_url).rstrip("/") + "/files/")
+        response = anonymous.get(url)
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "image/png"
+        image = Image.open(io.BytesIO(response.content))
+        assert image.format == "PNG"
+        assert image.size == (256, 64)
+        assert anonymous.get(url).content == response.content  # deterministic
+        contents.append(response.content)
+    anonymous.close()
+    assert len(set(contents)) == 3  # one distinct image per index
+
+
+def test_full_size_jpeg_results() -> None:
+    config = SimulatorConfig(**FAST, image_max_side=None, image_format="jpeg")
+    with running_simulator(config) as sim, make_client(sim) as c:
+        task = submit_ok(c, model=M40, size="1280x720")
+        done = wait_terminal(c, task["id"])
+        assert done["results"][0].endswith(".jpg")
+        response = c.get(done["results"][0])
+        assert response.headers["content-type"] == "image/jpeg"
+        image = Image.open(io.BytesIO(response.content))
+        assert (image.format, image.size) == ("JPEG", (1280, 720))
+
+
+@pytest.mark.parametrize(
+    ("model", "n", "per_image"), [(M45, 1, 2.0), (M45, 3, 2.0), (M40, 1, 1.5), (M40, 4, 1.5)]
+)
+def test_credits(client: httpx.Client, model: str, n: int, per_image: float) -> None:
+    task = submit_ok(client, model=model, n=n)
+    assert task["usage"]["credits_reserved"] == per_image * n
+    done = wait_terminal(client, task["id"])
+    assert len(done["results"]) == n
+    assert done["usage"] == {
+        "billing_rule": "per_call",
+        "credits_reserved": per_image * n,
+        "credits_used": per_image * n,
+        "user_group": "default",
+    }
+
+
+def test_ttl_expiry() -> None:
+    config = SimulatorConfig(**FAST, result_ttl_seconds=0.3)
+    with running_simulator(config) as sim, make_client(sim) as c:
+        task_id = submit_ok(c)["id"]
+        url = wait_terminal(c, task_id)["results"][0]
+        assert c.get(url).status_code == 200
+        time.sleep(0.4)
+        assert_error(c.get(url), 404, "not_found_error")
+        error = assert_error(c.get(f"/v1/tasks/{task_id}"), 404, "not_found_error")
+        assert error["message"] == "Task not found or expired"
+
+
+def test_ttl_expiry_with_clock(client: httpx.Client, sim: RunningSimulator) -> None:
+    url = wait_terminal(client, submit_ok(client)["id"])["results"][0]
+    sim.app_state.advance_time(86400 - 60)
+    assert client.get(url).status_code == 200
+    sim.app_state.advance_time(120)
+    assert client.get(url).status_code == 404
+
+
+def test_unknown_files_and_routes(client: httpx.Client) -> None:
+    task = submit_ok(client, prompt="slow [[sim:latency=30]]")
+    assert client.get(f"/files/{task['id']}/0.png").status_code == 404  # not completed yet
+    assert client.get("/files/task-unified-1-abcdefgh/0.png").status_code == 404
+    assert_error(client.get("/nothing/here"), 404, "not_found_error")
+    assert client.get("/healthz").json() == {"ok": True}
+
+
+# -- concurrency and stats ------------------------------------------------------------------
+
+
+def test_concurrency_limit() -> None:
+    config = SimulatorConfig(
+        latency_seconds=30, jitter_seconds=0, max_concurrent_tasks_per_key=2,
+        rate_limit_retry_after=3,
+    )  # fmt: skip
+    with running_simulator(config) as sim:
+        with make_client(sim) as c, make_client(sim, key=OTHER_KEY) as other:
+            submit_ok(c)
+            submit_ok(c)
+            error = assert_error(c.post(SUBMIT, json=body()), 429, "rate_limit_error")
+            assert error["fallback_suggestion"] == "retry after 3 seconds"
+            submit_ok(other)  # the limit is per key
+            sim.app_state.advance_time(31)  # both tasks are terminal now
+            submit_ok(c)
+        stats = sim.stats()
+        assert stats["tasks_created"] == 4
+        assert stats["submit_requests"] == 5
+        assert stats["peak_concurrent_tasks"] == 2
+        assert stats["per_key"][key_id_for(KEY)]["peak_concurrent_tasks"] == 2
+        assert stats["per_key"][key_id_for(OTHER_KEY)]["peak_concurrent_tasks"] == 1
+        assert stats["active_tasks"] == 1
+
+
+def test_stats(sim: RunningSimulator, client: httpx.Client) -> None:
+    same, other_prompt = "same prompt [[sim:latency=5]]", "other prompt [[sim:latency=5]]"
+    client.post(SUBMIT, json=body(n=99))  # counted as a request, creates nothing
+    ids = [submit_ok(client, prompt=same)["id"] for _ in range(3)]
+    with make_client(sim, key=OTHER_KEY) as other:
+        submit_ok(other, prompt=other_prompt)
+    stats = sim.stats()
+    assert stats["peak_concurrent_tasks"] == 3
+    assert stats["active_tasks"] == 4
+    sim.app_state.advance_time(5)
+    done = wait_terminal(client, ids[0])
+    client.get(done["results"][0])
+    stats = sim.stats()
+    alpha, beta = key_id_for(KEY), key_id_for(OTHER_KEY)
+    assert alpha == hashlib.sha256(KEY.encode()).hexdigest()[:12]
+    assert stats["submit_requests"] == 5
+    assert stats["tasks_created"] == 4
+    assert stats["polls"] >= 1
+    assert stats["downloads"] == 1
+    assert stats["active_tasks"] == 0
+    assert stats["submissions_by_prompt"] == {same: 3, other_prompt: 1}
+    assert stats["per_key"][alpha] == {
+        "submit_requests": 4,
+        "tasks_created": 3,
+        "polls": stats["polls"],
+        "downloads": 1,
+        "peak_concurrent_tasks": 3,
+    }
+    assert stats["per_key"][beta]["tasks_created"] == 1
+    assert stats["per_key"][beta]["peak_concurrent_tasks"] == 1
+    raw = httpx.get(f"{sim.base_url}/_sim/stats").text
+    assert KEY not in raw and OTHER_KEY not in raw
+    sim.reset()
+    stats = sim.stats()
+    assert stats["tasks_created"] == 0 and stats["per_key"] == {}
+    assert stats["submissions_by_prompt"] == {}
+    assert_error(client.get(f"/v1/tasks/{ids[0]}"), 404, "not_found_error")
+
+
+# -- markers --------------------------------------------------------------------------------
+
+
+def test_task_error_marker(client: httpx.Client) -> None:
+    prompt = "a beach [[sim:task_error=content_policy_violation]]"
+    for _ in range(2):
+        done = wait_terminal(client, submit_ok(client, prompt=prompt)["id"])
+        assert done["status"] == "failed"
+        assert done["error"] == {
+            "code": "content_policy_violation",
+            "message": "simulated failure: content_policy_violation",
+        }
+        assert "results" not in done
+        assert done["usage"]["credits_used"] == 0.0
+
+
+def test_task_error_marker_first_n(client: httpx.Client, sim: RunningSimulator) -> None:
+    prompt = "a forest [[sim:task_error=service_error*1]]"
+    first = wait_terminal(client, submit_ok(client, prompt=prompt)["id"])
+    second = wait_terminal(client, submit_ok(client, prompt=prompt)["id"])
+    assert (first["status"], first["error"]["code"]) == ("failed", "service_error")
+    assert second["status"] == "completed"
+    assert sim.stats()["submissions_by_prompt"][prompt] == 2
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type"),
+    [
+        (400, "invalid_request_error"),
+        (401, "authentication_error"),
+        (402, "insufficient_quota_error"),
+        (403, "permission_error"),
+        (404, "not_found_error"),
+        (413, "request_too_large_error"),
+        (429, "rate_limit_error"),
+        (500, "internal_server_error"),
+        (502, "upstream_error"),
+        (503, "service_unavailable_error"),
+    ],
+)
+def test_submit_status_marker(
+    sim: RunningSimulator, client: httpx.Client, status: int, error_type: str
+) -> None:
+    response = client.post(SUBMIT, json=body(prompt=f"x [[sim:submit_status={status}]]"))
+    error = assert_error(response, status, error_type)
+    if status in (429, 503):
+        assert error["fallback_suggestion"] == "retry after 1 seconds"
+    else:
+        assert "fallback_suggestion" not in error
+    assert sim.stats()["tasks_created"] == 0
+
+
+def test_submit_status_marker_first_n_and_retry_after(
+    sim: RunningSimulator, client: httpx.Client
+) -> None:
+    prompt = "x [[sim:submit_status=429*2]] [[sim:retry_after=2]]"
+    for _ in range(2):
+        error = assert_error(client.post(SUBMIT, json=body(prompt=prompt)), 429, "rate_limit_error")
+        assert error["fallback_suggestion"] == "retry after 2 seconds"
+    submit_ok(client, prompt=prompt)
+    # counted per exact prompt text: another prompt starts from zero
+    other = prompt + " again"
+    assert client.post(SUBMIT, json=body(prompt=other)).status_code == 429
+    stats = sim.stats()
+    assert stats["submit_requests"] == 4
+    assert stats["submissions_by_prompt"] == {prompt: 1}
+
+
+def test_poll_status_marker(client: httpx.Client) -> None:
+    prompt = "x [[sim:poll_status=503*2]]"
+    for _ in range(2):  # counted per task
+        task_id = submit_ok(client, prompt=prompt)["id"]
+        for _ in range(2):
+            error = assert_error(
+                client.get(f"/v1/tasks/{task_id}"), 503, "service_unavailable_error"
+            )
+            assert error["fallback_suggestion"] == "retry after 1 seconds"
+        assert client.get(f"/v1/tasks/{task_id}").status_code == 200
+
+
+def test_poll_404_then_poll_malformed(client: httpx.Client) -> None:
+    task_id = submit_ok(client, prompt="x [[sim:poll_404*2]] [[sim:poll_malformed*1]]")["id"]
+    for _ in range(2):
+        error = assert_error(client.get(f"/v1/tasks/{task_id}"), 404, "not_found_error")
+        assert error["message"] == "Task not found or expired"
+    malformed = client.get(f"/v1/tasks/{task_id}")
+    assert malformed.status_code == 200
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(malformed.content)
+    assert client.get(f"/v1/tasks/{task_id}").json()["id"] == task_id
+
+
+def test_poll_429_has_retry_hint(client: httpx.Client) -> None:
+    task_id = submit_ok(client, prompt="x [[sim:poll_status=429*1]] [[sim:retry_after=7]]")["id"]
+    error = assert_error(client.get(f"/v1/tasks/{task_id}"), 429, "rate_limit_error")
+    assert error["fallback_suggestion"] == "retry after 7 seconds"
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_drop_after_create(sim: RunningSimulator, client: httpx.Client) -> None:
+    prompt = "a harbour [[sim:drop_after_create*1]]"
+    server_log = logging.getLogger("uvicorn.error")
+    handler = _Records()
+    server_log.addHandler(handler)
+    try:
+        with pytest.raises(httpx.TransportError) as caught:
+            client.post(SUBMIT, json=body(prompt=prompt))
+    finally:
+        server_log.removeHandler(handler)
+    assert isinstance(caught.value, httpx.RemoteProtocolError)
+    assert handler.records == []  # the deliberate drop logs no traceback
+    stats = sim.stats()
+    assert stats["tasks_created"] == 1
+    assert stats["submissions_by_prompt"] == {prompt: 1}
+    (task_id,) = sim.app_state.tasks  # the task exists and can be polled by id
+    assert wait_terminal(client, task_id)["status"] == "completed"
+    submit_ok(client, prompt=prompt)  # *1: the second submission answers normally
+    assert sim.stats()["submissions_by_prompt"] == {prompt: 2}
+
+
+def test_submit_delay(sim: RunningSimulator) -> None:
+    with (
+        make_client(sim, timeout=httpx.Timeout(5, read=0.2)) as c,
+        pytest.raises(httpx.ReadTimeout),
+    ):
+        c.post(SUBMIT, json=body(prompt="x [[sim:submit_delay=0.6]]"))
+    assert sim.stats()["tasks_created"] == 1
+
+
+def test_latency_marker(sim: RunningSimulator, client: httpx.Client) -> None:
+    task_id = submit_ok(client, prompt="never [[sim:latency=100000]]")["id"]
+    time.sleep(0.15)
+    assert client.get(f"/v1/tasks/{task_id}").json()["status"] == "pending"
+    assert sim.stats()["active_tasks"] == 1
+
+
+def test_images_marker(client: httpx.Client) -> None:
+    task = submit_ok(client, n=3, prompt="x [[sim:images=1]]")
+    assert task["usage"]["credits_reserved"] == 6.0
+    done = wait_terminal(client, task["id"])
+    assert len(done["results"]) == 1
+    assert done["usage"]["credits_used"] == 2.0
+    urls = [f"https://e.com/{i}.png" for i in range(14)]
+    capped = submit_ok(client, prompt="y [[sim:images=5]]", image_urls=urls)
+    assert len(wait_terminal(client, capped["id"])["results"]) == 1
+
+
+def test_extra_fields_marker(client: httpx.Client) -> None:
+    task = submit_ok(client, prompt="x [[sim:extra_fields]]")
+    done = wait_terminal(client, task["id"])
+    for payload, base_info in ((task, {"can_cancel", "estimated_time"}), (done, {"can_cancel"})):
+        assert set(payload["task_info"]) > base_info
+        assert set(payload["usage"]) - {
+            "billing_rule",
+            "credits_reserved",
+            "credits_used",
+            "user_group",
+        }
+    assert set(done) - {
+        "created",
+        "id",
+        "model",
+        "object",
+        "progress",
+        "status",
+        "results",
+        "task_info",
+        "type",
+        "usage",
+    }
+
+
+def completed_url(client: httpx.Client, prompt: str) -> str:
+    done = wait_terminal(client, submit_ok(client, prompt=prompt)["id"])
+    url: str = done["results"][0]
+    return url
+
+
+def test_download_status_marker(client: httpx.Client) -> None:
+    url = completed_url(client, "x [[sim:download_status=500*1]]")
+    assert_error(client.get(url), 500, "internal_server_error")
+    assert client.get(url).status_code == 200
+
+
+def test_download_truncated_marker(client: httpx.Client) -> None:
+    url = completed_url(client, "x [[sim:download=truncated*1]]")
+    with pytest.raises(httpx.RemoteProtocolError):
+        client.get(url)
+    Image.open(io.BytesIO(client.get(url).content)).verify()
+
+
+def test_download_not_image_marker(client: httpx.Client) -> None:
+    response = client.get(completed_url(client, "x [[sim:download=not_image]]"))
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/png"
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(io.BytesIO(response.content))
+
+
+def test_download_oversize_marker(client: httpx.Client) -> None:
+    url = completed_url(client, "x [[sim:download=oversize]]")
+    with client.stream("GET", url) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "image/png"
+        assert "content-length" not in response.headers
+        received = b""
+        for chunk in response.iter_bytes():
+            received += chunk
+    assert len(received) == 2_000_000
+    assert received.startswith(PNG_SIGNATURE)
+
+
+def test_download_expired_marker(client: httpx.Client) -> None:
+    assert_error(
+        client.get(completed_url(client, "x [[sim:download=expired]]")), 404, "not_found_error"
+    )
+
+
+def test_marker_parsing() -> None:
+    plan = parse_fault_plan("[[sim:task_error=service_error*3]] text [[sim:latency=2.5]]")
+    assert plan.task_error is not None and plan.task_error.limit == 3
+    assert plan.latency is not None and plan.latency.value == 2.5
+    assert parse_fault_plan("[[sim:broken").is_empty  # not a marker: ordinary text
+
+
+# -- random faults --------------------------------------------------------------------------
+
+
+def run_soak_script(sim: RunningSimulator) -> list[str]:
+    outcomes: list[str] = []
+    with make_client(sim) as c:
+        ids = []
+        for i in range(25):
+            try:
+                response = c.post(SUBMIT, json=body(prompt=f"soak {i}"))
+            except httpx.TransportError:
+                outcomes.append("drop")
+                continue
+            outcomes.append(str(response.status_code))
+            if response.status_code == 200:
+                ids.append(response.json()["id"])
+        sim.app_state.advance_time(10)
+        for task_id in ids:
+            response = c.get(f"/v1/tasks/{task_id}")
+            if response.status_code != 200:
+                outcomes.append(f"poll {response.status_code}")
+                continue
+            task = response.json()
+            outcomes.append(task["status"] + ":" + task.get("error", {}).get("code", ""))
+            if task["status"] == "completed":
+                try:
+                    outcomes.append(f"dl {c.get(task['results'][0]).status_code}")
+                except httpx.TransportError:
+                    outcomes.append("dl cut")
+    return outcomes
+
+
+def test_random_faults_are_deterministic() -> None:
+    rates = {
+        "submit_500": 0.1,
+        "submit_429": 0.1,
+        "submit_503": 0.1,
+        "drop_after_create": 0.1,
+        "task_service_error": 0.15,
+        "task_content_policy": 0.15,
+        "poll_500": 0.1,
+        "poll_503": 0.1,
+        "poll_429": 0.1,
+        "download_500": 0.2,
+        "download_truncated": 0.2,
+    }
+    config = SimulatorConfig(latency_seconds=1, jitter_seconds=0.5, seed=7, fault_rates=rates)
+    with running_simulator(config) as sim:
+        first = run_soak_script(sim)
+        sim.reset()  # re-seeds
+        second = run_soak_script(sim)
+    with running_simulator(config) as sim:
+        third = run_soak_script(sim)
+    assert first == second == third
+    kinds = {o.split(":")[0] for o in first}
+    assert {"200", "completed", "failed"} <= kinds
+    assert any(o in ("500", "429", "503", "drop") for o in first)
+
+
+def test_fault_rate_one_always_fires() -> None:
+    config = SimulatorConfig(**FAST, fault_rates={"task_content_policy": 1.0})
+    with running_simulator(config) as sim, make_client(sim) as c:
+        for task_id in [submit_ok(c)["id"] for _ in range(3)]:
+            assert wait_terminal(c, task_id)["error"]["code"] == "content_policy_violation"
+
+
+def test_config_rejects_unknown_fault_rates() -> None:
+    with pytest.raises(ValueError):
+        SimulatorConfig(fault_rates={"poll_418": 0.5})
+    with pytest.raises(ValueError):
+        SimulatorConfig(fault_rates={"poll_500": 1.5})
+
+
+# -- packaging, CLI -------------------------------------------------------------------------
+
+
+def test_simulator_imports_neither_prefect_nor_the_api_layer() -> None:
+    package = Path(create_app.__code__.co_filename).parent
+    for source in package.glob("*.py"):
+        tree = ast.parse(source.read_text(), filename=str(source))
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                assert name.split(".")[0] != "prefect", f"{source.name} imports {name}"
+                assert not name.startswith("prefect_seedream.api"), f"{source.name}: {name}"
+
+
+def test_cli_arguments() -> None:
+    args = build_parser().parse_args(
+        [
+            "--latency", "0.5", "--jitter", "0", "--ttl", "60", "--max-concurrency", "3",
+            "--image-max-side", "0", "--format", "jpeg", "--seed", "3",
+            "--api-key", "a", "--api-key", "b", "--fault-rate", "poll_503=0.25",
+        ]
+    )  # fmt: skip
+    config = config_from_args(args)
+    assert config.latency_seconds == 0.5 and config.jitter_seconds == 0
+    assert config.result_ttl_seconds == 60 and config.max_concurrent_tasks_per_key == 3
+    assert config.image_max_side is None and config.image_format == "jpeg"
+    assert config.seed == 3 and config.api_keys == {"a", "b"}
+    assert config.fault_rates == {"poll_503": 0.25}
+    assert args.port == 8787
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--fault-rate", "nonsense=1"])
+
+
+def test_cli_serves_until_interrupted() -> None:
+    code = (
+        "import sys; from prefect_seedream.simulator.server import main_simulator; "
+        "sys.exit(main_simulator(sys.argv[1:]))"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, "--port", "0", "--latency", "0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().strip()
+        match = re.fullmatch(r"Seedream simulator listening on (http://127\.0\.0\.1:\d+)", line)
+        assert match, line
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert httpx.get(f"{match.group(1)}/healthz").json() == {"ok": True}
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 0
+        assert process.stderr is not None
+        assert "Traceback" not in process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -92,9 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     recover.add_argument("--max-wait", type=float, default=900.0)
     _common(recover)
 
-    simulator = commands.add_parser("simulator", help="run the local Evolink simulator",
-                                    add_help=False)
-    simulator.add_argument("simulator_args", nargs=argparse.REMAINDER)
+    commands.add_parser("simulator", help="run the local Evolink simulator (see its --help)")
     return parser
 
 
@@ -170,11 +168,11 @@ def _recover(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``prefect-seedream``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    if args.command == "simulator":
+    if argv[:1] == ["simulator"]:  # its own parser: prefect-seedream simulator --help
         from prefect_seedream.simulator import main_simulator
 
-        return main_simulator(args.simulator_args)
+        return main_simulator(argv[1:])
+    args = build_parser().parse_args(argv)
     _quiet_prefect_console(args.verbose)
     if args.command == "run":
         return _run(args)

@@ -49,3 +49,18 @@ def emit_generation_event(
     if model:
         resource["seedream.model"] = model
     emit_event(event=f"{EVENT_PREFIX}.{kind}", resource=resource, payload=payload or {})
+
+
+def emit_dataset_event(
+    succeeded: bool, *, dataset: str, output: str, payload: dict[str, Any]
+) -> None:
+    """Emit ``seedream.dataset.completed`` or ``seedream.dataset.failed`` when a run ends.
+
+    The resource is ``seedream.dataset.<output>``; the payload carries ``dataset``,
+    ``output`` and the run's counts, so an automation can run ``recover_dataset`` on it.
+    """
+    emit_event(
+        event=f"seedream.dataset.{'completed' if succeeded else 'failed'}",
+        resource={"prefect.resource.id": f"seedream.dataset.{output}", "prefect.resource.name": output},
+        payload={"dataset": dataset, "output": output, **payload},
+    )

@@ -35,6 +35,7 @@ from prefect_seedream.artifacts import ProgressArtifact, publish_gallery, publis
 from prefect_seedream.budget import CreditBudget
 from prefect_seedream.clients import close_clients
 from prefect_seedream.credentials import SeedreamCredentials, resolve_credentials
+from prefect_seedream.events import emit_dataset_event
 from prefect_seedream.dataset import InvalidRow, RowDefaults, ValidRow, iter_rows
 from prefect_seedream.ledger import LedgerRecord, LedgerState, TaskLedger
 from prefect_seedream.manifest import (
@@ -175,6 +176,10 @@ class _RowRunner:
         if self.stopping:
             return line_from_record(row, self.ledger.load(self.ledger.key_for(row.row_id, row.request)))
         record = self.ledger.load(self.ledger.key_for(row.row_id, row.request))
+        if record is not None and record.state is LedgerState.STORED and all(
+            self.store.exists(image.uri) for image in record.images
+        ):  # stored by an earlier run: no task run, no API call
+            return line_from_record(row, record, reused=True)
         free = record is not None and (
             record.state is LedgerState.STORED or record.reattachable() or record.failed_by_request()
         )
@@ -383,6 +388,12 @@ async def generate_dataset(
     await publish_summary_table(lines)
     await publish_gallery(runner.gallery)
     logger.info("Manifest written to %s", summary.manifest)
+    emit_dataset_event(
+        not summary.not_succeeded,
+        dataset=dataset,
+        output=output,
+        payload=summary.model_dump(include={"rows", "succeeded", "failed", "in_flight", "outcome_unknown", "skipped", "credits"}),
+    )
     if summary.not_succeeded:
         return Failed(message=summary.message(), data=summary)
     return Completed(message=summary.message(), data=summary)

@@ -26,10 +26,10 @@ import pytest
 
 from prefect_seedream.api.client import DEFAULT_MAX_IMAGE_BYTES, RetryPolicy
 from prefect_seedream.api.models import TASK_ERROR_KINDS, TaskErrorKind
-from prefect_seedream.flows import recover_dataset
 from prefect_seedream.simulator import RunningSimulator, SimulatorConfig, running_simulator
 from tests.conftest import TEST_API_KEY
-from tests.helpers import manifest, run_dataset, summary_of, write_jsonl
+from prefect_seedream.flows import DatasetRunSummary, recover_dataset
+from tests.helpers import manifest, run_dataset, write_jsonl
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -50,6 +50,15 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+async def summary_of(state: Any) -> DatasetRunSummary:
+    """The run summary a final state carries (Completed or Failed)."""
+    data = state.data
+    if not isinstance(data, DatasetRunSummary):
+        data = await state.aresult(raise_on_failure=False)
+    assert isinstance(data, DatasetRunSummary), state
+    return data
 
 
 def dataset(tmp_path: Path, fault_prompt: str) -> Path:
@@ -106,8 +115,8 @@ async def run_case(
     return state, lines, sim.stats()
 
 
-def check_state(state: Any, lines: list[dict[str, Any]]) -> None:
-    summary = summary_of(state)
+async def check_state(state: Any, lines: list[dict[str, Any]]) -> None:
+    summary = await summary_of(state)
     assert summary.rows == len(lines)
     succeeded = sum(line["status"] == "succeeded" for line in lines)
     assert summary.succeeded == succeeded
@@ -132,7 +141,7 @@ async def test_submit_429_storm_honours_retry_after(seedream_env: RunningSimulat
     assert stats["submit_requests"] == 3 + 1  # two 429s, the success, the control row
     # Back-off is patched to 0.01 s: only the two "retry after 1 seconds" hints take time.
     assert line["duration_seconds"] >= 2.0
-    check_state(state, lines)
+    await check_state(state, lines)
 
 
 async def test_submit_429_storm_longer_than_the_clients_attempts(
@@ -146,7 +155,7 @@ async def test_submit_429_storm_longer_than_the_clients_attempts(
     check_control(lines)
     check_succeeded(by_id(lines)["fault"], seedream_env)
     assert stats["submit_requests"] == 6 + 1
-    check_state(state, lines)
+    await check_state(state, lines)
 
 
 async def test_submit_429_forever_fails_without_any_task(
@@ -164,7 +173,7 @@ async def test_submit_429_forever_fails_without_any_task(
     assert line["task_id"] is None
     # 4 client attempts x 2 submit-task attempts x 2 generate-task attempts, never a task.
     assert stats["submit_requests"] == 16 + 1
-    check_state(state, lines)
+    await check_state(state, lines)
 
 
 async def test_poll_429_storm_honours_retry_after(seedream_env: RunningSimulator, tmp_path: Path) -> None:
@@ -177,7 +186,7 @@ async def test_poll_429_storm_honours_retry_after(seedream_env: RunningSimulator
     check_succeeded(line, seedream_env)
     assert seedream_env.app_state.tasks[line["task_id"]].polls >= 3
     assert line["duration_seconds"] >= 2.0
-    check_state(state, lines)
+    await check_state(state, lines)
 
 
 # -- 5xx on submit and on poll ---------------------------------------------------------------
@@ -192,7 +201,7 @@ async def test_submit_5xx_then_success(seedream_env: RunningSimulator, tmp_path:
     check_control(lines)
     check_succeeded(by_id(lines)["fault"], seedream_env)
     assert stats["submit_requests"] == 3 + 1
-    check_state(state, lines)
+    await check_state(state, lines)
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])
@@ -205,7 +214,7 @@ async def test_poll_5xx_then_success(seedream_env: RunningSimulator, tmp_path: P
     line = by_id(lines)["fault"]
     check_succeeded(line, seedream_env)
     assert seedream_env.app_state.tasks[line["task_id"]].polls >= 3
-    check_state(state, lines)
+    await check_state(state, lines)
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])
@@ -222,7 +231,7 @@ async def test_submit_5xx_forever_fails_without_any_task(
     assert line["error"]["code"] == "ServerError"
     assert str(status) in line["error"]["message"]
     assert stats["submit_requests"] == 8 + 1
-    check_state(state, lines)
+    await check_state(state, lines)
 
 
 async def test_submit_400_is_not_retried(seedream_env: RunningSimulator, tmp_path: Path) -> None:
@@ -236,7 +245,7 @@ async def test_submit_400_is_not_retried(seedream_env: RunningSimulator, tmp_pat
     assert line["error"]["code"] == "BadRequestError"
     assert "400" in line["error"]["message"]
     assert stats["submit_requests"] == 1 + 1
-    check_state(state, lines)
+    await check_state(state, lines)
 
 
 # -- connection refused before sending ---------------------------------------------------------
@@ -271,7 +280,7 @@ async def test_connection_refused_then_rerun_against_the_live_simulator(
         assert line["error"]["code"] == "SeedreamConnectionError"
         assert "cannot reach" in line["error"]["message"]
         assert line["task_id"] is None and line["submissions"] == 0
-    assert summary_of(state).failed == 2
+    assert (await summary_of(state)).failed == 2
     stats = simulator.stats()
     assert stats["submit_requests"] == 0 and stats["tasks_created"] == 0
 
@@ -305,8 +314,8 @@ async def test_drop_after_create_is_outcome_unknown_and_never_resubmitted_by_def
     assert line["error"]["code"] == "outcome_unknown"
     assert "resubmit_unknown" in line["error"]["message"]
     assert line["images"] == []
-    assert summary_of(state).outcome_unknown == 1
-    check_state(state, lines)
+    assert (await summary_of(state)).outcome_unknown == 1
+    await check_state(state, lines)
     requests_after_first_run = stats["submit_requests"]
 
     # A plain re-run must not pay again.
@@ -341,7 +350,7 @@ async def test_poll_404_once_then_success(seedream_env: RunningSimulator, tmp_pa
     line = by_id(lines)["fault"]
     check_succeeded(line, seedream_env)
     assert seedream_env.app_state.tasks[line["task_id"]].polls >= 2
-    check_state(state, lines)
+    await check_state(state, lines)
 
 
 # -- a task that outlives the wait cap -------------------------------------------------------
@@ -369,8 +378,8 @@ async def test_wait_cap_leaves_the_task_in_flight_and_recover_collects_it(
     task_id = line["task_id"]
     assert task_id is not None and task_id in seedream_env.app_state.tasks
     assert seedream_env.app_state.tasks[task_id].prompt == fault
-    assert summary_of(state).in_flight == 1
-    check_state(state, lines)
+    assert (await summary_of(state)).in_flight == 1
+    await check_state(state, lines)
 
     await _until_finished(seedream_env, task_id)
     requests_before = seedream_env.stats()["submit_requests"]
@@ -425,7 +434,7 @@ async def test_request_fault_task_error_is_not_retried(
     assert line["status"] == "failed"
     assert line["error"] == {"code": code, "message": f"simulated failure: {code}"}
     assert line["task_id"] in seedream_env.app_state.tasks
-    check_state(state, lines)
+    await check_state(state, lines)
 
 
 async def test_request_fault_is_not_resubmitted_by_a_rerun(
@@ -455,7 +464,7 @@ async def test_service_fault_task_error_once_is_retried_with_a_new_submission(
     check_succeeded(line, seedream_env)
     failed = [t for t in seedream_env.app_state.tasks.values() if t.prompt == fault and t.error_code]
     assert len(failed) == 1 and failed[0].id != line["task_id"]
-    check_state(state, lines)
+    await check_state(state, lines)
 
 
 @pytest.mark.parametrize("retries", [0, 2])
@@ -470,7 +479,7 @@ async def test_service_error_always_exhausts_the_retries(
     line = by_id(lines)["fault"]
     assert line["status"] == "failed"
     assert line["error"] == {"code": "service_error", "message": "simulated failure: service_error"}
-    check_state(state, lines)
+    await check_state(state, lines)
 
 
 async def test_gone_task_is_failed_and_not_retried(seedream_env: RunningSimulator, tmp_path: Path) -> None:
@@ -484,7 +493,7 @@ async def test_gone_task_is_failed_and_not_retried(seedream_env: RunningSimulato
     assert line["error"]["code"] == "resource_not_found"
     task = seedream_env.app_state.tasks[line["task_id"]]
     assert task.polls == 1  # "do not poll again"
-    check_state(state, lines)
+    await check_state(state, lines)
 
 
 async def test_unknown_task_error_code_is_not_retried(seedream_env: RunningSimulator, tmp_path: Path) -> None:
@@ -496,7 +505,7 @@ async def test_unknown_task_error_code_is_not_retried(seedream_env: RunningSimul
     line = by_id(lines)["fault"]
     assert line["status"] == "failed"
     assert line["error"]["code"] == "brand_new_code"
-    check_state(state, lines)
+    await check_state(state, lines)
 
 
 # -- download faults -------------------------------------------------------------------------
@@ -515,7 +524,7 @@ async def test_download_500_once_then_success(seedream_env: RunningSimulator, tm
     line = by_id(lines)["fault"]
     check_succeeded(line, seedream_env)
     assert _downloads_of(seedream_env, line["task_id"]) == 2
-    check_state(state, lines)
+    await check_state(state, lines)
 
 
 async def test_download_truncated_once_then_success(seedream_env: RunningSimulator, tmp_path: Path) -> None:
@@ -527,7 +536,7 @@ async def test_download_truncated_once_then_success(seedream_env: RunningSimulat
     line = by_id(lines)["fault"]
     check_succeeded(line, seedream_env)
     assert _downloads_of(seedream_env, line["task_id"]) == 2
-    check_state(state, lines)
+    await check_state(state, lines)
 
 
 @pytest.mark.parametrize(
@@ -553,7 +562,7 @@ async def test_download_fault_fails_the_row_without_resubmission(
     assert line["task_id"] in seedream_env.app_state.tasks
     assert line["images"] == []
     assert not list((tmp_path / "out").glob("fault*.png"))
-    check_state(state, lines)
+    await check_state(state, lines)
 
 
 @pytest.fixture
@@ -582,7 +591,7 @@ async def test_download_over_the_size_cap(oversize_sim: RunningSimulator, tmp_pa
     assert str(DEFAULT_MAX_IMAGE_BYTES) in line["error"]["message"]
     assert _downloads_of(oversize_sim, line["task_id"]) == 1  # not retried
     assert not list((tmp_path / "out").glob("fault*"))
-    check_state(state, lines)
+    await check_state(state, lines)
 
 
 @pytest.mark.xfail(
@@ -621,7 +630,7 @@ async def test_malformed_poll_and_extra_fields_still_succeed(
     check_invariants(lines, stats, {fault: 1, CONTROL: 1})
     check_control(lines)
     check_succeeded(by_id(lines)["fault"], seedream_env)
-    check_state(state, lines)
+    await check_state(state, lines)
 
 
 # -- everything at once --------------------------------------------------------------------
@@ -657,9 +666,9 @@ async def test_many_faults_in_one_run_each_row_once(seedream_env: RunningSimulat
         else:
             assert line["status"] != "succeeded"
             assert line["error"]["code"] == code, line
-    summary = summary_of(state)
+    summary = await summary_of(state)
     assert (summary.succeeded, summary.failed, summary.outcome_unknown) == (6, 3, 1)
-    check_state(state, lines)
+    await check_state(state, lines)
 
 
 def test_the_control_prompt_carries_no_marker() -> None:

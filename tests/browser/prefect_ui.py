@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from playwright.sync_api import Browser, Locator, Page, Playwright, Request, Response
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 UI = Literal["v1", "v2"]
 
@@ -328,7 +329,7 @@ def serve_deployment(
     log_dir: Path | str,
     *,
     timeout: float = 120.0,
-    poll_seconds: float = 2.0,
+    poll_seconds: int = 2,
     extra_env: Mapping[str, str] | None = None,
     cwd: Path | str | None = None,
 ) -> Iterator[ServedDeployment]:
@@ -434,7 +435,8 @@ def new_page(
     The viewport matters: narrower windows switch both UIs to mobile layouts with other
     controls. Close it with ``page.context.close()``.
     """
-    context = browser.new_context(viewport={"width": width, "height": height})
+    # en-US: the browser's own validation messages are asserted on, and are localised.
+    context = browser.new_context(viewport={"width": width, "height": height}, locale="en-US")
     page = context.new_page()
     page.set_default_timeout(timeout_ms)
     page.set_default_navigation_timeout(navigation_timeout_ms)
@@ -588,12 +590,13 @@ def _choose_option(page: Page, block: Locator, value: str, ui: UI) -> None:
         # shadcn/Radix popover with a cmdk list: button[aria-haspopup=listbox] ("Select <name>").
         button = block.locator("button[aria-haspopup=listbox]")
         button.click()
-        listbox = page.get_by_role("listbox")
-        listbox.wait_for(state="visible")
-        search = page.locator("[cmdk-input]")
-        if search.count():
-            search.fill(value)
-        page.get_by_role("option", name=value, exact=True).first.click()
+        page.get_by_role("listbox").wait_for(state="visible")
+        option = page.get_by_role("option", name=value, exact=True)
+        if not option.count():
+            # cmdk filters on the items' values (their indexes here), so typing the label may
+            # hide everything: only search when the option is not rendered at all.
+            page.locator("[cmdk-input]").fill(value)
+        option.first.click()
         current = button
     _wait_text(current, value)
 
@@ -692,10 +695,7 @@ def fill_run_form(
         ui: default: from the page's URL.
 
     Returns:
-        The new flow run's id (from the ``POST /api/deployments/<id>/create_flow_run``
-        response the click triggers), or None when ``submit`` is False. After a successful
-        submit both UIs go back to the deployment page and show a toast
-        "<run name> scheduled to start now" with a "View run" button.
+        The new flow run's id (see :func:`submit_run_form`), or None when ``submit`` is False.
 
     Raises:
         RunFormRejected: no run was created; see its ``reason`` and ``messages``.
@@ -706,7 +706,30 @@ def fill_run_form(
         fill_parameter(page, path, text, ui=ui)
     if not submit:
         return None
+    return submit_run_form(page, timeout_s=timeout_s)
 
+
+def submit_run_form(page: Page, *, timeout_s: float = 30.0) -> str:
+    """Click the custom-run form's "Submit" and return the id of the flow run it creates.
+
+    The id comes from the ``POST /api/deployments/<id>/create_flow_run`` response that the
+    click triggers. After a successful submit both UIs go back to the deployment page and show
+    a toast "<run name> scheduled to start now" with a "View run" button.
+
+    What each UI does with a value outside the JSON schema's ``minimum``/``maximum``:
+
+    * v2: its ``<input type=number>`` has ``min``/``max``, so the browser's constraint
+      validation blocks the submit and shows a native bubble ("Value must be less than or
+      equal to 15."); no request is sent. Raises ``RunFormRejected("browser", ...)``.
+    * v1: sends the request; the server (the form's "Validate parameters" box, i.e.
+      ``enforce_parameter_schema``, is on by default) answers 409 and the UI shows a toast
+      "Error creating flow run: Validation failed for field 'n'. Failure reason: 0 is less
+      than the minimum of 1"; the form stays open. Raises ``RunFormRejected("server", ...)``.
+
+    Raises:
+        RunFormRejected: no run was created (reason "ui": nothing was sent within
+            ``timeout_s`` for another reason; the fields marked ``aria-invalid`` are listed).
+    """
     form = _run_form(page)
     # v2's form has no "novalidate": inputs violating min/max keep the browser from submitting.
     invalid: list[str] = form.evaluate(
@@ -721,17 +744,34 @@ def fill_run_form(
 
     page.on("request", on_request)
     try:
+        response: Response | None
         if invalid:
+            # The browser shows its validation bubble (not part of the DOM) and sends nothing.
             _submit_button(page).click()
             page.wait_for_timeout(1_000)
             if not seen:
                 raise RunFormRejected("browser", invalid)
-        with page.expect_response(
-            lambda r: _is_create_flow_run(r.url, r.request.method), timeout=timeout_s * 1000
-        ) as info:
-            if not seen:
-                _submit_button(page).click()
-        response: Response = info.value
+            response = seen[0].response()
+        else:
+            try:
+                with page.expect_response(
+                    lambda r: _is_create_flow_run(r.url, r.request.method),
+                    timeout=timeout_s * 1000,
+                ) as info:
+                    _submit_button(page).click()
+            except PlaywrightTimeoutError:
+                if seen:
+                    raise
+                # Some other client-side check stopped the submit: report what is shown.
+                errors = form.locator("[aria-invalid=true]").evaluate_all(
+                    "els => els.map(e => e.id || e.name || e.tagName)"
+                )
+                raise RunFormRejected(
+                    "ui", _toast_texts(page, 1.0) + [f"aria-invalid: {errors}"]
+                ) from None
+            response = info.value
+        if response is None:
+            raise RuntimeError("create_flow_run got no response")
         # Read the body now: the UI navigates away right after, and then it is gone.
         body_text = response.text()
     finally:
@@ -935,7 +975,7 @@ def open_artifacts_and_check_images(
         image_timeout_s: seconds to wait for the images to finish loading.
 
     Returns:
-        One :class:`ArtifactView` per opened artifact, in the API's order.
+        One :class:`ArtifactView` per opened artifact, oldest first.
     """
     ui = ui or ui_of(page)
     wanted = set(types)
@@ -943,9 +983,12 @@ def open_artifacts_and_check_images(
     if shots:
         shots.mkdir(parents=True, exist_ok=True)
 
-    artifacts = api_json(
-        page, ui_url, "POST", "/artifacts/filter",
-        {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}, "sort": "CREATED_ASC"},
+    artifacts = sorted(
+        api_json(
+            page, ui_url, "POST", "/artifacts/filter",
+            {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}},
+        ),
+        key=lambda a: str(a["created"]),
     )  # fmt: skip
     cards = open_run_artifacts_tab(page, ui_url, flow_run_id, ui=ui)
     deadline = time.monotonic() + 15

@@ -1,0 +1,60 @@
+"""Serve the deployments from one process, with no work pool (one machine).
+
+Usage, from the repository's root, with a Prefect server running (``prefect server start``)
+and ``PREFECT_API_URL`` pointing at it::
+
+    .venv/bin/python deployments/serve.py
+
+It serves the dataset flow (run it from the UI's "Custom run"), the daily content pipeline on
+its cron schedule, and the recovery flow with a trigger on ``seedream.dataset.failed``.
+``--interval SECONDS`` gives the content pipeline an interval schedule instead (for a demo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from prefect import serve
+from prefect.events import DeploymentEventTrigger
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from flows.content_pipeline import daily_content  # noqa: E402
+from flows.dataset_flow import generate_dataset, recover_dataset  # noqa: E402
+
+DAILY_CRON = "0 7 * * *"
+
+
+def build_deployments(interval: float | None = None) -> list:
+    """The three deployments this project serves."""
+    recover_trigger = DeploymentEventTrigger(
+        expect={"seedream.dataset.failed"},
+        match={"prefect.resource.id": "seedream.dataset.*"},
+        parameters={"output": "{{ event.payload.output }}"},
+    )
+    schedule = {"interval": interval} if interval else {"cron": DAILY_CRON}
+    return [
+        generate_dataset.to_deployment(
+            name="generate-dataset",
+            parameters={"dataset": "examples/prompts.csv", "output": "output/ui-runs"},
+            tags=["seedream"],
+        ),
+        daily_content.to_deployment(name="daily-content", tags=["seedream", "scheduled"], **schedule),
+        recover_dataset.to_deployment(
+            name="recover-after-failures", tags=["seedream"], triggers=[recover_trigger]
+        ),
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve until interrupted."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--interval", type=float, help="interval schedule for daily-content, seconds")
+    args = parser.parse_args(argv)
+    serve(*build_deployments(args.interval))
+
+
+if __name__ == "__main__":
+    main()

@@ -218,17 +218,45 @@ def start_simulator(
         yield Simulator(base_url=running.base_url, mode="thread")
 
 
-def start_ephemeral_server() -> tuple[float, int | None]:
-    """Start Prefect's ephemeral API server now; returns (seconds taken, its pid)."""
+def start_ephemeral_server(log_path: Path | None = None) -> tuple[float, int | None]:
+    """Start Prefect's ephemeral API server now; returns (seconds taken, its pid).
+
+    The server process inherits this process's stderr; with ``log_path`` its stderr goes to
+    that file instead (fd 2 is pointed at it only while the process is spawned), so that its
+    warnings (for example "Subscription queue is full, dropping message") can be counted.
+    """
     from prefect.server.api.server import SubprocessASGIServer
 
+    saved = None
+    if log_path is not None:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        target = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(target, 2)
+        os.close(target)
     started = time.monotonic()
-    server = SubprocessASGIServer()
-    server.start()
+    try:
+        server = SubprocessASGIServer()
+        server.start()
+    finally:
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
     elapsed = time.monotonic() - started
     pid = server.server_process.pid if server.server_process else None
-    # Same API URL for everything that follows (the flow engine, get_client, events).
     return elapsed, pid
+
+
+def server_log_summary(log_path: Path) -> dict[str, Any]:
+    """Counts of notable lines in the ephemeral server's stderr."""
+    text = log_path.read_text(errors="replace") if log_path.exists() else ""
+    lines = text.splitlines()
+    return {
+        "events_dropped": sum("queue is full, dropping message" in line for line in lines),
+        "warnings": sum("| WARNING |" in line for line in lines),
+        "errors": sum("| ERROR " in line or "Traceback" in line for line in lines),
+        "log": str(log_path),
+    }
 
 
 # --------------------------------------------------------------------------- the flow
@@ -284,19 +312,25 @@ async def run_flow(dataset: Path, output: Path, rows: int, flow_kwargs: dict[str
     return state, wall, printer
 
 
-async def count_task_runs(flow_run_id: Any, expected: int | None, settle_timeout: float = 120.0) -> dict[str, Any]:
+async def count_task_runs(
+    flow_run_id: Any, expected: int | None, settle_timeout: float = 300.0, report_every: float = 15.0
+) -> dict[str, Any]:
     """Task runs of a flow run, by task and by state, once the server has recorded them.
 
     Task-run states reach the server as events, persisted by its task-run recorder, so the
     count may lag behind the flow's end: poll until the count reaches ``expected`` (when
-    given) or stops changing for 3 reads and every run is in a final state.
+    given) with every run final, or stops changing for 3 reads with every run final, or
+    ``settle_timeout`` passes. Returns the count found right after the flow too.
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     started = time.monotonic()
+    last_report = started
     previous = -1
     stable = 0
+    at_flow_end: int | None = None
+    final_at_flow_end: int | None = None
     runs: list[Any] = []
     async with get_client() as client:
         while True:
@@ -312,20 +346,31 @@ async def count_task_runs(flow_run_id: Any, expected: int | None, settle_timeout
                 if len(page) < 200:
                     break
                 offset += 200
-            final = all(r.state is not None and r.state.is_final() for r in runs)
+            finals = sum(1 for r in runs if r.state is not None and r.state.is_final())
+            if at_flow_end is None:
+                at_flow_end, final_at_flow_end = len(runs), finals
+            final = finals == len(runs)
             stable = stable + 1 if len(runs) == previous and final else 0
             previous = len(runs)
             if final and expected is not None and len(runs) >= expected:
                 break
             if stable >= 3 or time.monotonic() - started > settle_timeout:
                 break
+            if time.monotonic() - last_report >= report_every:
+                last_report = time.monotonic()
+                print(f"  server has recorded {len(runs)} task runs ({finals} final) "
+                      f"{last_report - started:.0f} s after the flow", flush=True)
             await asyncio.sleep(1.0)
     lag = time.monotonic() - started
     by_task = Counter(r.name.split("-", 1)[0] for r in runs)
     by_state = Counter(r.state.type.value if r.state else "none" for r in runs)
     retried = sum(1 for r in runs if (r.run_count or 0) > 1)
+    caught_up = all(r.state is not None and r.state.is_final() for r in runs) and (
+        expected is None or len(runs) >= expected
+    )
     return {"total": len(runs), "by_task": dict(by_task), "by_state": dict(by_state),
-            "retried_runs": retried, "recorder_lag_s": round(lag, 1)}
+            "retried_runs": retried, "recorder_lag_s": round(lag, 1), "caught_up": caught_up,
+            "at_flow_end": at_flow_end, "final_at_flow_end": final_at_flow_end}
 
 
 def read_manifest_lines(output: Path) -> list[dict[str, Any]]:
@@ -363,6 +408,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tuned-server", action="store_true",
                         help="raise the ephemeral server's recorder/persister batch sizes")
     parser.add_argument("--progress-every", type=float, default=15.0, help="progress line period (s)")
+    parser.add_argument("--settle-timeout", type=float, default=300.0,
+                        help="longest wait for the server to record every task run after the flow (s)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
     parser.add_argument("--verbose", action="store_true", help="show Prefect's INFO log lines")
     args = parser.parse_args(argv)
@@ -404,7 +451,8 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, dataset: Path, output
         import_started = time.monotonic()
         import prefect_seedream.flows  # noqa: F401  (import cost is not the flow's)
         import_s = time.monotonic() - import_started
-        server_s, server_pid = start_ephemeral_server()
+        server_log = workdir / "prefect-server.err"
+        server_s, server_pid = start_ephemeral_server(server_log)
         print(f"  simulator at {sim.base_url} ({sim.mode}); imports {import_s:.1f} s; "
               f"ephemeral Prefect server started in {server_s:.1f} s", flush=True)
         cpu_before = self_cpu_seconds()
@@ -420,9 +468,10 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, dataset: Path, output
         stats = sim.stats()
         flow_run_id = state.state_details.flow_run_id
         expected = 4 * args.rows  # generate + submit + wait + store per row, without retries
-        task_runs = asyncio.run(count_task_runs(flow_run_id, expected))
+        task_runs = asyncio.run(count_task_runs(flow_run_id, expected, settle_timeout=args.settle_timeout))
         server_peak = proc_peak_rss_mb(server_pid) if server_pid else None
         sim_peak = proc_peak_rss_mb(sim.pid) if sim.pid else None
+    server_notes = server_log_summary(server_log)
     lines = read_manifest_lines(output)
     durations = [line["duration_seconds"] for line in lines if line.get("duration_seconds") is not None]
     succeeded = sum(1 for line in lines if line["status"] == "succeeded")
@@ -452,6 +501,12 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, dataset: Path, output
         "task_runs_retried": task_runs["retried_runs"],
         "task_runs_per_s": round(task_runs["total"] / wall, 1),
         "recorder_lag_s": task_runs["recorder_lag_s"],
+        "recorder_caught_up": task_runs["caught_up"],
+        "server_events_dropped": server_notes["events_dropped"],
+        "server_warnings": server_notes["warnings"],
+        "server_errors": server_notes["errors"],
+        "task_runs_recorded_at_flow_end": task_runs["at_flow_end"],
+        "task_runs_final_at_flow_end": task_runs["final_at_flow_end"],
         "submit_requests": stats.get("submit_requests"),
         "tasks_created": tasks_created,
         "polls": stats.get("polls"),
@@ -478,8 +533,14 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, dataset: Path, output
 def print_report(f: dict[str, Any]) -> None:
     print()
     print(f"Flow state: {f['flow_state']}")
+    lag = (f"server caught up {f['recorder_lag_s']} s after the flow" if f["recorder_caught_up"]
+           else f"server had NOT caught up {f['recorder_lag_s']} s after the flow")
     print(f"Task runs by task: {f['task_runs_by_task']}  by state: {f['task_runs_by_state']}  "
-          f"retried: {f['task_runs_retried']}  (server caught up {f['recorder_lag_s']} s after the flow)")
+          f"retried: {f['task_runs_retried']}")
+    print(f"Task runs recorded by the server when the flow returned: {f['task_runs_recorded_at_flow_end']} "
+          f"({f['task_runs_final_at_flow_end']} final); {lag}")
+    print(f"Prefect server log: {f['server_events_dropped']} 'Subscription queue is full, dropping message' "
+          f"lines (events lost), {f['server_warnings']} warnings, {f['server_errors']} errors")
     peak_ok = "OK" if f["peak_concurrent_tasks"] <= f["concurrency"] else "VIOLATION: above max_concurrency"
     rows = [
         ("rows / concurrency / latency", f"{f['rows']} / {f['concurrency']} / {f['latency_s']} s (jitter {f['jitter_s']} s)"),
@@ -493,8 +554,9 @@ def print_report(f: dict[str, Any]) -> None:
         ("rows/s", f"{f['rows_per_s']}"),
         ("first / last row finished at", f"{f['first_row_done_s']} / {f['last_row_done_s']} s"),
         ("row duration p50/p95/max", f"{f['row_duration_p50_s']} / {f['row_duration_p95_s']} / {f['row_duration_max_s']} s"),
-        ("task runs (per row)", f"{f['task_runs']} ({f['task_runs_per_row']})"),
+        ("task runs (per row)", f"{f['task_runs']} ({f['task_runs_per_row']}){'' if f['recorder_caught_up'] else ' NOT all recorded yet'}"),
         ("task runs/s", f"{f['task_runs_per_s']}"),
+        ("events dropped by the server", f"{f['server_events_dropped']}"),
         ("polls per generation", f"{f['polls_per_generation']} ({f['polls']} polls / {f['tasks_created']} tasks)"),
         ("submit requests / downloads", f"{f['submit_requests']} / {f['downloads']}"),
         ("peak concurrent tasks", f"{f['peak_concurrent_tasks']} (<= {f['concurrency']}: {peak_ok})"),

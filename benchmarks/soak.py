@@ -80,6 +80,7 @@ from dataset_benchmark import (  # noqa: E402
     run_flow,
     self_cpu_seconds,
     self_peak_rss_mb,
+    server_log_summary,
     simulator_process,
     start_ephemeral_server,
     write_dataset,
@@ -359,7 +360,8 @@ def run_soak(args: argparse.Namespace, rates: dict[str, float], workdir: Path) -
         os.environ["SEEDREAM_BASE_URL"] = sim.base_url
         import prefect_seedream.flows  # noqa: F401
 
-        server_s, server_pid = start_ephemeral_server()
+        server_log = workdir / "prefect-server.err"
+        server_s, server_pid = start_ephemeral_server(server_log)
         print(f"  simulator at {sim.base_url}; ephemeral Prefect server started in {server_s:.1f} s", flush=True)
         cpu0 = self_cpu_seconds()
         server_cpu0 = proc_cpu_seconds(server_pid) if server_pid else None
@@ -376,6 +378,7 @@ def run_soak(args: argparse.Namespace, rates: dict[str, float], workdir: Path) -
         task_runs = asyncio.run(count_task_runs(state.state_details.flow_run_id, None, settle_timeout=60))
         server_cpu = round((proc_cpu_seconds(server_pid) or 0) - (server_cpu0 or 0), 1) if server_pid else None
         server_rss = proc_peak_rss_mb(server_pid) if server_pid else None
+    server_notes = server_log_summary(server_log)
     lines = read_manifest_lines(output)
     ledger = load_ledger(output)
     report = analyse(items, lines, ledger, stats, sim_tasks)
@@ -385,7 +388,9 @@ def run_soak(args: argparse.Namespace, rates: dict[str, float], workdir: Path) -
     print(f"Wall {wall:.1f} s; flow-process CPU {flow_cpu:.1f} s; Prefect server CPU {server_cpu} s; "
           f"peak RSS flow {self_peak_rss_mb():.0f} MB, server {server_rss and round(server_rss)} MB")
     print(f"Task runs: {task_runs['total']} ({task_runs['total'] / args.rows:.2f} per row) "
-          f"by task {task_runs['by_task']} by state {task_runs['by_state']}; runs retried: {task_runs['retried_runs']}")
+          f"by task {task_runs['by_task']} by state {task_runs['by_state']}; runs retried: {task_runs['retried_runs']}; "
+          f"{'all recorded' if task_runs['caught_up'] else 'server had NOT recorded them all'} "
+          f"{task_runs['recorder_lag_s']} s after the flow; server dropped {server_notes['events_dropped']} events")
     print(f"Simulator: {stats.get('submit_requests')} submit requests, {stats.get('tasks_created')} tasks created, "
           f"{stats.get('polls')} polls, {stats.get('downloads')} downloads, peak concurrent "
           f"{stats.get('peak_concurrent_tasks')} (max_concurrency {args.concurrency})")

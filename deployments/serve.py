@@ -41,7 +41,10 @@ def build_deployments(interval: float | None = None) -> list:
             parameters={"dataset": "examples/prompts.csv", "output": "output/ui-runs"},
             tags=["seedream"],
         ),
-        daily_content.to_deployment(name="daily-content", tags=["seedream", "scheduled"], **schedule),
+        # One run at a time: a day's runs share one output folder.
+        daily_content.to_deployment(
+            name="daily-content", tags=["seedream", "scheduled"], concurrency_limit=1, **schedule
+        ),
         recover_dataset.to_deployment(
             name="recover-after-failures", tags=["seedream"], triggers=[recover_trigger]
         ),

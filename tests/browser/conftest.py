@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Error as PlaywrightError
 
-from prefect_ui import CHROMIUM_PATH, launch_browser, new_page
+from tests.browser.prefect_ui import CHROMIUM_PATH, launch_browser, new_page
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
 
 @pytest.fixture(scope="session")
 def browser_artifacts_dir() -> Path:
@@ -65,6 +67,6 @@ def page(
             try:
                 pg.screenshot(path=str(browser_artifacts_dir / f"{stem}.png"), full_page=True)
                 (browser_artifacts_dir / f"{stem}.html").write_text(pg.content())
-            except Exception:  # the page may be gone; the failure itself matters more
-                pass
+            except (PlaywrightError, OSError) as exc:  # the failure itself matters more
+                print(f"could not save the failed page: {exc}")
         pg.context.close()

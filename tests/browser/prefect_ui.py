@@ -20,17 +20,22 @@ with both (``ui="v1"`` or ``ui="v2"``):
   ``/v2/`` unless ``PREFECT_SERVER_UI_V2_ENABLED=false`` or the browser has the
   ``prefect_ui_version=v1`` cookie, so this is what a user opening the dashboard sees.
 
-Typical use (see ``test_ui_driver.py``)::
+Typical use (see ``test_ui_driver.py``; ``tests`` is a package, the repo root on sys.path)::
 
-    with start_prefect_server(tmp_path) as server, \\
-         serve_deployment(server, [sys.executable, "toy_flow.py"], "toy-flow/toy", tmp_path):
+    from tests.browser.prefect_ui import (
+        launch_browser, new_page, open_artifacts_and_check_images, open_custom_run,
+        fill_run_form, serve_deployment, start_prefect_server, wait_for_flow_run_state)
+
+    with start_prefect_server(tmp_path) as server, serve_deployment(
+        server, [sys.executable, "tests/browser/toy_flow.py"], "toy-flow/toy", tmp_path
+    ):
         with sync_playwright() as pw:
             browser = launch_browser(pw)
             page = new_page(browser)
             open_custom_run(page, server.ui_url, "toy-flow/toy", ui="v2")
             run_id = fill_run_form(page, {"dataset": "x.csv", "model": "doubao-seedream-4.0",
                                           "size": "1K", "n": "2"})
-            wait_for_flow_run_state(page, server.ui_url, run_id, "Completed")
+            wait_for_flow_run_state(page, server.ui_url, run_id, "Completed", timeout=180)
             views = open_artifacts_and_check_images(page, server.ui_url, run_id)
             assert all(img.natural_width > 0 for v in views for img in v.images)
 """
@@ -54,6 +59,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from playwright.sync_api import Browser, Locator, Page, Playwright, Request, Response
+from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 UI = Literal["v1", "v2"]
@@ -83,12 +89,17 @@ FINAL_STATES: frozenset[str] = frozenset(
     {"Completed", "Cached", "RolledBack", "Failed", "Crashed", "Cancelled", "TimedOut"}
 )
 _STATE_RE = re.compile(rf"^\s*({'|'.join(STATE_NAMES)})\s*$")
-_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
+_UUID_RE = re.compile(
+    r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE
+)
 
 
 # --------------------------------------------------------------------------------------------
 # Processes: server and served deployment
 # --------------------------------------------------------------------------------------------
+
+#: urllib opener that ignores *_proxy variables: the server is on 127.0.0.1.
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def venv_bin(name: str) -> str:
@@ -214,7 +225,7 @@ def api_request(
         method=method,
         headers={"Content-Type": "application/json"} if data is not None else {},
     )
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
+    with _LOCAL.open(req, timeout=timeout) as resp:
         raw = resp.read()
     return json.loads(raw) if raw else None
 
@@ -235,7 +246,8 @@ def start_prefect_server(
     Output goes to ``tmp_dir/prefect-server.log``. The process group is terminated at exit
     (SIGTERM, then SIGKILL after 15 s), and the kernel terminates it if the caller dies.
 
-    Startup takes 6-35 s on a 2-core machine (a fresh database runs its migrations first).
+    Startup took 6-40 s on a busy 2-core machine (a fresh database runs its migrations
+    first).
 
     Args:
         tmp_dir: a directory owned by the caller (e.g. pytest's ``tmp_path``).
@@ -254,9 +266,7 @@ def start_prefect_server(
     home.mkdir(parents=True, exist_ok=True)
     log_path = tmp / "prefect-server.log"
     base_env = _clean_env(home)
-    base_env["PREFECT_API_DATABASE_CONNECTION_URL"] = (
-        f"sqlite+aiosqlite:///{home / 'prefect.db'}"
-    )
+    base_env["PREFECT_API_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{home / 'prefect.db'}"
 
     for attempt in range(3):  # the free port can be taken between free_port() and bind()
         port = free_port()
@@ -278,7 +288,8 @@ def start_prefect_server(
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                # Safe: nothing here runs threads that hold locks at fork time.
+                preexec_fn=_die_with_parent,  # noqa: PLW1509
             )  # fmt: skip
         server = PrefectServer(port, home, log_path, proc, base_env)
         try:
@@ -292,7 +303,7 @@ def start_prefect_server(
                         f"prefect server exited with code {proc.returncode}:\n{tail}"
                     )
                 try:
-                    urllib.request.urlopen(f"{server.api_url}/health", timeout=2).close()
+                    _LOCAL.open(f"{server.api_url}/health", timeout=2).close()
                     break
                 except (urllib.error.URLError, OSError):
                     pass
@@ -313,19 +324,22 @@ def start_prefect_server(
 
 @dataclass
 class ServedDeployment:
-    """A running serve subprocess and the deployment it serves."""
+    """A running serve subprocess and the deployment(s) it serves."""
 
     id: str
+    """Id of the first (or only) deployment."""
     name: str
     log_path: Path
     process: "subprocess.Popen[bytes]" = field(repr=False)
+    ids: dict[str, str] = field(default_factory=dict)
+    """``"flow-name/deployment-name"`` -> id, for every deployment waited for."""
 
 
 @contextlib.contextmanager
 def serve_deployment(
     server: PrefectServer,
     argv: Sequence[str],
-    deployment: str,
+    deployment: str | Sequence[str],
     log_dir: Path | str,
     *,
     timeout: float = 120.0,
@@ -335,18 +349,25 @@ def serve_deployment(
 ) -> Iterator[ServedDeployment]:
     """Run a process that serves a deployment (e.g. a script calling ``flow.serve(name=...)``).
 
-    Waits until the server knows ``deployment`` ("flow-name/deployment-name"). The runner
+    Waits until the server knows ``deployment`` ("flow-name/deployment-name", or a list of
+    them when the process serves several with ``prefect.serve(...)``). The runner
     polls for work every ``poll_seconds`` (``PREFECT_RUNNER_POLL_FREQUENCY``; Prefect's
     default is 10 s, which would add up to 10 s to every run). The process group is stopped at
     exit (SIGTERM: the runner pauses its deployments; SIGKILL after 20 s).
 
-    Note: the runner executes the flow code it imported at startup: editing the flow's file
-    while it serves changes nothing until it is restarted.
+    Notes on ``serve()`` in Prefect 3.8.7: each run executes a cloudpickled copy of the
+    in-memory flow in a spawned subprocess (``prefect.flow_engine.run_flow_in_subprocess``):
+
+    * editing the flow's file while it serves changes nothing until it is restarted;
+    * a flow module with ``from __future__ import annotations`` whose signature uses names
+      only in annotations (``Annotated``, ``Literal``, type aliases) fails *every* run:
+      "Validation of flow parameters failed ... `<Flow>Model` is not fully defined; you
+      should define `Annotated`". Calling the flow directly works; the UI shows "Failed".
 
     Args:
         server: from :func:`start_prefect_server`.
         argv: the command, e.g. ``[sys.executable, "tests/browser/toy_flow.py"]``.
-        deployment: ``"flow-name/deployment-name"``.
+        deployment: ``"flow-name/deployment-name"`` or a list of them.
         log_dir: the process's output goes to ``log_dir/serve-<deployment-name>.log``.
         timeout: seconds to wait for the deployment to appear.
         poll_seconds: the runner's polling interval.
@@ -354,13 +375,22 @@ def serve_deployment(
         cwd: working directory of the process.
 
     Yields:
-        A :class:`ServedDeployment` with the deployment's ``id``.
+        A :class:`ServedDeployment` with the (first) deployment's ``id`` and all ``ids``.
     """
-    flow_name, _, dep_name = deployment.partition("/")
-    if not dep_name:
-        raise ValueError(f"deployment must be 'flow-name/deployment-name', got {deployment!r}")
-    log_path = Path(log_dir) / f"serve-{dep_name}.log"
-    env = server.client_env({"PREFECT_RUNNER_POLL_FREQUENCY": str(poll_seconds), **(extra_env or {})})
+    names = [deployment] if isinstance(deployment, str) else list(deployment)
+    paths = []
+    for name in names:
+        flow_name, _, dep_name = name.partition("/")
+        if not dep_name:
+            raise ValueError(f"deployment must be 'flow-name/deployment-name', got {name!r}")
+        paths.append(
+            "/deployments/name/"
+            + "/".join(urllib.parse.quote(p, safe="") for p in (flow_name, dep_name))
+        )
+    log_path = Path(log_dir) / f"serve-{names[0].partition('/')[2]}.log"
+    env = server.client_env(
+        {"PREFECT_RUNNER_POLL_FREQUENCY": str(poll_seconds), **(extra_env or {})}
+    )
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             list(argv),
@@ -370,33 +400,36 @@ def serve_deployment(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509
         )
     try:
         deadline = time.monotonic() + timeout
-        path = "/deployments/name/" + "/".join(
-            urllib.parse.quote(p, safe="") for p in (flow_name, dep_name)
-        )
-        while True:
+        ids: dict[str, str] = {}
+        while len(ids) < len(names):
             if proc.poll() is not None:
                 raise RuntimeError(
                     f"serve process exited with code {proc.returncode}:\n{_tail(log_path, 60)}"
                 )
-            try:
-                dep = server.api("GET", path)
+            for name, path in zip(names, paths):
+                if name in ids:
+                    continue
+                try:
+                    ids[name] = str(server.api("GET", path)["id"])
+                except urllib.error.HTTPError as exc:
+                    if exc.code != 404:
+                        raise
+                except (urllib.error.URLError, OSError):
+                    pass
+            if len(ids) == len(names):
                 break
-            except urllib.error.HTTPError as exc:
-                if exc.code != 404:
-                    raise
-            except (urllib.error.URLError, OSError):
-                pass
             if time.monotonic() > deadline:
+                missing = [n for n in names if n not in ids]
                 raise TimeoutError(
-                    f"deployment {deployment!r} not registered after {timeout:.0f} s:\n"
+                    f"deployments {missing} not registered after {timeout:.0f} s:\n"
                     f"{_tail(log_path, 60)}"
                 )
             time.sleep(0.5)
-        yield ServedDeployment(dep["id"], deployment, log_path, proc)
+        yield ServedDeployment(ids[names[0]], names[0], log_path, proc, ids)
     finally:
         _stop_process_group(proc, grace=20)
 
@@ -495,7 +528,11 @@ def resolve_deployment_id(page: Page, ui_url: str, deployment: str) -> str:
     if not dep_name:
         raise ValueError(f"expected 'flow-name/deployment-name' or an id, got {deployment!r}")
     q = urllib.parse.quote
-    return str(api_json(page, ui_url, "GET", f"/deployments/name/{q(flow_name, safe='')}/{q(dep_name, safe='')}")["id"])
+    return str(
+        api_json(
+            page, ui_url, "GET", f"/deployments/name/{q(flow_name, safe='')}/{q(dep_name, safe='')}"
+        )["id"]
+    )
 
 
 def _submit_button(page: Page) -> Locator:
@@ -506,9 +543,13 @@ def _run_form(page: Page) -> Locator:
     return page.locator("form").filter(has=_submit_button(page))
 
 
-def open_custom_run(
-    page: Page, ui_url: str, deployment_name: str, *, ui: UI | None = None
-) -> str:
+def wait_for_quiet_network(page: Page, timeout_s: float = 10.0) -> None:
+    """Wait for ``networkidle``, but give up silently after ``timeout_s`` (polling pages)."""
+    with contextlib.suppress(PlaywrightTimeoutError):
+        page.wait_for_load_state("networkidle", timeout=timeout_s * 1000)
+
+
+def open_custom_run(page: Page, ui_url: str, deployment_name: str, *, ui: UI | None = None) -> str:
     """Open a deployment's page and its "Run" > "Custom run" form, as a user does.
 
     Selectors: the "Run" button is ``get_by_role("button", name="Run", exact=True)`` (not
@@ -530,11 +571,13 @@ def open_custom_run(
     page.goto(ui_url.rstrip("/") + ui_path(ui, f"/deployments/deployment/{dep_id}"))
     run_button = page.get_by_role("button", name="Run", exact=True)
     custom = page.get_by_text("Custom run", exact=True)
-    run_button.click()
-    try:
-        custom.wait_for(state="visible", timeout=5_000)
-    except Exception:  # the menu can miss a click made while the page is still hydrating
+    wait_for_quiet_network(page)
+    for _ in range(3):  # a click made while the page is still hydrating can be lost
+        if custom.is_visible():
+            break
         run_button.click()
+        with contextlib.suppress(PlaywrightTimeoutError):
+            custom.wait_for(state="visible", timeout=5_000)
     custom.click()
     page.wait_for_url(re.compile(rf"/deployments/deployment/{dep_id}/run"))
     _submit_button(page).wait_for(state="visible")
@@ -621,8 +664,11 @@ def _set_switch(block: Locator, value: str) -> None:
     want = value.strip().lower() in ("1", "true", "yes", "on")
     if (switch.get_attribute("aria-checked") == "true") != want:
         switch.click()
-    if (switch.get_attribute("aria-checked") == "true") != want:
-        raise AssertionError(f"switch did not turn {'on' if want else 'off'}")
+    deadline = time.monotonic() + 5
+    while (switch.get_attribute("aria-checked") == "true") != want:  # re-rendered async
+        if time.monotonic() > deadline:
+            raise AssertionError(f"switch did not turn {'on' if want else 'off'}")
+        time.sleep(0.1)
 
 
 def fill_parameter(page: Page, path: str, value: str, *, ui: UI | None = None) -> str:
@@ -654,7 +700,9 @@ def fill_parameter(page: Page, path: str, value: str, *, ui: UI | None = None) -
     if fields.locator("[role=switch]").count():
         _set_switch(fields, value)
         return "switch"
-    select_sel = "button.p-select-button__control" if ui == "v1" else "button[aria-haspopup=listbox]"
+    select_sel = (
+        "button.p-select-button__control" if ui == "v1" else "button[aria-haspopup=listbox]"
+    )
     if fields.locator(select_sel).count():
         _choose_option(page, fields, value, ui)
         return "select"
@@ -920,7 +968,9 @@ def _artifact_container(page: Page, ui: UI) -> Locator:
     return page.locator("[role=tabpanel][id$='-content-Artifact']").first
 
 
-def open_run_artifacts_tab(page: Page, ui_url: str, flow_run_id: str, *, ui: UI | None = None) -> Locator:
+def open_run_artifacts_tab(
+    page: Page, ui_url: str, flow_run_id: str, *, ui: UI | None = None
+) -> Locator:
     """Open the run page's "Artifacts" tab; return the locator of the artifact cards' links.
 
     Selectors: tab v1 ``li.p-tab`` "Artifacts", v2 ``get_by_role("tab", name="Artifacts")``
@@ -944,6 +994,68 @@ def open_run_artifacts_tab(page: Page, ui_url: str, flow_run_id: str, *, ui: UI 
     return cards
 
 
+_IMAGES_JS = """async (el, timeoutMs) => {
+    const imgs = Array.from(el.querySelectorAll('img'));
+    for (const i of imgs) i.scrollIntoView({block: 'center'});  // lazy images load in view
+    const loaded = Promise.all(imgs.map(i => i.complete ? null : new Promise(r => {
+        i.addEventListener('load', r, {once: true});
+        i.addEventListener('error', r, {once: true});
+    })));
+    await Promise.race([loaded, new Promise(r => setTimeout(r, timeoutMs))]);
+    return {
+        connected: el.isConnected,
+        text: el.innerText,
+        images: imgs.map(i => ({src: i.currentSrc || i.src, w: i.naturalWidth,
+                                h: i.naturalHeight, complete: i.complete, alt: i.alt || ''})),
+    };
+}"""
+
+
+def wait_until_stable(
+    page: Page, locator: Locator, *, quiet_s: float = 0.8, timeout_s: float = 15.0
+) -> None:
+    """Wait until ``locator`` is visible and neither its HTML nor the page URL changed for
+    ``quiet_s`` seconds.
+
+    Both UIs render in steps: v2 re-renders an artifact page once more when it adds
+    ``?tab=Artifact`` to the URL, and markdown is rendered after the container appears, so
+    "visible" alone can mean "no images yet" or "about to be replaced".
+    """
+    locator.wait_for(state="visible", timeout=timeout_s * 1000)
+    deadline = time.monotonic() + timeout_s
+    last: tuple[str, int] | None = None
+    since = time.monotonic()
+    while time.monotonic() < deadline:
+        try:
+            sig = (page.url, len(locator.inner_html(timeout=2_000)))
+        except PlaywrightTimeoutError:
+            sig = (page.url, -1)
+        if sig != last:
+            last, since = sig, time.monotonic()
+        elif time.monotonic() - since >= quiet_s and sig[1] >= 0:
+            return
+        page.wait_for_timeout(150)
+
+
+def _rendered_images(
+    page: Page, container: Locator, image_timeout_s: float, attempts: int = 3
+) -> dict[str, Any]:
+    """``{"text": ..., "images": [{src, w, h, complete, alt}]}`` of ``container``, once its
+    images have loaded (or failed)."""
+    for attempt in range(attempts):
+        wait_until_stable(page, container)
+        try:
+            result: dict[str, Any] = container.evaluate(_IMAGES_JS, image_timeout_s * 1000)
+        except PlaywrightError as exc:  # detached / navigated while evaluating
+            if attempt == attempts - 1:
+                raise
+            print(f"prefect_ui: retrying image check after: {exc}".splitlines()[0])
+            continue
+        if result["connected"]:
+            return result
+    raise AssertionError(f"artifact content kept re-rendering: {page.url}")
+
+
 def open_artifacts_and_check_images(
     page: Page,
     ui_url: str,
@@ -958,8 +1070,9 @@ def open_artifacts_and_check_images(
 
     The artifacts are listed through the API (``POST /api/artifacts/filter`` by flow run),
     checked against the cards shown in the tab (same count), then each one of ``types`` is
-    opened at ``/artifacts/artifact/<id>`` (v1: by clicking its card; v2: by URL, since v2
-    cards of keyed artifacts lead to the key's history instead). On each page, every
+    opened at ``/artifacts/artifact/<id>`` (the first by clicking its card when the card links
+    there, the others by URL; v2 cards of keyed artifacts lead to the key's history instead,
+    so those are opened by URL). On each page, every
     ``<img>`` inside the rendered artifact (v1 ``section.artifact-data-view``, v2 the
     "Artifact" tab panel) is scrolled into view and awaited, then its ``src`` and
     ``naturalWidth`` (0 = broken) are read in the page.
@@ -1006,29 +1119,17 @@ def open_artifacts_and_check_images(
         if art["type"] not in wanted:
             continue
         path = ui_path(ui, f"/artifacts/artifact/{art['id']}")
-        if not page.url.startswith(run_page_url(ui_url, flow_run_id, ui)):
-            open_run_artifacts_tab(page, ui_url, flow_run_id, ui=ui)
         card = cards.and_(page.locator(f"a[href='{path}']"))
-        if ui == "v1" and card.count():
+        if not views and card.count():
+            # The first one as a user would: click its card in the tab (v1 cards and v2
+            # cards of unkeyed artifacts link to the artifact's page). The others by URL,
+            # which saves reloading the run page (2-4 s each).
             card.first.click()
             page.wait_for_url(re.compile(re.escape(path)))
         else:
             page.goto(ui_url.rstrip("/") + path)
         container = _artifact_container(page, ui)
-        container.wait_for(state="visible")
-        imgs = container.locator("img")
-        for i in range(imgs.count()):
-            imgs.nth(i).scroll_into_view_if_needed()
-        page.wait_for_function(
-            "el => Array.from(el.querySelectorAll('img')).every(i => i.complete)",
-            arg=container.element_handle(),
-            timeout=image_timeout_s * 1000,
-        )
-        raw: list[dict[str, Any]] = container.evaluate(
-            """el => Array.from(el.querySelectorAll('img')).map(i => ({
-                   src: i.currentSrc || i.src, w: i.naturalWidth, h: i.naturalHeight,
-                   complete: i.complete, alt: i.alt || ''}))"""
-        )
+        rendered = _rendered_images(page, container, image_timeout_s)
         shot = None
         if shots:
             shot = shots / f"artifact-{ui}-{art.get('key') or art['id']}.png"
@@ -1039,8 +1140,11 @@ def open_artifacts_and_check_images(
                 key=art.get("key"),
                 type=art["type"],
                 url=page.url,
-                images=[ImageInfo(r["src"], r["w"], r["h"], r["complete"], r["alt"]) for r in raw],
-                text=container.inner_text(),
+                images=[
+                    ImageInfo(r["src"], r["w"], r["h"], r["complete"], r["alt"])
+                    for r in rendered["images"]
+                ],
+                text=str(rendered["text"]),
                 screenshot=shot,
             )
         )

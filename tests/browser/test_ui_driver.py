@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page
 
-from prefect_ui import (
+from tests.browser.prefect_ui import (
     CHROMIUM_PATH,
     UI,
     PrefectServer,
     RunFormRejected,
     ServedDeployment,
+    fill_parameter,
     fill_run_form,
     open_artifacts_and_check_images,
     open_custom_run,
@@ -32,8 +33,9 @@ from prefect_ui import (
     start_prefect_server,
     submit_run_form,
     wait_for_flow_run_state,
+    wait_for_quiet_network,
 )
-from toy_flow import GALLERY_KEY, IMAGE_KEY, TABLE_KEY
+from tests.browser.toy_flow import GALLERY_KEY, IMAGE_KEY, TABLE_KEY
 
 pytestmark = [
     pytest.mark.slow,
@@ -47,6 +49,7 @@ pytestmark = [
 
 TOY_FLOW = Path(__file__).with_name("toy_flow.py")
 DEPLOYMENT = "toy-flow/toy"
+OPTIONS_DEPLOYMENT = "toy-options-flow/toy"
 VALUES = {"dataset": "x.csv", "model": "doubao-seedream-4.0", "size": "1K", "n": "2"}
 EXPECTED_PARAMETERS = {"dataset": "x.csv", "model": "doubao-seedream-4.0", "size": "1K", "n": 2}
 THUMB_SIDE_1K = 32  # toy_flow.fake_generate: 1K -> 32x32 px
@@ -73,13 +76,14 @@ class Timer:
 def toy(
     tmp_path_factory: pytest.TempPathFactory, browser_artifacts_dir: Path
 ) -> Iterator[tuple[PrefectServer, ServedDeployment]]:
-    """A Prefect server plus the toy flow served as deployment ``toy-flow/toy``."""
+    """A Prefect server plus the toy flows served as ``toy-flow/toy`` and
+    ``toy-options-flow/toy``."""
     tmp = tmp_path_factory.mktemp("prefect-ui")
     timer = Timer()
     with start_prefect_server(tmp) as server:
         timer.lap("server_start")
         argv = [sys.executable, str(TOY_FLOW), "--name", "toy"]
-        with serve_deployment(server, argv, DEPLOYMENT, tmp) as dep:
+        with serve_deployment(server, argv, [DEPLOYMENT, OPTIONS_DEPLOYMENT], tmp) as dep:
             timer.lap("serve_start")
             timer.dump(browser_artifacts_dir / "timings-setup.json")
             yield server, dep
@@ -115,6 +119,9 @@ def test_custom_run_completes_and_renders_images(
     )
     assert run_id in page.url
     timer.lap("wait_completed")
+    # Logs and task runs arrive after the state: reload once so the screenshot shows them.
+    page.reload()
+    wait_for_quiet_network(page)
     page.screenshot(path=str(shots / f"run-{ui}.png"), full_page=True)
     assert states[-1] == "Completed"
 
@@ -168,3 +175,42 @@ def test_out_of_range_n_is_refused(
         assert any(re.search(rf"\b{n} is {reason}", m) for m in rejected.messages), rejected
     assert re.search(r"/deployments/deployment/[0-9a-f-]+/run", page.url), page.url
     assert _run_count(server, dep) == before
+
+
+@pytest.mark.parametrize("ui", ["v1", "v2"])
+def test_model_enum_bool_float_parameters(
+    toy: tuple[PrefectServer, ServedDeployment], page: Page, ui: UI, browser_artifacts_dir: Path
+) -> None:
+    """A pydantic-model parameter's fields, an Enum, a bool and a float, through the form."""
+    server, _ = toy
+    open_custom_run(page, server.ui_url, OPTIONS_DEPLOYMENT, ui=ui)
+    values = {
+        "dataset": "d.csv",  # required: labelled "dataset", without "(Optional)"
+        "options/Prompt Prefix": "pre",  # nested fields are labelled by their titles
+        "options/Watermark": "true",
+        "options/Quality": "hd",
+        "quality": "standard",
+        "dry_run": "true",
+        "ratio": "2.5",
+    }
+    kinds = {path: fill_parameter(page, path, value) for path, value in values.items()}
+    assert kinds == {
+        "dataset": "text",
+        "options/Prompt Prefix": "text",
+        "options/Watermark": "switch",
+        "options/Quality": "select",
+        "quality": "select",
+        "dry_run": "switch",
+        "ratio": "number",
+    }
+    page.screenshot(path=str(browser_artifacts_dir / f"form-options-{ui}.png"), full_page=True)
+    run_id = submit_run_form(page)
+    assert server.api("GET", f"/flow_runs/{run_id}")["parameters"] == {
+        "dataset": "d.csv",
+        "options": {"prompt_prefix": "pre", "watermark": True, "quality": "hd"},
+        "quality": "standard",
+        "dry_run": True,
+        "ratio": 2.5,
+    }
+    # The deployed run validates the nested model too (see the note in toy_flow.py).
+    wait_for_flow_run_state(page, server.ui_url, run_id, "Completed", timeout=180)

@@ -1,27 +1,34 @@
-"""A toy Prefect flow whose parameters mirror the real Seedream flow's, for UI-driver tests.
+"""Toy Prefect flows whose parameters mirror the real Seedream flow's, for UI-driver tests.
 
-The flow takes the same kinds of parameters the real end-to-end flow exposes in the
-"Custom run" form (a free-text string, two ``Literal`` choices, a bounded integer) and
-creates the three kinds of artifacts the real flow creates: a markdown gallery with
-embedded ``data:`` PNG thumbnails, a table, and a progress artifact.
+``toy_flow`` takes the kinds of parameters the real flow exposes in the "Custom run" form
+(a free-text string, two ``Literal`` choices, a bounded integer) and creates the artifacts
+the real flow creates: a markdown gallery with embedded ``data:`` PNG thumbnails (plus one
+raw-HTML ``<img>``), an image artifact, a table and a progress artifact.
 
-Run as a script to serve it as a deployment against the server named by ``PREFECT_API_URL``::
+``toy_options_flow`` covers the other parameter kinds: a pydantic model, an ``Enum``, a
+``bool`` and a ``float``.
+
+Run as a script to serve both against the server named by ``PREFECT_API_URL``::
 
     PREFECT_API_URL=http://127.0.0.1:PORT/api python tests/browser/toy_flow.py --name toy
 
-The deployment is then ``toy-flow/toy``.
+The deployments are then ``toy-flow/toy`` and ``toy-options-flow/toy``.
 """
 
-# No `from __future__ import annotations` here: with string annotations, Prefect 3.8 fails
-# to validate the parameters of a *deployed* run ("`Toy_FlowModel` is not fully defined;
-# you should define `Annotated`"), and every run of the deployment ends Failed.
+# No `from __future__ import annotations` here. `flow.serve()` runs each flow run from a
+# cloudpickled copy of the flow in a spawned subprocess (prefect.flow_engine.
+# run_flow_in_subprocess); names used only inside string annotations (Annotated, Literal,
+# type aliases) are missing from the copy's globals, so Prefect 3.8.7 fails *every* run
+# started from the UI: "Validation of flow parameters failed ... `Toy_FlowModel` is not
+# fully defined; you should define `Annotated`". Calling the flow directly works.
 import argparse
 import base64
 import struct
 import zlib
+from enum import Enum
 from typing import Annotated, Literal
 
-from prefect import flow, task
+from prefect import flow, serve, task
 from prefect.artifacts import (
     create_image_artifact,
     create_markdown_artifact,
@@ -29,7 +36,7 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 Model = Literal["doubao-seedream-4.0", "doubao-seedream-4.5"]
 Size = Literal["1K", "2K", "4K"]
@@ -53,7 +60,9 @@ def make_png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+        )
 
     row = b"\x00" + bytes(rgb) * width  # filter byte 0 + pixels
     raw = row * height
@@ -108,9 +117,7 @@ def toy_flow(
         rows.append(fake_generate(i, model, size))
         update_progress_artifact(progress_id, progress=100.0 * (i + 1) / n)
 
-    images = "\n\n".join(
-        f"![image {r['index']}]({r['uri']})" for r in rows
-    )
+    images = "\n\n".join(f"![image {r['index']}]({r['uri']})" for r in rows)
     create_markdown_artifact(
         key=GALLERY_KEY,
         markdown=(
@@ -135,12 +142,49 @@ def toy_flow(
     return [str(r["uri"])[:40] for r in rows]
 
 
+class Quality(str, Enum):
+    """An ``Enum`` parameter (rendered like a ``Literal``: a custom select)."""
+
+    standard = "standard"
+    hd = "hd"
+
+
+class Options(BaseModel):
+    """A pydantic-model parameter: the form nests its fields, labelled by their titles."""
+
+    prompt_prefix: str = Field("", description="Prefix added to every prompt")
+    watermark: bool = Field(False, description="Add a watermark")
+    quality: Quality = Quality.standard
+
+
+@flow(name="toy-options-flow", log_prints=True)
+def toy_options_flow(
+    dataset: str,
+    options: Options = Options(),  # noqa: B008 - a pydantic default, copied by Prefect
+    quality: Quality = Quality.hd,
+    dry_run: bool = False,
+    ratio: Annotated[float, Field(gt=0, le=4)] = 1.0,
+) -> dict[str, object]:
+    """Echo the parameters (nested model, Enum, bool, float, required str).
+
+    Args:
+        dataset: A required parameter (no default).
+        options: Nested generation options.
+    """
+    print(dataset, options, quality, dry_run, ratio)
+    return {"dataset": dataset, "options": options.model_dump(mode="json")}
+
+
 def main() -> None:
-    """Serve :func:`toy_flow` as deployment ``toy-flow/<name>`` until killed."""
+    """Serve both flows as deployments ``toy-flow/<name>`` and ``toy-options-flow/<name>``."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--name", default="toy", help="deployment name")
     args = parser.parse_args()
-    toy_flow.serve(name=args.name, print_starting_message=True)
+    serve(
+        toy_flow.to_deployment(name=args.name),
+        toy_options_flow.to_deployment(name=args.name),
+        print_starting_message=True,
+    )
 
 
 if __name__ == "__main__":

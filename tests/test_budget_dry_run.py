@@ -1,0 +1,270 @@
+"""The credit budget (``max_credits``) and the dry run, against the simulator.
+
+What the simulator bills is read back from its own tasks: a completed task costs
+``credits_per_image`` per generated image, a failed one nothing (see its payloads).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from prefect_seedream.api.models import MODEL_LIMITS
+from prefect_seedream.flows import DatasetRunSummary
+from prefect_seedream.simulator import RunningSimulator
+from tests.helpers import manifest, run_dataset, write_jsonl
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+M45, M40 = "doubao-seedream-4.5", "doubao-seedream-4.0"
+
+
+async def summary_of(state: Any) -> DatasetRunSummary:
+    data = state.data
+    if not isinstance(data, DatasetRunSummary):
+        data = await state.aresult(raise_on_failure=False)
+    assert isinstance(data, DatasetRunSummary), state
+    return data
+
+
+def by_id(lines: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {line["row_id"]: line for line in lines}
+
+
+def billed(sim: RunningSimulator) -> float:
+    """Credits the simulator charged: completed tasks, per generated image."""
+    now = sim.app_state.now()
+    total = 0.0
+    for task in sim.app_state.tasks.values():
+        status, _ = task.status_at(now)
+        if status == "completed":
+            total += task.model.credits_per_image * task.image_count
+    return total
+
+
+def rows_of(*specs: tuple[str, str, int]) -> list[dict[str, Any]]:
+    return [{"id": row_id, "prompt": prompt, "n": n} for row_id, prompt, n in specs]
+
+
+# -- max_credits -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+async def test_rows_beyond_the_budget_are_skipped_and_never_submitted(
+    seedream_env: RunningSimulator, tmp_path: Path, concurrency: int
+) -> None:
+    rows = rows_of(*[(f"r{i}", f"a lantern number {i}", 1) for i in range(1, 5)])
+    output = tmp_path / "out"
+    state = await run_dataset(
+        write_jsonl(tmp_path / "rows.jsonl", rows), output, max_credits=5, max_concurrency=concurrency
+    )
+    lines = by_id(manifest(output))
+    stats = seedream_env.stats()
+    summary = await summary_of(state)
+
+    assert sorted(lines) == ["r1", "r2", "r3", "r4"]
+    for row_id in ("r1", "r2"):
+        assert lines[row_id]["status"] == "succeeded"
+    for row_id in ("r3", "r4"):
+        line = lines[row_id]
+        assert line["status"] == "skipped", line
+        assert line["error"]["code"] == "budget_exceeded"
+        assert "max_credits=5" in line["error"]["message"]
+        assert line["task_id"] is None and line["submissions"] == 0
+        assert line["prompt"] not in stats["submissions_by_prompt"]
+    assert stats["tasks_created"] == 2 and stats["submit_requests"] == 2
+    assert summary.skipped == 2 and summary.succeeded == 2
+    assert summary.credits == 4.0 == billed(seedream_env)
+    assert summary.credits <= 5
+    assert state.is_failed()
+    assert "2 skipped" in (state.message or "") and "4 credits" in (state.message or "")
+
+
+async def test_a_row_too_big_for_the_rest_of_the_budget_does_not_block_smaller_ones(
+    seedream_env: RunningSimulator, tmp_path: Path
+) -> None:
+    rows = rows_of(("small1", "a lantern", 1), ("big", "three lanterns", 3), ("small2", "a kite", 1))
+    output = tmp_path / "out"
+    state = await run_dataset(
+        write_jsonl(tmp_path / "rows.jsonl", rows), output, max_credits=5, max_concurrency=1
+    )
+    lines = by_id(manifest(output))
+    stats = seedream_env.stats()
+
+    assert lines["small1"]["status"] == lines["small2"]["status"] == "succeeded"
+    assert lines["big"]["status"] == "skipped"
+    assert lines["big"]["error"]["code"] == "budget_exceeded"
+    assert "reserving 6 credits" in lines["big"]["error"]["message"]
+    assert "three lanterns" not in stats["submissions_by_prompt"]
+    summary = await summary_of(state)
+    assert summary.credits == 4.0 == billed(seedream_env)
+
+
+async def test_an_unbilled_failure_gives_its_reservation_back(
+    seedream_env: RunningSimulator, tmp_path: Path
+) -> None:
+    rows = rows_of(
+        ("refused", "a lantern [[sim:task_error=content_policy_violation]]", 1),
+        ("a", "a kite", 1),
+        ("b", "a boat", 1),
+    )
+    output = tmp_path / "out"
+    state = await run_dataset(
+        write_jsonl(tmp_path / "rows.jsonl", rows), output, max_credits=4, max_concurrency=1
+    )
+    lines = by_id(manifest(output))
+
+    assert lines["refused"]["status"] == "failed"
+    assert lines["a"]["status"] == lines["b"]["status"] == "succeeded"
+    assert seedream_env.stats()["tasks_created"] == 3
+    summary = await summary_of(state)
+    assert summary.credits == 4.0 == billed(seedream_env)
+
+
+async def test_an_unknown_outcome_counts_against_the_budget(
+    seedream_env: RunningSimulator, tmp_path: Path
+) -> None:
+    """A submission that may have been billed keeps its credits reserved."""
+    rows = rows_of(
+        ("dropped", "a lantern [[sim:drop_after_create]]", 1),
+        ("a", "a kite", 1),
+        ("b", "a boat", 1),
+    )
+    output = tmp_path / "out"
+    state = await run_dataset(
+        write_jsonl(tmp_path / "rows.jsonl", rows), output, max_credits=4, max_concurrency=1
+    )
+    lines = by_id(manifest(output))
+    stats = seedream_env.stats()
+
+    assert lines["dropped"]["status"] == "outcome_unknown"
+    assert lines["a"]["status"] == "succeeded"
+    assert lines["b"]["status"] == "skipped"
+    assert lines["b"]["error"]["code"] == "budget_exceeded"
+    assert "a boat" not in stats["submissions_by_prompt"]
+    summary = await summary_of(state)
+    assert summary.credits == 4.0 <= 4
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "bug: flows._RowRunner.run settles spent=0 for any SeedreamError, so a row whose task "
+        "completed (and was billed) but whose download then failed is not counted against "
+        "max_credits; later rows are submitted past the budget"
+    ),
+)
+async def test_a_billed_task_whose_download_failed_counts_against_the_budget(
+    seedream_env: RunningSimulator, tmp_path: Path
+) -> None:
+    rows = rows_of(("bad", "a lantern [[sim:download=not_image]]", 1), ("next", "a kite", 1))
+    output = tmp_path / "out"
+    state = await run_dataset(
+        write_jsonl(tmp_path / "rows.jsonl", rows), output, max_credits=2, max_concurrency=1
+    )
+    lines = by_id(manifest(output))
+
+    assert lines["bad"]["status"] == "failed"
+    assert lines["bad"]["error"]["code"] == "NotAnImageError"
+    # The first task completed: the simulator charged it 2 credits, the whole budget.
+    assert billed(seedream_env) <= 2, f"{billed(seedream_env)} credits billed with max_credits=2"
+    assert lines["next"]["status"] == "skipped"
+    assert (await summary_of(state)).credits == 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "bug: flows._RowRunner.run reserves 0 credits for a row that re-attaches to a task "
+        "an earlier run left in flight (it was paid then), but then adds the task's credits to "
+        "budget.spent; with max_concurrency >= rows a new row still gets the whole budget, so "
+        "summary.credits ends above max_credits"
+    ),
+)
+async def test_reattached_tasks_do_not_push_the_reported_credits_past_the_budget(
+    seedream_env: RunningSimulator, tmp_path: Path
+) -> None:
+    slow = [("a", "a lantern [[sim:latency=1.5]]", 1), ("b", "a kite [[sim:latency=1.5]]", 1)]
+    output = tmp_path / "out"
+    first = await run_dataset(
+        write_jsonl(tmp_path / "first.jsonl", rows_of(*slow)), output, max_wait_seconds=0.3
+    )
+    assert (await summary_of(first)).in_flight == 2
+
+    rows = rows_of(*slow, ("c", "a boat", 1))
+    state = await run_dataset(
+        write_jsonl(tmp_path / "second.jsonl", rows), output, max_credits=2, max_concurrency=3
+    )
+    lines = by_id(manifest(output))
+    assert seedream_env.stats()["tasks_created"] <= 3
+    assert lines["a"]["status"] == lines["b"]["status"] == "succeeded"
+    summary = await summary_of(state)
+    assert summary.credits <= 2, f"summary.credits={summary.credits} with max_credits=2"
+
+
+# -- dry run ---------------------------------------------------------------------------------
+
+
+async def test_dry_run_validates_estimates_and_submits_nothing(
+    seedream_env: RunningSimulator, tmp_path: Path
+) -> None:
+    rows = [
+        {"id": "one", "prompt": "a lantern"},  # flow defaults: 4.0, n=2
+        {"id": "three", "prompt": "three lanterns", "n": 3, "model": M45},
+        {"id": "four-oh", "prompt": "a kite", "n": 4, "model": M40, "size": "1K"},
+        {"id": "bad-size", "prompt": "a boat", "model": M45, "size": "1K"},  # invalid on 4.5
+        {"id": "bad-n", "prompt": "a boat", "n": "lots"},  # invalid
+    ]
+    output = tmp_path / "out"
+    state = await run_dataset(
+        write_jsonl(tmp_path / "rows.jsonl", rows),
+        output,
+        dry_run=True,
+        model=M40,
+        n=2,
+        max_credits=1,  # a budget is no reason for a dry run to fail
+    )
+    summary = await summary_of(state)
+
+    expected = (
+        MODEL_LIMITS[M40].credits_per_image * 2
+        + MODEL_LIMITS[M45].credits_per_image * 3
+        + MODEL_LIMITS[M40].credits_per_image * 4
+    )
+    assert expected == 15.0
+    assert state.is_completed(), state
+    assert summary.dry_run is True
+    assert summary.rows == 5 and summary.invalid == 2
+    assert summary.estimated_credits == pytest.approx(expected)
+    assert summary.credits == 0 and summary.succeeded == 0 and summary.manifest is None
+    assert "dry run" in (state.message or "") and "15" in (state.message or "")
+    stats = seedream_env.stats()
+    assert stats["submit_requests"] == 0 and stats["tasks_created"] == 0 and stats["polls"] == 0
+    assert not (output / "manifest.jsonl").exists()
+    assert not output.exists() or not any(output.rglob("*"))
+
+
+async def test_dry_run_leaves_an_earlier_output_untouched(
+    seedream_env: RunningSimulator, tmp_path: Path
+) -> None:
+    output = tmp_path / "out"
+    dataset = write_jsonl(tmp_path / "rows.jsonl", [{"id": "x", "prompt": "a lantern"}])
+    assert (await run_dataset(dataset, output)).is_completed()
+    before = {p: p.read_bytes() for p in output.rglob("*") if p.is_file()}
+    requests = seedream_env.stats()["submit_requests"]
+
+    more = write_jsonl(
+        tmp_path / "more.jsonl", [{"id": "x", "prompt": "a lantern"}, {"id": "y", "prompt": "a kite"}]
+    )
+    state = await run_dataset(more, output, dry_run=True)
+    assert state.is_completed()
+    assert (await summary_of(state)).estimated_credits == pytest.approx(
+        2 * MODEL_LIMITS[M45].credits_per_image
+    )
+    after = {p: p.read_bytes() for p in output.rglob("*") if p.is_file()}
+    assert after == before
+    assert json.loads((output / "manifest.jsonl").read_text().splitlines()[0])["row_id"] == "x"
+    assert seedream_env.stats()["submit_requests"] == requests

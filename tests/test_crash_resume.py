@@ -1,0 +1,208 @@
+"""A real ``prefect-seedream run`` killed with SIGKILL mid-run, then run again.
+
+The simulator runs as its own process (``prefect-seedream simulator``), the dataset run
+as another, with its own PREFECT_HOME (so Prefect starts its temporary local server in
+the run's process group). The run is killed while every worker waits on a remote task
+that was submitted moments before (so no submission is on the wire and no task can have
+finished), then the same command is run again to completion. Nothing may be paid twice:
+every prompt is submitted exactly once, the tasks in flight at the kill are re-attached
+by id, and every row ends with its image stored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = Path(sys.executable).parent / "prefect-seedream"
+ROWS = 20
+CONCURRENCY = 4
+KEY = "sk-crash-resume-test"
+
+
+def _stop(process: subprocess.Popen[Any]) -> None:
+    """End a process we started, with its whole process group."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait(timeout=30)
+
+
+def _group_gone(pgid: int, timeout: float = 15) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def simulator_process(tmp_path: Path) -> Iterator[str]:
+    """``prefect-seedream simulator`` on a free port (``--port 0``); yields its base URL."""
+    log = (tmp_path / "simulator.log").open("w+")
+    process = subprocess.Popen(
+        [str(CLI), "simulator", "--port", "0", "--latency", "3", "--jitter", "0.5"],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert "listening on http://" in line, (line, log.read())
+        base_url = line.rsplit(" ", 1)[-1].strip()
+        deadline = time.monotonic() + 15
+        while httpx.get(f"{base_url}/healthz", timeout=2).status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        yield base_url
+    finally:
+        _stop(process)
+        log.close()
+
+
+def _ledger(output: Path) -> dict[str, dict[str, Any]]:
+    """Row id -> ledger record, read the way another process would see it."""
+    records: dict[str, dict[str, Any]] = {}
+    for path in (output / ".seedream" / "tasks").glob("*.json"):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # being replaced right now: read it next time
+        records[record["row_id"]] = record
+    return records
+
+
+def _run_command(dataset: Path, output: Path) -> list[str]:
+    return [
+        str(CLI), "run", str(dataset), "--output", str(output),
+        "--max-concurrency", str(CONCURRENCY), "--retry-delay", "0.1",
+    ]
+
+
+def _environment(base_url: str, prefect_home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SEEDREAM_"))}
+    env.update(
+        SEEDREAM_API_KEY=KEY,
+        SEEDREAM_BASE_URL=base_url,
+        PREFECT_HOME=str(prefect_home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        # The temporary local server may start slowly on a busy machine.
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@pytest.mark.timeout(420)
+def test_sigkill_mid_run_then_rerun_pays_nothing_twice(simulator_process: str, tmp_path: Path) -> None:
+    base_url = simulator_process
+    prompts = {f"row-{i:02d}": f"a paper lantern over a river number {i}" for i in range(ROWS)}
+    dataset = tmp_path / "rows.csv"
+    dataset.write_text(
+        "id,prompt\n" + "".join(f"{row_id},{prompt}\n" for row_id, prompt in prompts.items()),
+        encoding="utf-8",
+    )
+    output = tmp_path / "out"
+    env = _environment(base_url, tmp_path / "prefect-home")
+
+    t0 = time.monotonic()
+    # -- first run: kill it while all workers wait on freshly submitted tasks ---------------
+    with (tmp_path / "run1.log").open("w") as log:
+        first = subprocess.Popen(
+            _run_command(dataset, output), env=env, cwd=tmp_path, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 240
+            while True:
+                assert first.poll() is None, (
+                    "the run ended before it could be killed:\n" + (tmp_path / "run1.log").read_text()
+                )
+                assert time.monotonic() < deadline, "never caught the run with tasks in flight"
+                records = _ledger(output)
+                submitted = {r: rec for r, rec in records.items() if rec["state"] == "submitted"}
+                stored = {r for r, rec in records.items() if rec["state"] == "stored"}
+                now = time.time()
+                if (
+                    len(submitted) == CONCURRENCY
+                    and stored
+                    and len(stored) + len(submitted) == len(records)
+                    and all(now - rec["submitted_at"] < 2.0 for rec in submitted.values())
+                ):
+                    # First polls come 3 s after a submit: nothing can finish before the kill.
+                    os.killpg(first.pid, signal.SIGKILL)
+                    break
+                time.sleep(0.02)
+        finally:
+            _stop(first)
+    print("KILL at", time.monotonic() - t0)
+    assert first.returncode == -signal.SIGKILL
+    assert _group_gone(first.pid), "processes of the killed run survived"
+
+    at_kill = _ledger(output)
+    in_flight = {r: rec["task_id"] for r, rec in at_kill.items() if rec["state"] == "submitted"}
+    stored_at_kill = {r for r, rec in at_kill.items() if rec["state"] == "stored"}
+    assert len(in_flight) == CONCURRENCY and stored_at_kill
+    assert len(stored_at_kill) + len(in_flight) < ROWS
+    assert not (output / "manifest.jsonl").exists()  # the run never got to the end
+    stats = httpx.get(f"{base_url}/_sim/stats").json()
+    # Precondition: every task the simulator created is in the ledger (none on the wire).
+    assert stats["tasks_created"] == len(at_kill), (stats, at_kill)
+    assert stats["active_tasks"] >= 1
+
+    # -- second run: the same command, to completion ---------------------------------------
+    second = subprocess.run(
+        _run_command(dataset, output), env=env, cwd=tmp_path, capture_output=True, text=True,
+        timeout=300, start_new_session=True,
+    )
+    report = second.stdout + second.stderr
+    print("SECOND done at", time.monotonic() - t0)
+    assert second.returncode == 0, report
+    assert f"Succeeded:  {ROWS}" in report, report
+
+    stats = httpx.get(f"{base_url}/_sim/stats").json()
+    by_prompt = stats["submissions_by_prompt"]
+    assert sorted(by_prompt) == sorted(prompts.values())
+    assert all(count == 1 for count in by_prompt.values()), by_prompt
+    assert stats["tasks_created"] == ROWS
+
+    final = _ledger(output)
+    assert sorted(final) == sorted(prompts)
+    for row_id, task_id in in_flight.items():
+        assert final[row_id]["task_id"] == task_id, "an in-flight task was not re-attached"
+        assert final[row_id]["submissions"] == 1
+    for row_id in stored_at_kill:
+        assert final[row_id]["task_id"] == at_kill[row_id]["task_id"]
+
+    lines = [json.loads(line) for line in (output / "manifest.jsonl").read_text().splitlines()]
+    assert len(lines) == ROWS
+    assert sorted(line["row_id"] for line in lines) == sorted(prompts)
+    assert len({line["task_id"] for line in lines}) == ROWS
+    for line in lines:
+        assert line["status"] == "succeeded", line
+        assert line["task_id"] == final[line["row_id"]]["task_id"]
+        assert line["reused"] is (line["row_id"] in stored_at_kill)
+        assert len(line["images"]) == 1
+        image = Path(line["images"][0]["uri"])
+        assert image.is_file() and image.stat().st_size == line["images"][0]["bytes"] > 0
+        assert image.parent == output.resolve()

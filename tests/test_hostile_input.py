@@ -1,0 +1,372 @@
+"""Hostile datasets: path-traversing ids, control characters, huge values, wrong types,
+internal addresses, broken files.
+
+A bad row must become a ``failed`` manifest line with ``invalid_row`` and its reason, and
+submit nothing; a bad file must fail the run with a clear ``DatasetError`` before anything
+is submitted; nothing may ever be written outside the output folder; and every valid row
+must still succeed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from prefect_seedream.dataset import DatasetError, RowDefaults, ValidRow, parse_row
+from prefect_seedream.flows import DatasetRunSummary
+from prefect_seedream.simulator import RunningSimulator
+from tests.helpers import manifest, run_dataset, write_csv, write_jsonl
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+DEFAULTS = RowDefaults(model="doubao-seedream-4.5", size="2K")
+
+
+async def summary_of(state: Any) -> DatasetRunSummary:
+    data = state.data
+    if not isinstance(data, DatasetRunSummary):
+        data = await state.aresult(raise_on_failure=False)
+    assert isinstance(data, DatasetRunSummary), state
+    return data
+
+
+def tree(root: Path) -> set[str]:
+    """Every path below root (files, folders, symlinks), relative to it."""
+    found = set()
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        for name in [*dirs, *files]:
+            found.add(os.path.relpath(os.path.join(folder, name), root))
+    return found
+
+
+# -- hostile rows in one run -------------------------------------------------------------------
+
+ESCAPE = f"seedream-escape-{uuid.uuid4().hex[:12]}"
+
+#: id -> why it is hostile; all of these are valid ids and must stay inside the output.
+HOSTILE_VALID_IDS = [
+    "../../etc/x",
+    f"../../../../../../../../../../tmp/{ESCAPE}",
+    f"/abs/path/{ESCAPE}",
+    "..\\..\\win\\system32",
+    "C:\\Windows\\evil",
+    ".",
+    "..",
+    "...",
+    "~/.ssh/authorized_keys",
+    ".seedream/tasks/hijack",
+    "manifest.jsonl",
+    "a/" + "b" * 120,
+    "x" * 128,
+    "x" * 127 + "y",  # same first 80 characters as the previous id
+    "rlo\u202egnp.exe",
+    "émoji-🚀-ünïcode",
+    "CON",
+    "-rf",
+]
+
+#: (record, words of the reason). The record's prompt, when valid text, is unique.
+INVALID_RECORDS: list[tuple[Any, str]] = [
+    ({"id": "x" * 129, "prompt": "too long id"}, "at most 128 printable characters"),
+    ({"id": "nul\x00byte", "prompt": "nul id"}, "printable characters"),
+    ({"id": "new\nline", "prompt": "newline id"}, "printable characters"),
+    ({"id": "\x1b[2Jclear", "prompt": "escape id"}, "printable characters"),
+    ({"id": ["a", "list"], "prompt": "list id"}, "id must be text"),
+    ({"id": "long-prompt", "prompt": "p" * 2001}, "2001 characters"),
+    ({"id": "huge-prompt", "prompt": "p" * 100_000}, "100000 characters"),
+    ({"id": "bell-prompt", "prompt": "ring \x07 the bell"}, "control characters"),
+    ({"id": "blank-prompt", "prompt": "   "}, "prompt is empty"),
+    ({"id": "no-prompt"}, "prompt is missing"),
+    ({"id": "n-abc", "prompt": "n abc", "n": "abc"}, "n must be a whole number"),
+    ({"id": "n-bool", "prompt": "n bool", "n": True}, "n must be a whole number"),
+    ({"id": "n-frac", "prompt": "n frac", "n": 2.5}, "n must be a whole number"),
+    ({"id": "n-zero", "prompt": "n zero", "n": 0}, "outside [1, 15]"),
+    ({"id": "n-huge", "prompt": "n huge", "n": 10**30}, "outside [1, 15]"),
+    ({"id": "prompt-num", "prompt": 12345}, "prompt must be text, got int"),
+    ({"id": "prompt-obj", "prompt": {"text": "x"}}, "prompt must be text, got dict"),
+    ({"id": "urls-obj", "prompt": "urls obj", "image_urls": {"a": 1}}, "image_urls must be a list"),
+    ({"id": "urls-nums", "prompt": "urls nums", "image_urls": [1, 2]}, "image_urls must be a list"),
+    ({"id": "model-num", "prompt": "model num", "model": 45}, "not supported"),
+    ({"id": "size-obj", "prompt": "size obj", "size": {"w": 1}}, "size must be text"),
+    ([1, 2, 3], "JSON list, not an object"),
+    ('"just a string"', "JSON str, not an object"),  # raw line: a JSON string
+    ("{not json at all", "not valid JSON"),  # raw line
+]
+
+#: Internal addresses in every spelling the issue lists (and a few more).
+INTERNAL_URLS = [
+    "http://2130706433/a.png",  # decimal IPv4
+    "http://0x7f000001/a.png",  # hex IPv4
+    "http://0x7f.0.0.1/a.png",
+    "http://0177.0.0.1/a.png",  # octal
+    "http://127.1/a.png",
+    "http://0/a.png",
+    "http://0.0.0.0/a.png",
+    "http://[::1]/a.png",  # IPv6 loopback
+    "http://[0:0:0:0:0:0:0:1]/a.png",
+    "http://[::ffff:127.0.0.1]/a.png",  # IPv4-mapped
+    "http://[::ffff:7f00:1]/a.png",
+    "http://[::127.0.0.1]/a.png",  # IPv4-compatible
+    "http://[fe80::1]/a.png",
+    "http://localhost/a.png",
+    "http://LOCALHOST./a.png",
+    "http://sub.localhost/a.png",
+    "http://10.1.2.3/a.png",
+    "http://172.16.0.1/a.png",
+    "http://192.168.0.1/a.png",
+    "http://169.254.169.254/latest/meta-data/",
+    "http://100.64.0.1/a.png",
+    "https://user:pass@127.0.0.1/a.png",
+    "https://example.com@127.0.0.1/a.png",
+    "http://\uff11\uff12\uff17.\uff10.\uff10.\uff11/a.png",  # fullwidth digits
+    "http://127.0.0.1\u3002/a.png",  # ideographic full stop
+    "http://\u24db\u24de\u24d2\u24d0\u24db\u24d7\u24de\u24e2\u24e3/a.png",  # circled "localhost"
+]
+NON_HTTP_URLS = ["file:///etc/passwd", "ftp://example.com/a.png", "gopher://example.com/"]
+
+
+def _hostile_rows() -> tuple[list[Any], dict[str, str], dict[int, str]]:
+    """JSONL values, valid row ids -> prompt, and invalid line number -> reason words."""
+    values: list[Any] = []
+    valid: dict[str, str] = {}
+    invalid: dict[int, str] = {}
+    for index, row_id in enumerate(HOSTILE_VALID_IDS):
+        prompt = f"a paper lantern, hostile id number {index}"
+        values.append({"id": row_id, "prompt": prompt})
+        valid[row_id] = prompt
+    values.append({"id": "max-prompt", "prompt": "q" * 1991 + " lantern!"})
+    valid["max-prompt"] = values[-1]["prompt"]
+    assert len(valid["max-prompt"]) == 2000
+    values.append({"id": "public-ref", "prompt": "with a public reference",
+                   "image_urls": ["https://example.com/ref.png"]})
+    valid["public-ref"] = "with a public reference"
+    values.append({"id": "callback-ignored", "prompt": "a callback column is not forwarded",
+                   "callback_url": "http://127.0.0.1:9/hook"})
+    valid["callback-ignored"] = "a callback column is not forwarded"
+    values.append({"id": 7, "prompt": "a numeric id is text"})
+    valid["7"] = "a numeric id is text"
+    for record, words in INVALID_RECORDS:
+        values.append(record)
+        invalid[len(values)] = words
+    for index, url in enumerate(INTERNAL_URLS):
+        values.append({"id": f"internal-{index}", "prompt": f"internal {index}", "image_urls": [url]})
+        invalid[len(values)] = "is not allowed"
+    for index, url in enumerate(NON_HTTP_URLS):
+        values.append({"id": f"scheme-{index}", "prompt": f"scheme {index}", "image_urls": [url]})
+        invalid[len(values)] = "must use https or http"
+    return values, valid, invalid
+
+
+async def test_hostile_rows_stay_inside_the_output_and_valid_rows_succeed(
+    seedream_env: RunningSimulator, tmp_path: Path
+) -> None:
+    values, valid, invalid = _hostile_rows()
+    work = tmp_path / "deep" / "er"
+    work.mkdir(parents=True)
+    dataset = work / "rows.jsonl"
+    dataset.write_text(
+        "".join((v if isinstance(v, str) else json.dumps(v)) + "\n" for v in values),
+        encoding="utf-8",
+    )
+    output = work / "out"
+    parent_before = sorted(os.listdir(tmp_path.parent))
+    before = tree(tmp_path)
+
+    state = await run_dataset(dataset, output, max_concurrency=16, retries=0)
+    summary = await summary_of(state)
+
+    # Nothing outside the output folder: not beside it, not above it, not at absolute paths.
+    new = tree(tmp_path) - before
+    outside = {p for p in new if not (p == "deep/er/out" or p.startswith("deep/er/out/"))}
+    assert outside == set()
+    assert sorted(os.listdir(tmp_path.parent)) == parent_before
+    assert not Path("/abs").exists()
+    assert not list(Path("/tmp").glob(f"{ESCAPE}*")) and not list(Path("/etc").glob("x-*"))
+    real_out = os.path.realpath(output)
+    for path in output.rglob("*"):
+        assert os.path.realpath(path).startswith(real_out + os.sep), path
+        assert not path.is_symlink()
+
+    # One line per input row, in order.
+    lines = manifest(output)
+    assert [line["row_number"] for line in lines] == list(range(1, len(values) + 1))
+    by_number = {line["row_number"]: line for line in lines}
+
+    # Every valid row succeeded, each with its own image file directly in the output.
+    stats = seedream_env.stats()
+    images: set[Path] = set()
+    for line in lines:
+        if line["row_number"] in invalid:
+            continue
+        assert line["status"] == "succeeded", line
+        assert line["row_id"] in valid
+        assert stats["submissions_by_prompt"].get(line["prompt"]) == 1
+        uri = Path(line["images"][0]["uri"])
+        assert uri.parent == output.resolve() and uri.is_file()
+        images.add(uri)
+    assert len(images) == len(valid)
+    assert stats["tasks_created"] == len(valid)
+    assert "callback_url" not in by_number[next(
+        n for n, l in by_number.items() if l["row_id"] == "callback-ignored"
+    )]["parameters"]
+
+    # Every invalid row failed with its reason and submitted nothing.
+    for number, words in invalid.items():
+        line = by_number[number]
+        assert line["status"] == "failed", line
+        assert line["error"]["code"] == "invalid_row"
+        assert words in line["error"]["message"], (words, line["error"])
+        assert line["task_id"] is None and line["submissions"] == 0
+        if isinstance(line["prompt"], str):
+            assert line["prompt"] not in stats["submissions_by_prompt"]
+    for number in invalid:
+        if number <= len(values) and isinstance(values[number - 1], dict):
+            url_list = values[number - 1].get("image_urls")
+            if isinstance(url_list, list) and url_list and isinstance(url_list[0], str):
+                assert url_list[0][:60] in by_number[number]["error"]["message"]
+
+    # Ledger files too are named safely, inside the output.
+    ledger = output / ".seedream" / "tasks"
+    assert len(list(ledger.glob("*.json"))) == len(valid)
+
+    assert summary.rows == len(values)
+    assert summary.succeeded == len(valid)
+    assert summary.failed == summary.invalid == len(invalid)
+    assert state.is_failed()
+
+
+async def test_long_ids_sharing_a_prefix_get_distinct_files(
+    seedream_env: RunningSimulator, tmp_path: Path
+) -> None:
+    ids = ["z" * 100 + "-one", "z" * 100 + "-two", "z" * 80, "z" * 80 + "/"]
+    rows = [{"id": row_id, "prompt": f"a kite {i}"} for i, row_id in enumerate(ids)]
+    output = tmp_path / "out"
+    state = await run_dataset(write_jsonl(tmp_path / "rows.jsonl", rows), output)
+    lines = manifest(output)
+
+    assert state.is_completed(), state
+    uris = [line["images"][0]["uri"] for line in lines]
+    assert len(set(uris)) == len(ids)
+    for uri in uris:
+        assert Path(uri).parent == output.resolve()
+        assert len(Path(uri).name) < 255
+
+
+async def test_csv_ragged_rows_and_quoted_newlines(seedream_env: RunningSimulator, tmp_path: Path) -> None:
+    dataset = tmp_path / "rows.csv"
+    dataset.write_text(
+        'id,prompt\n'
+        'ok,"a lantern\non two lines"\n'
+        'ragged,a kite,extra,fields\n'
+        '../../x,"a boat, with a comma"\n',
+        encoding="utf-8",
+    )
+    output = tmp_path / "out"
+    await run_dataset(dataset, output)
+    lines = {line["row_number"]: line for line in manifest(output)}
+
+    assert len(lines) == 3
+    assert lines[1]["status"] == "succeeded" and lines[1]["prompt"] == "a lantern\non two lines"
+    assert lines[2]["status"] == "failed" and lines[2]["error"]["code"] == "invalid_row"
+    assert "4 fields, header has 2" in lines[2]["error"]["message"]
+    assert lines[3]["status"] == "succeeded"
+    assert Path(lines[3]["images"][0]["uri"]).parent == output.resolve()
+    assert seedream_env.stats()["tasks_created"] == 2
+
+
+# -- bad files: a clear DatasetError before any submission -----------------------------------
+
+
+async def _expect_dataset_error(sim: RunningSimulator, dataset: Path, output: Path, words: str) -> None:
+    state = await run_dataset(dataset, output)
+    assert state.is_failed(), state
+    error = await state.aresult(raise_on_failure=False)
+    assert isinstance(error, DatasetError), error
+    assert words in str(error)
+    assert words in (state.message or "")
+    stats = sim.stats()
+    assert stats["submit_requests"] == 0 and stats["tasks_created"] == 0
+    assert not (output / "manifest.jsonl").exists()
+
+
+async def test_csv_without_a_prompt_column(seedream_env: RunningSimulator, tmp_path: Path) -> None:
+    dataset = write_csv(tmp_path / "rows.csv", [{"id": "a", "text": "a lantern"}, {"id": "b", "text": "a kite"}])
+    await _expect_dataset_error(seedream_env, dataset, tmp_path / "out", "no 'prompt' column")
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("empty.csv", b""),
+        ("empty.jsonl", b""),
+        ("header-only.csv", b"id,prompt\n"),
+        ("blank-lines.jsonl", b"\n\n   \n"),
+    ],
+)
+async def test_empty_dataset(seedream_env: RunningSimulator, tmp_path: Path, name: str, content: bytes) -> None:
+    dataset = tmp_path / name
+    dataset.write_bytes(content)
+    await _expect_dataset_error(seedream_env, dataset, tmp_path / "out", "has no rows")
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+async def test_non_utf8_file(seedream_env: RunningSimulator, tmp_path: Path, suffix: str) -> None:
+    dataset = tmp_path / f"latin1.{suffix}"
+    if suffix == "csv":
+        dataset.write_bytes("id,prompt\nr1,un caf\u00e9 au lait\n".encode("latin-1"))
+    else:
+        dataset.write_bytes('{"id": "r1", "prompt": "un caf\u00e9"}\n'.encode("latin-1"))
+    await _expect_dataset_error(seedream_env, dataset, tmp_path / "out", "is not UTF-8")
+
+
+async def test_non_utf8_byte_late_in_a_big_file_still_submits_nothing(
+    seedream_env: RunningSimulator, tmp_path: Path
+) -> None:
+    """Validation reads the whole file before the first submission."""
+    good = "".join(json.dumps({"id": f"r{i}", "prompt": f"a lantern {i}"}) + "\n" for i in range(3000))
+    dataset = tmp_path / "late.jsonl"
+    dataset.write_bytes(good.encode() + b'{"id": "bad", "prompt": "caf\xe9"}\n')
+    await _expect_dataset_error(seedream_env, dataset, tmp_path / "out", "is not UTF-8")
+
+
+@pytest.mark.parametrize(("name", "words"), [("rows.txt", "unknown format"), ("missing.csv", "does not exist")])
+async def test_unreadable_dataset_path(seedream_env: RunningSimulator, tmp_path: Path, name: str, words: str) -> None:
+    dataset = tmp_path / name
+    if name.endswith(".txt"):
+        dataset.write_text("prompt\na lantern\n")
+    await _expect_dataset_error(seedream_env, dataset, tmp_path / "out", words)
+
+
+# -- internal hosts that a WHATWG URL parser resolves to loopback ----------------------------
+
+#: Each of these is read as 127.0.0.1 / localhost by a WHATWG URL parser (browsers, Node's
+#: ``new URL()``, the fetchers of many web services), which percent-decodes the host and
+#: ends the authority at a backslash; checked with Node 18: ``new URL(u).hostname``.
+WHATWG_LOOPBACK_SPELLINGS = [
+    "http://127%2e0%2e0%2e1/a.png",  # -> 127.0.0.1
+    "http://%31%32%37.0.0.1/a.png",  # -> 127.0.0.1
+    "http://0x7f%2e1/a.png",  # -> 127.0.0.1
+    "http://localhost%2e/a.png",  # -> localhost.
+    "http://127.0.0.1\\@example.com/a.png",  # -> 127.0.0.1 (urlsplit says example.com)
+]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "bug: api/addresses.py internal_host_reason (via models._check_public_url) judges the "
+        "host as urllib.parse.urlsplit sees it: it never percent-decodes the host and does not "
+        "end the authority at '\\', so spellings that WHATWG URL parsers resolve to "
+        "127.0.0.1/localhost pass as public image_urls (and callback_url)"
+    ),
+)
+@pytest.mark.parametrize("url", WHATWG_LOOPBACK_SPELLINGS)
+def test_internal_host_spellings_of_whatwg_parsers_are_refused(url: str) -> None:
+    row = parse_row(1, {"id": "r", "prompt": "a lantern", "image_urls": [url]}, DEFAULTS)
+    assert not isinstance(row, ValidRow), f"{url!r} was accepted as a public image URL"
+    assert "is not allowed" in row.reason

@@ -29,18 +29,25 @@ fi
 log="$(mktemp -t install-browser.XXXXXX.log)"
 trap 'rm -f "$log"' EXIT
 
-run() {
-    if ! "$@" >>"$log" 2>&1; then
-        echo "install-browser.sh: failed: $*" >&2
-        cat "$log" >&2
-        exit 1
-    fi
+# Run an apt command quietly, up to 3 times (mirrors and the dpkg lock can be transiently
+# unavailable on a fresh machine); on final failure print its output and exit 1.
+apt_run() {
+    local attempt
+    for attempt in 1 2 3; do
+        if "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+            apt-get -o DPkg::Lock::Timeout=120 "$@" >"$log" 2>&1; then
+            return 0
+        fi
+        [ "$attempt" -lt 3 ] && sleep 5
+    done
+    echo "install-browser.sh: failed: apt-get $*" >&2
+    cat "$log" >&2
+    exit 1
 }
 
-export DEBIAN_FRONTEND=noninteractive
-run "${SUDO[@]}" apt-get update -qq
+apt_run update -qq
 # No recommends: they pull mesa, udev, upower, ... which a headless browser does not need.
-run "${SUDO[@]}" apt-get install -y -qq --no-install-recommends chromium
+apt_run install -y -qq --no-install-recommends chromium
 
 if [ ! -x "$CHROMIUM" ]; then
     echo "install-browser.sh: apt-get finished but $CHROMIUM is missing" >&2

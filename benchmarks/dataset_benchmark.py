@@ -4,8 +4,8 @@ What it does:
 
 1. writes a CSV of ``--rows`` distinct prompts (no fault markers);
 2. starts the simulator, by default in a **separate process**
-   (``main_simulator`` of ``prefect_seedream.simulator``, the code behind
-   ``prefect-seedream simulator``) so that its CPU does not
+   (``python -m prefect_seedream.cli simulator --port 0 ...``, i.e. the
+   ``prefect-seedream simulator`` command) so that its CPU does not
    share the GIL with the flow (``--simulator thread`` runs it in-process with
    ``running_simulator`` instead, for comparison);
 3. starts Prefect's ephemeral API server explicitly (no ``PREFECT_API_URL``; a temporary
@@ -39,18 +39,15 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 API_KEY = "sk-benchmark"
-SIMULATOR_MAIN = (
-    "import sys; from prefect_seedream.simulator import main_simulator; "
-    "sys.exit(main_simulator(sys.argv[1:]))"
-)
 
 #: Settings that, per /work/shared/prefect-notes.md, raise the SQLite server's task-run
 #: throughput from ~65-70/s to 200+/s (used only with ``--tuned-server``).
@@ -65,7 +62,9 @@ TUNED_SERVER_SETTINGS = {
 # --------------------------------------------------------------------------- environment
 
 
-def prepare_environment(prefect_home: Path, *, tuned_server: bool = False, verbose: bool = False) -> None:
+def prepare_environment(
+    prefect_home: Path, *, tuned_server: bool = False, verbose: bool = False
+) -> None:
     """Embedded Prefect (ephemeral server) in a throw-away home. Call before importing prefect."""
     for name in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILES_PATH"):
         os.environ.pop(name, None)
@@ -74,7 +73,9 @@ def prepare_environment(prefect_home: Path, *, tuned_server: bool = False, verbo
     # The default (20 s) is too short on a busy 2-core machine (measured: a cold start with a
     # fresh SQLite database took 15 s idle and timed out under load).
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO" if verbose else "WARNING")
+    os.environ.setdefault(
+        "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO" if verbose else "WARNING"
+    )
     if tuned_server:
         os.environ.update(TUNED_SERVER_SETTINGS)
 
@@ -83,7 +84,16 @@ def write_dataset(path: Path, rows: int, prefix: str = "bench") -> list[tuple[st
     """A CSV of ``rows`` distinct prompts; returns ``[(row id, prompt), ...]``."""
     import csv
 
-    subjects = ["lighthouse", "red fox", "tea house", "glacier", "city tram", "orchard", "robot", "harbour"]
+    subjects = [
+        "lighthouse",
+        "red fox",
+        "tea house",
+        "glacier",
+        "city tram",
+        "orchard",
+        "robot",
+        "harbour",
+    ]
     styles = ["oil painting", "watercolour", "ink sketch", "photograph", "pixel art", "woodcut"]
     items = []
     with path.open("w", newline="", encoding="utf-8") as handle:
@@ -91,7 +101,9 @@ def write_dataset(path: Path, rows: int, prefix: str = "bench") -> list[tuple[st
         writer.writerow(["id", "prompt"])
         for i in range(1, rows + 1):
             row_id = f"{prefix}-{i:06d}"
-            prompt = f"A {subjects[i % len(subjects)]} at dawn, {styles[i % len(styles)]}, study #{i}"
+            prompt = (
+                f"A {subjects[i % len(subjects)]} at dawn, {styles[i % len(styles)]}, study #{i}"
+            )
             writer.writerow([row_id, prompt])
             items.append((row_id, prompt))
     return items
@@ -187,13 +199,22 @@ def simulator_process(command: list[str], workdir: Path) -> Iterator[Simulator]:
                 proc.wait()
 
 
-def simulator_cli_command(latency: float, jitter: float, seed: int, fault_rates: dict[str, float]) -> list[str]:
-    # Not ``prefect-seedream simulator --port 0``: that command line cannot take options
-    # (its argparse.REMAINDER sub-argument rejects them; see benchmarks/README.md), so call
-    # the same entry point, main_simulator, directly.
+def simulator_cli_command(
+    latency: float, jitter: float, seed: int, fault_rates: dict[str, float]
+) -> list[str]:
     command = [
-        sys.executable, "-c", SIMULATOR_MAIN, "--port", "0",
-        "--latency", str(latency), "--jitter", str(jitter), "--seed", str(seed),
+        sys.executable,
+        "-m",
+        "prefect_seedream.cli",
+        "simulator",
+        "--port",
+        "0",
+        "--latency",
+        str(latency),
+        "--jitter",
+        str(jitter),
+        "--seed",
+        str(seed),
     ]
     for key, rate in fault_rates.items():
         command += ["--fault-rate", f"{key}={rate}"]
@@ -202,18 +223,27 @@ def simulator_cli_command(latency: float, jitter: float, seed: int, fault_rates:
 
 @contextmanager
 def start_simulator(
-    mode: str, workdir: Path, *, latency: float, jitter: float, seed: int = 0,
+    mode: str,
+    workdir: Path,
+    *,
+    latency: float,
+    jitter: float,
+    seed: int = 0,
     fault_rates: dict[str, float] | None = None,
 ) -> Iterator[Simulator]:
     """The simulator in a subprocess (default) or in a thread of this process."""
     fault_rates = fault_rates or {}
     if mode == "subprocess":
-        with simulator_process(simulator_cli_command(latency, jitter, seed, fault_rates), workdir) as sim:
+        with simulator_process(
+            simulator_cli_command(latency, jitter, seed, fault_rates), workdir
+        ) as sim:
             yield sim
         return
     from prefect_seedream.simulator import SimulatorConfig, running_simulator
 
-    config = SimulatorConfig(latency_seconds=latency, jitter_seconds=jitter, seed=seed, fault_rates=fault_rates)
+    config = SimulatorConfig(
+        latency_seconds=latency, jitter_seconds=jitter, seed=seed, fault_rates=fault_rates
+    )
     with running_simulator(config) as running:
         yield Simulator(base_url=running.base_url, mode="thread")
 
@@ -294,7 +324,9 @@ class ProgressPrinter:
             )
 
 
-async def run_flow(dataset: Path, output: Path, rows: int, flow_kwargs: dict[str, Any], progress_every: float) -> tuple[Any, float, ProgressPrinter]:
+async def run_flow(
+    dataset: Path, output: Path, rows: int, flow_kwargs: dict[str, Any], progress_every: float
+) -> tuple[Any, float, ProgressPrinter]:
     """Run generate_dataset; returns (final state, wall seconds, progress)."""
     from prefect_seedream.flows import generate_dataset
     from prefect_seedream.progress import listening
@@ -305,7 +337,9 @@ async def run_flow(dataset: Path, output: Path, rows: int, flow_kwargs: dict[str
         with listening(printer.on_row):
             started = time.monotonic()
             printer.started = started
-            state = await generate_dataset(str(dataset), str(output), return_state=True, **flow_kwargs)
+            state = await generate_dataset(
+                str(dataset), str(output), return_state=True, **flow_kwargs
+            )
             wall = time.monotonic() - started
     finally:
         reporter.cancel()
@@ -313,7 +347,10 @@ async def run_flow(dataset: Path, output: Path, rows: int, flow_kwargs: dict[str
 
 
 async def count_task_runs(
-    flow_run_id: Any, expected: int | None, settle_timeout: float = 300.0, report_every: float = 15.0
+    flow_run_id: Any,
+    expected: int | None,
+    settle_timeout: float = 300.0,
+    report_every: float = 15.0,
 ) -> dict[str, Any]:
     """Task runs of a flow run, by task and by state, once the server has recorded them.
 
@@ -358,8 +395,11 @@ async def count_task_runs(
                 break
             if time.monotonic() - last_report >= report_every:
                 last_report = time.monotonic()
-                print(f"  server has recorded {len(runs)} task runs ({finals} final) "
-                      f"{last_report - started:.0f} s after the flow", flush=True)
+                print(
+                    f"  server has recorded {len(runs)} task runs ({finals} final) "
+                    f"{last_report - started:.0f} s after the flow",
+                    flush=True,
+                )
             await asyncio.sleep(1.0)
     lag = time.monotonic() - started
     by_task = Counter(r.name.split("-", 1)[0] for r in runs)
@@ -368,16 +408,25 @@ async def count_task_runs(
     caught_up = all(r.state is not None and r.state.is_final() for r in runs) and (
         expected is None or len(runs) >= expected
     )
-    return {"total": len(runs), "by_task": dict(by_task), "by_state": dict(by_state),
-            "retried_runs": retried, "recorder_lag_s": round(lag, 1), "caught_up": caught_up,
-            "at_flow_end": at_flow_end, "final_at_flow_end": final_at_flow_end}
+    return {
+        "total": len(runs),
+        "by_task": dict(by_task),
+        "by_state": dict(by_state),
+        "retried_runs": retried,
+        "recorder_lag_s": round(lag, 1),
+        "caught_up": caught_up,
+        "at_flow_end": at_flow_end,
+        "final_at_flow_end": final_at_flow_end,
+    }
 
 
 def read_manifest_lines(output: Path) -> list[dict[str, Any]]:
     path = output / "manifest.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [
+        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -395,22 +444,52 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200, help="dataset rows (distinct prompts)")
     parser.add_argument("--latency", type=float, default=2.0, help="simulator seconds per task")
-    parser.add_argument("--jitter", type=float, default=0.0, help="simulator latency jitter, +/- seconds (default 0)")
-    parser.add_argument("--concurrency", type=int, default=16, help="generate_dataset max_concurrency")
-    parser.add_argument("--poll-interval", type=float, default=None,
-                        help="generate_dataset poll_interval (default min(3, latency/4))")
-    parser.add_argument("--output", type=Path, default=None,
-                        help="working folder (dataset, images, manifest); default a temp dir, removed after")
+    parser.add_argument(
+        "--jitter",
+        type=float,
+        default=0.0,
+        help="simulator latency jitter, +/- seconds (default 0)",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=16, help="generate_dataset max_concurrency"
+    )
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=None,
+        help="generate_dataset poll_interval (default min(3, latency/4))",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="working folder (dataset, images, manifest); default a temp dir, removed after",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp working folder")
-    parser.add_argument("--simulator", choices=["subprocess", "thread"], default="subprocess",
-                        help="where the simulator runs (default: its own process)")
+    parser.add_argument(
+        "--simulator",
+        choices=["subprocess", "thread"],
+        default="subprocess",
+        help="where the simulator runs (default: its own process)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="simulator seed")
-    parser.add_argument("--tuned-server", action="store_true",
-                        help="raise the ephemeral server's recorder/persister batch sizes")
-    parser.add_argument("--progress-every", type=float, default=15.0, help="progress line period (s)")
-    parser.add_argument("--settle-timeout", type=float, default=300.0,
-                        help="longest wait for the server to record every task run after the flow (s)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
+    parser.add_argument(
+        "--tuned-server",
+        action="store_true",
+        help="raise the ephemeral server's recorder/persister batch sizes",
+    )
+    parser.add_argument(
+        "--progress-every", type=float, default=15.0, help="progress line period (s)"
+    )
+    parser.add_argument(
+        "--settle-timeout",
+        type=float,
+        default=300.0,
+        help="longest wait for the server to record every task run after the flow (s)",
+    )
+    parser.add_argument(
+        "--json", type=Path, default=None, help="also write the figures as JSON here"
+    )
     parser.add_argument("--verbose", action="store_true", help="show Prefect's INFO log lines")
     args = parser.parse_args(argv)
     if args.poll_interval is None:
@@ -423,7 +502,9 @@ def main(argv: list[str] | None = None) -> int:
     temp = args.output is None
     workdir = Path(tempfile.mkdtemp(prefix="seedream-bench-")) if temp else args.output.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    prepare_environment(workdir / "prefect-home", tuned_server=args.tuned_server, verbose=args.verbose)
+    prepare_environment(
+        workdir / "prefect-home", tuned_server=args.tuned_server, verbose=args.verbose
+    )
     dataset = workdir / "dataset.csv"
     output = workdir / "output"
     if output.exists():
@@ -436,25 +517,39 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
-    ok = figures["peak_concurrent_tasks"] <= args.concurrency and figures["rows_succeeded"] == args.rows
+    ok = (
+        figures["peak_concurrent_tasks"] <= args.concurrency
+        and figures["rows_succeeded"] == args.rows
+    )
     return 0 if ok else 1
 
 
-def run_benchmark(args: argparse.Namespace, workdir: Path, dataset: Path, output: Path) -> dict[str, Any]:
+def run_benchmark(
+    args: argparse.Namespace, workdir: Path, dataset: Path, output: Path
+) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
-    print(f"dataset_benchmark: rows={args.rows} latency={args.latency}s jitter={args.jitter}s "
-          f"concurrency={args.concurrency} poll_interval={args.poll_interval}s "
-          f"simulator={args.simulator} tuned_server={args.tuned_server} workdir={workdir}", flush=True)
-    with start_simulator(args.simulator, workdir, latency=args.latency, jitter=args.jitter, seed=args.seed) as sim:
+    print(
+        f"dataset_benchmark: rows={args.rows} latency={args.latency}s jitter={args.jitter}s "
+        f"concurrency={args.concurrency} poll_interval={args.poll_interval}s "
+        f"simulator={args.simulator} tuned_server={args.tuned_server} workdir={workdir}",
+        flush=True,
+    )
+    with start_simulator(
+        args.simulator, workdir, latency=args.latency, jitter=args.jitter, seed=args.seed
+    ) as sim:
         os.environ["SEEDREAM_API_KEY"] = API_KEY
         os.environ["SEEDREAM_BASE_URL"] = sim.base_url
         import_started = time.monotonic()
         import prefect_seedream.flows  # noqa: F401  (import cost is not the flow's)
+
         import_s = time.monotonic() - import_started
         server_log = workdir / "prefect-server.err"
         server_s, server_pid = start_ephemeral_server(server_log)
-        print(f"  simulator at {sim.base_url} ({sim.mode}); imports {import_s:.1f} s; "
-              f"ephemeral Prefect server started in {server_s:.1f} s", flush=True)
+        print(
+            f"  simulator at {sim.base_url} ({sim.mode}); imports {import_s:.1f} s; "
+            f"ephemeral Prefect server started in {server_s:.1f} s",
+            flush=True,
+        )
         cpu_before = self_cpu_seconds()
         server_cpu_before = proc_cpu_seconds(server_pid) if server_pid else None
         sim_cpu_before = proc_cpu_seconds(sim.pid) if sim.pid else None
@@ -463,17 +558,23 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, dataset: Path, output
             run_flow(dataset, output, args.rows, flow_kwargs, args.progress_every)
         )
         flow_cpu = self_cpu_seconds() - cpu_before
-        server_cpu = (proc_cpu_seconds(server_pid) or 0) - (server_cpu_before or 0) if server_pid else None
+        server_cpu = (
+            (proc_cpu_seconds(server_pid) or 0) - (server_cpu_before or 0) if server_pid else None
+        )
         sim_cpu = (proc_cpu_seconds(sim.pid) or 0) - (sim_cpu_before or 0) if sim.pid else None
         stats = sim.stats()
         flow_run_id = state.state_details.flow_run_id
         expected = 4 * args.rows  # generate + submit + wait + store per row, without retries
-        task_runs = asyncio.run(count_task_runs(flow_run_id, expected, settle_timeout=args.settle_timeout))
+        task_runs = asyncio.run(
+            count_task_runs(flow_run_id, expected, settle_timeout=args.settle_timeout)
+        )
         server_peak = proc_peak_rss_mb(server_pid) if server_pid else None
         sim_peak = proc_peak_rss_mb(sim.pid) if sim.pid else None
     server_notes = server_log_summary(server_log)
     lines = read_manifest_lines(output)
-    durations = [line["duration_seconds"] for line in lines if line.get("duration_seconds") is not None]
+    durations = [
+        line["duration_seconds"] for line in lines if line.get("duration_seconds") is not None
+    ]
     succeeded = sum(1 for line in lines if line["status"] == "succeeded")
     ideal = math.ceil(args.rows / args.concurrency) * args.latency
     tasks_created = stats.get("tasks_created", 0)
@@ -489,8 +590,12 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, dataset: Path, output
         "ephemeral_server_start_s": round(server_s, 2),
         "flow_wall_s": round(wall, 2),
         "wall_incl_server_start_s": round(wall + server_s, 2),
-        "first_row_done_s": round(printer.first_row_at - printer.started, 2) if printer.first_row_at else None,
-        "last_row_done_s": round(printer.last_row_at - printer.started, 2) if printer.last_row_at else None,
+        "first_row_done_s": round(printer.first_row_at - printer.started, 2)
+        if printer.first_row_at
+        else None,
+        "last_row_done_s": round(printer.last_row_at - printer.started, 2)
+        if printer.last_row_at
+        else None,
         "ideal_s": ideal,
         "ratio_to_ideal": round(wall / ideal, 2) if ideal else None,
         "rows_per_s": round(args.rows / wall, 2),
@@ -510,7 +615,9 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, dataset: Path, output
         "submit_requests": stats.get("submit_requests"),
         "tasks_created": tasks_created,
         "polls": stats.get("polls"),
-        "polls_per_generation": round(stats.get("polls", 0) / tasks_created, 2) if tasks_created else None,
+        "polls_per_generation": round(stats.get("polls", 0) / tasks_created, 2)
+        if tasks_created
+        else None,
         "downloads": stats.get("downloads"),
         "peak_concurrent_tasks": stats.get("peak_concurrent_tasks", 0),
         "row_duration_p50_s": round(statistics.median(durations), 2) if durations else None,
@@ -533,17 +640,33 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, dataset: Path, output
 def print_report(f: dict[str, Any]) -> None:
     print()
     print(f"Flow state: {f['flow_state']}")
-    lag = (f"server caught up {f['recorder_lag_s']} s after the flow" if f["recorder_caught_up"]
-           else f"server had NOT caught up {f['recorder_lag_s']} s after the flow")
-    print(f"Task runs by task: {f['task_runs_by_task']}  by state: {f['task_runs_by_state']}  "
-          f"retried: {f['task_runs_retried']}")
-    print(f"Task runs recorded by the server when the flow returned: {f['task_runs_recorded_at_flow_end']} "
-          f"({f['task_runs_final_at_flow_end']} final); {lag}")
-    print(f"Prefect server log: {f['server_events_dropped']} 'Subscription queue is full, dropping message' "
-          f"lines (events lost), {f['server_warnings']} warnings, {f['server_errors']} errors")
-    peak_ok = "OK" if f["peak_concurrent_tasks"] <= f["concurrency"] else "VIOLATION: above max_concurrency"
+    lag = (
+        f"server caught up {f['recorder_lag_s']} s after the flow"
+        if f["recorder_caught_up"]
+        else f"server had NOT caught up {f['recorder_lag_s']} s after the flow"
+    )
+    print(
+        f"Task runs by task: {f['task_runs_by_task']}  by state: {f['task_runs_by_state']}  "
+        f"retried: {f['task_runs_retried']}"
+    )
+    print(
+        f"Task runs recorded by the server when the flow returned: {f['task_runs_recorded_at_flow_end']} "
+        f"({f['task_runs_final_at_flow_end']} final); {lag}"
+    )
+    print(
+        f"Prefect server log: {f['server_events_dropped']} 'Subscription queue is full, dropping message' "
+        f"lines (events lost), {f['server_warnings']} warnings, {f['server_errors']} errors"
+    )
+    peak_ok = (
+        "OK"
+        if f["peak_concurrent_tasks"] <= f["concurrency"]
+        else "VIOLATION: above max_concurrency"
+    )
     rows = [
-        ("rows / concurrency / latency", f"{f['rows']} / {f['concurrency']} / {f['latency_s']} s (jitter {f['jitter_s']} s)"),
+        (
+            "rows / concurrency / latency",
+            f"{f['rows']} / {f['concurrency']} / {f['latency_s']} s (jitter {f['jitter_s']} s)",
+        ),
         ("poll_interval", f"{f['poll_interval_s']} s"),
         ("simulator", f"{f['simulator']}{' (tuned server)' if f['tuned_server'] else ''}"),
         ("ephemeral server start", f"{f['ephemeral_server_start_s']} s"),
@@ -553,17 +676,41 @@ def print_report(f: dict[str, Any]) -> None:
         ("ratio wall/ideal", f"{f['ratio_to_ideal']}"),
         ("rows/s", f"{f['rows_per_s']}"),
         ("first / last row finished at", f"{f['first_row_done_s']} / {f['last_row_done_s']} s"),
-        ("row duration p50/p95/max", f"{f['row_duration_p50_s']} / {f['row_duration_p95_s']} / {f['row_duration_max_s']} s"),
-        ("task runs (per row)", f"{f['task_runs']} ({f['task_runs_per_row']}){'' if f['recorder_caught_up'] else ' NOT all recorded yet'}"),
+        (
+            "row duration p50/p95/max",
+            f"{f['row_duration_p50_s']} / {f['row_duration_p95_s']} / {f['row_duration_max_s']} s",
+        ),
+        (
+            "task runs (per row)",
+            f"{f['task_runs']} ({f['task_runs_per_row']}){'' if f['recorder_caught_up'] else ' NOT all recorded yet'}",
+        ),
         ("task runs/s", f"{f['task_runs_per_s']}"),
         ("events dropped by the server", f"{f['server_events_dropped']}"),
-        ("polls per generation", f"{f['polls_per_generation']} ({f['polls']} polls / {f['tasks_created']} tasks)"),
+        (
+            "polls per generation",
+            f"{f['polls_per_generation']} ({f['polls']} polls / {f['tasks_created']} tasks)",
+        ),
         ("submit requests / downloads", f"{f['submit_requests']} / {f['downloads']}"),
-        ("peak concurrent tasks", f"{f['peak_concurrent_tasks']} (<= {f['concurrency']}: {peak_ok})"),
-        ("rows succeeded", f"{f['rows_succeeded']} of {f['rows']} ({f['manifest_lines']} manifest lines)"),
-        ("peak RSS flow/server/sim", f"{f['peak_rss_flow_process_mb']} / {f['peak_rss_prefect_server_mb']} / {f['peak_rss_simulator_mb']} MB"),
-        ("CPU flow/server/sim", f"{f['cpu_flow_process_s']} / {f['cpu_prefect_server_s']} / {f['cpu_simulator_s']} s"),
-        ("machine load 1-min before/after", f"{f['load_avg_1min_before_after']} ({os.cpu_count()} CPUs)"),
+        (
+            "peak concurrent tasks",
+            f"{f['peak_concurrent_tasks']} (<= {f['concurrency']}: {peak_ok})",
+        ),
+        (
+            "rows succeeded",
+            f"{f['rows_succeeded']} of {f['rows']} ({f['manifest_lines']} manifest lines)",
+        ),
+        (
+            "peak RSS flow/server/sim",
+            f"{f['peak_rss_flow_process_mb']} / {f['peak_rss_prefect_server_mb']} / {f['peak_rss_simulator_mb']} MB",
+        ),
+        (
+            "CPU flow/server/sim",
+            f"{f['cpu_flow_process_s']} / {f['cpu_prefect_server_s']} / {f['cpu_simulator_s']} s",
+        ),
+        (
+            "machine load 1-min before/after",
+            f"{f['load_avg_1min_before_after']} ({os.cpu_count()} CPUs)",
+        ),
     ]
     width = max(len(name) for name, _ in rows)
     print("+" + "-" * (width + 2) + "+" + "-" * 62)

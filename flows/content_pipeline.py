@@ -1,11 +1,10 @@
 """A scheduled content pipeline: build today's prompts from a template, then generate them.
 
-Every run writes ``<output_root>/<YYYY-MM-DD>/prompts.jsonl`` (the prompts it built, one row
+Every run writes `<output_root>/<YYYY-MM-DD>/prompts.jsonl` (the prompts it built, one row
 per subject and style) and runs the dataset flow over it into the same dated folder, so each
 day's images, manifest and ledger stay together and a re-run of the same day pays nothing twice.
 """
 
-from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
@@ -57,10 +56,10 @@ async def daily_content(
     """Generate the day's images from a prompt template.
 
     Args:
-        template: Prompt template with ``{subject}`` and ``{style}`` placeholders.
+        template: Prompt template with `{subject}` and `{style}` placeholders.
         subjects: What to picture, one prompt per subject and style.
         styles: Visual styles to combine with each subject.
-        output_root: Folder or fsspec URL; each day goes to ``<output_root>/<YYYY-MM-DD>``.
+        output_root: Folder or fsspec URL; each day goes to `<output_root>/<YYYY-MM-DD>`.
         model: Seedream model.
         size: Size preset (1K exists on 4.0 only).
         max_concurrency: Most generations in flight at once.

@@ -10,7 +10,6 @@ Run it directly (sample dataset, bundled simulator when ``SEEDREAM_API_KEY`` is 
     prefect --no-prompt deploy --prefect-file deployments/prefect.yaml --name generate-dataset
 """
 
-from __future__ import annotations
 
 import asyncio
 import sys

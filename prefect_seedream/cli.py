@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                      choices=["doubao-seedream-4.0", "doubao-seedream-4.5"])
     run.add_argument("--size", default="2K", choices=["1K", "2K", "4K"])
     run.add_argument("--n", type=int, default=1, help="default most images per prompt (1-15)")
-    run.add_argument("--prompt-priority", choices=["standard", "fast"])
+    run.add_argument("--prompt-priority", default="standard", choices=["standard", "fast"])
     run.add_argument("--max-concurrency", type=int, default=8)
     run.add_argument("--concurrency-limit", metavar="NAME", help="a Prefect global concurrency limit")
     run.add_argument("--max-credits", type=float, help="budget for this run")

@@ -1,15 +1,18 @@
 """The dataset flow and the recovery flow.
 
-``generate_dataset`` fans out over a prompt dataset with bounded concurrency
+(No `from __future__ import annotations` here: served runs rebuild the parameter model
+from the live annotations, and string annotations break it in prefect 3.8.)
+
+`generate_dataset` fans out over a prompt dataset with bounded concurrency
 (and optionally a Prefect global concurrency limit shared by every run and
-worker), stores every image, and writes ``manifest.jsonl`` with exactly one
-line per input row. ``recover_dataset`` collects remote tasks that a stopped
+worker), stores every image, and writes `manifest.jsonl` with exactly one
+line per input row. `recover_dataset` collects remote tasks that a stopped
 run left in flight, without paying again.
 """
 
-from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from contextlib import AsyncExitStack
 from datetime import datetime, timezone
@@ -269,9 +272,9 @@ async def generate_dataset(
     dataset: str,
     output: str = "output",
     model: SeedreamModel = DEFAULT_MODEL,
-    size: SizePreset | None = "2K",
+    size: SizePreset = "2K",
     n: Annotated[int, Field(ge=1, le=15)] = 1,
-    prompt_priority: PromptPriority | None = None,
+    prompt_priority: PromptPriority = "standard",
     max_concurrency: Annotated[int, Field(ge=1, le=256)] = 8,
     concurrency_limit_name: str | None = None,
     credentials: SeedreamCredentials | None = None,
@@ -287,35 +290,35 @@ async def generate_dataset(
     """Generate images for every row of a prompt dataset and write a manifest.
 
     Rows are validated first (an invalid row is recorded with its reason and
-    submits nothing), then run with at most ``max_concurrency`` generations at
+    submits nothing), then run with at most `max_concurrency` generations at
     once. One failed row never stops the others. The run ends **Completed** when
     every row succeeded, and **Failed** with a message counting the rows that
     did not (and naming the manifest) otherwise; the summary is its result.
 
     Args:
         dataset: Path or fsspec URL of a .csv, .tsv, .jsonl or .parquet file with
-            a ``prompt`` column (optional: id, model, size, n, prompt_priority, image_urls).
-        output: Folder or fsspec URL (``s3://bucket/prefix``) for images and manifest.
+            a `prompt` column (optional: id, model, size, n, prompt_priority, image_urls).
+        output: Folder or fsspec URL (`s3://bucket/prefix`) for images and manifest.
         model: Default model for rows that do not name one.
-        size: Default size preset (rows may give a preset or WxH).
+        size: Default size preset (rows may give a preset or WxH); 1K exists on 4.0 only.
         n: Default most images per prompt (1-15).
-        prompt_priority: Default prompt priority (``fast`` exists on 4.0 only).
+        prompt_priority: Default prompt priority (`fast` exists on 4.0 only).
         max_concurrency: Most generations in flight at once in this run.
         concurrency_limit_name: A Prefect global concurrency limit shared by all
-            runs and workers (must exist: ``prefect gcl create NAME --limit N``).
+            runs and workers (must exist: `prefect gcl create NAME --limit N`).
         credentials: A SeedreamCredentials block; default: SEEDREAM_API_KEY / SEEDREAM_BASE_URL.
         max_credits: Budget: no submission may take the run's credits past it.
         dry_run: Validate every row and estimate credits; submit nothing.
         max_wait_seconds: Wall-clock cap of each wait; a task still running after
-            it is recorded ``in_flight`` with its id for ``recover``.
+            it is recorded `in_flight` with its id for `recover`.
         poll_interval: Shortest pause between polls, in seconds.
         retries: Retries of a row for retryable failures (429, 5xx, service errors).
         retry_delay_seconds: First retry delay; doubles each retry, with jitter.
         resubmit_unknown: Resubmit rows whose earlier submission outcome is unknown.
-        storage_options: fsspec options for ``output`` (for example endpoint_url).
+        storage_options: fsspec options for `output` (for example endpoint_url).
 
     Returns:
-        The final state; its result is a ``DatasetRunSummary``.
+        The final state; its result is a `DatasetRunSummary`.
 
     Examples:
         ```python
@@ -402,7 +405,7 @@ async def generate_dataset(
 async def _run_rows(
     rows: Any, runner: _RowRunner, max_concurrency: int, progress: ProgressArtifact
 ) -> list[ManifestLine]:
-    """Feed rows to ``max_concurrency`` workers; the dataset is streamed, not loaded."""
+    """Feed rows to `max_concurrency` workers; the dataset is streamed, not loaded."""
     queue: asyncio.Queue[ValidRow | InvalidRow | None] = asyncio.Queue(maxsize=2 * max_concurrency)
     lines: list[ManifestLine] = []
 
@@ -436,9 +439,9 @@ def manifest_from_ledger(
 ) -> str:
     """Write the manifest of a stopped run from its ledger: one line per input row.
 
-    Rows with stored images are ``succeeded``, rows with a recorded task still
-    running are ``in_flight`` (collect them with :func:`recover_dataset`), rows
-    never submitted are ``skipped``, invalid rows ``failed``.
+    Rows with stored images are `succeeded`, rows with a recorded task still
+    running are `in_flight` (collect them with :func:`recover_dataset`), rows
+    never submitted are `skipped`, invalid rows `failed`.
 
     Returns:
         The manifest's URI.
@@ -455,23 +458,20 @@ def manifest_from_ledger(
 
 
 def _record_stopped_run(flow: Any, flow_run: Any, state: State) -> None:
-    """``on_cancellation`` / ``on_crashed`` hook: write the manifest from the ledger.
+    """`on_cancellation` / `on_crashed` hook: write the manifest from the ledger.
 
     Remote tasks in flight cannot be cancelled (the API has no cancel endpoint);
-    their ids are already in the ledger, and the manifest lists them ``in_flight``.
+    their ids are already in the ledger, and the manifest lists them `in_flight`.
     """
-    params = flow_run.parameters
-    if params.get("dry_run"):
+    bound = inspect.signature(flow.fn).bind_partial(**flow_run.parameters)
+    bound.apply_defaults()
+    params = bound.arguments
+    if params["dry_run"]:
         return
     defaults = RowDefaults(
-        model=params.get("model", DEFAULT_MODEL),
-        size=params.get("size", "2K"),
-        n=params.get("n", 1),
-        prompt_priority=params.get("prompt_priority"),
+        model=params["model"], size=params["size"], n=params["n"], prompt_priority=params["prompt_priority"]
     )
-    uri = manifest_from_ledger(
-        params["dataset"], params.get("output", "output"), defaults, params.get("storage_options")
-    )
+    uri = manifest_from_ledger(params["dataset"], params["output"], defaults, params["storage_options"])
     print(f"Run {state.type.value.lower()}: manifest of what was done written to {uri}")
 
 
@@ -490,7 +490,7 @@ async def recover_dataset(
 ) -> State:
     """Collect the remote tasks a stopped run left in flight, without paying again.
 
-    Reads the ledger in ``output``, waits for every recorded task that is still
+    Reads the ledger in `output`, waits for every recorded task that is still
     in flight (and whose results have not expired), stores its images and updates
     the manifest's lines. Nothing is ever submitted.
 
@@ -500,7 +500,7 @@ async def recover_dataset(
         max_wait_seconds: Wall-clock cap of each wait.
         poll_interval: Shortest pause between polls, in seconds.
         max_concurrency: Most tasks awaited at once.
-        storage_options: fsspec options for ``output``.
+        storage_options: fsspec options for `output`.
 
     Returns:
         Completed when every in-flight task was collected, else Failed with counts.

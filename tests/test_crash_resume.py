@@ -94,8 +94,15 @@ def _ledger(output: Path) -> dict[str, dict[str, Any]]:
 
 def _run_command(dataset: Path, output: Path) -> list[str]:
     return [
-        str(CLI), "run", str(dataset), "--output", str(output),
-        "--max-concurrency", str(CONCURRENCY), "--retry-delay", "0.1",
+        str(CLI),
+        "run",
+        str(dataset),
+        "--output",
+        str(output),
+        "--max-concurrency",
+        str(CONCURRENCY),
+        "--retry-delay",
+        "0.1",
     ]
 
 
@@ -113,30 +120,35 @@ def _environment(base_url: str, prefect_home: Path) -> dict[str, str]:
     return env
 
 
-@pytest.mark.timeout(420)
-def test_sigkill_mid_run_then_rerun_pays_nothing_twice(simulator_process: str, tmp_path: Path) -> None:
-    base_url = simulator_process
+def _dataset(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     prompts = {f"row-{i:02d}": f"a paper lantern over a river number {i}" for i in range(ROWS)}
     dataset = tmp_path / "rows.csv"
     dataset.write_text(
         "id,prompt\n" + "".join(f"{row_id},{prompt}\n" for row_id, prompt in prompts.items()),
         encoding="utf-8",
     )
-    output = tmp_path / "out"
-    env = _environment(base_url, tmp_path / "prefect-home")
+    return dataset, prompts
 
-    t0 = time.monotonic()
-    # -- first run: kill it while all workers wait on freshly submitted tasks ---------------
-    with (tmp_path / "run1.log").open("w") as log:
-        first = subprocess.Popen(
-            _run_command(dataset, output), env=env, cwd=tmp_path, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
+
+def _interrupt_mid_run(
+    command: list[str], env: dict[str, str], tmp_path: Path, output: Path, stop: Any
+) -> subprocess.Popen[Any]:
+    """Start the run; call ``stop(process)`` while all workers wait on fresh tasks."""
+    log_path = tmp_path / "run1.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            command,
+            env=env,
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
-            deadline = time.monotonic() + 240
+            deadline = time.monotonic() + 360
             while True:
-                assert first.poll() is None, (
-                    "the run ended before it could be killed:\n" + (tmp_path / "run1.log").read_text()
+                assert process.poll() is None, (
+                    "the run ended before it could be stopped:\n" + log_path.read_text()
                 )
                 assert time.monotonic() < deadline, "never caught the run with tasks in flight"
                 records = _ledger(output)
@@ -149,13 +161,82 @@ def test_sigkill_mid_run_then_rerun_pays_nothing_twice(simulator_process: str, t
                     and len(stored) + len(submitted) == len(records)
                     and all(now - rec["submitted_at"] < 2.0 for rec in submitted.values())
                 ):
-                    # First polls come 3 s after a submit: nothing can finish before the kill.
-                    os.killpg(first.pid, signal.SIGKILL)
+                    # First polls come 3 s after a submit: nothing can finish before the stop.
+                    stop(process)
                     break
                 time.sleep(0.02)
+            process.wait(timeout=120)
         finally:
-            _stop(first)
-    print("KILL at", time.monotonic() - t0)
+            _stop(process)
+    return process
+
+
+def _run_to_completion(command: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str]:
+    process = subprocess.Popen(
+        command,
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, _ = process.communicate(timeout=360)
+    finally:
+        _stop(process)
+    return process.returncode, out
+
+
+def _check_finished(
+    output: Path,
+    base_url: str,
+    prompts: dict[str, str],
+    in_flight: dict[str, str],
+    stored_earlier: set[str],
+    at_stop: dict[str, dict[str, Any]],
+) -> None:
+    """Every prompt paid once, in-flight tasks re-attached, every image stored."""
+    stats = httpx.get(f"{base_url}/_sim/stats").json()
+    by_prompt = stats["submissions_by_prompt"]
+    assert sorted(by_prompt) == sorted(prompts.values())
+    assert all(count == 1 for count in by_prompt.values()), by_prompt
+    assert stats["tasks_created"] == ROWS
+
+    final = _ledger(output)
+    assert sorted(final) == sorted(prompts)
+    for row_id, task_id in in_flight.items():
+        assert final[row_id]["task_id"] == task_id, "an in-flight task was not re-attached"
+        assert final[row_id]["submissions"] == 1
+    for row_id in stored_earlier:
+        assert final[row_id]["task_id"] == at_stop[row_id]["task_id"]
+
+    lines = [json.loads(line) for line in (output / "manifest.jsonl").read_text().splitlines()]
+    assert len(lines) == ROWS
+    assert sorted(line["row_id"] for line in lines) == sorted(prompts)
+    assert len({line["task_id"] for line in lines}) == ROWS
+    for line in lines:
+        assert line["status"] == "succeeded", line
+        assert line["task_id"] == final[line["row_id"]]["task_id"]
+        assert len(line["images"]) == 1
+        image = Path(line["images"][0]["uri"])
+        assert image.is_file() and image.stat().st_size == line["images"][0]["bytes"] > 0
+        assert image.parent == output.resolve()
+
+
+@pytest.mark.timeout(600)
+def test_sigkill_mid_run_then_rerun_pays_nothing_twice(
+    simulator_process: str, tmp_path: Path
+) -> None:
+    base_url = simulator_process
+    dataset, prompts = _dataset(tmp_path)
+    output = tmp_path / "out"
+    env = _environment(base_url, tmp_path / "prefect-home")
+    command = _run_command(dataset, output)
+
+    first = _interrupt_mid_run(
+        command, env, tmp_path, output, lambda p: os.killpg(p.pid, signal.SIGKILL)
+    )
     assert first.returncode == -signal.SIGKILL
     assert _group_gone(first.pid), "processes of the killed run survived"
 
@@ -170,39 +251,73 @@ def test_sigkill_mid_run_then_rerun_pays_nothing_twice(simulator_process: str, t
     assert stats["tasks_created"] == len(at_kill), (stats, at_kill)
     assert stats["active_tasks"] >= 1
 
-    # -- second run: the same command, to completion ---------------------------------------
-    second = subprocess.run(
-        _run_command(dataset, output), env=env, cwd=tmp_path, capture_output=True, text=True,
-        timeout=300, start_new_session=True,
-    )
-    report = second.stdout + second.stderr
-    print("SECOND done at", time.monotonic() - t0)
-    assert second.returncode == 0, report
+    code, report = _run_to_completion(command, env, tmp_path)
+    assert code == 0, report
     assert f"Succeeded:  {ROWS}" in report, report
 
-    stats = httpx.get(f"{base_url}/_sim/stats").json()
-    by_prompt = stats["submissions_by_prompt"]
-    assert sorted(by_prompt) == sorted(prompts.values())
-    assert all(count == 1 for count in by_prompt.values()), by_prompt
-    assert stats["tasks_created"] == ROWS
-
-    final = _ledger(output)
-    assert sorted(final) == sorted(prompts)
-    for row_id, task_id in in_flight.items():
-        assert final[row_id]["task_id"] == task_id, "an in-flight task was not re-attached"
-        assert final[row_id]["submissions"] == 1
-    for row_id in stored_at_kill:
-        assert final[row_id]["task_id"] == at_kill[row_id]["task_id"]
-
+    _check_finished(output, base_url, prompts, in_flight, stored_at_kill, at_kill)
     lines = [json.loads(line) for line in (output / "manifest.jsonl").read_text().splitlines()]
-    assert len(lines) == ROWS
-    assert sorted(line["row_id"] for line in lines) == sorted(prompts)
-    assert len({line["task_id"] for line in lines}) == ROWS
     for line in lines:
-        assert line["status"] == "succeeded", line
-        assert line["task_id"] == final[line["row_id"]]["task_id"]
         assert line["reused"] is (line["row_id"] in stored_at_kill)
-        assert len(line["images"]) == 1
-        image = Path(line["images"][0]["uri"])
-        assert image.is_file() and image.stat().st_size == line["images"][0]["bytes"] > 0
-        assert image.parent == output.resolve()
+
+
+@pytest.mark.timeout(600)
+def test_ctrl_c_writes_the_manifest_then_recover_and_rerun_finish_the_job(
+    simulator_process: str, tmp_path: Path
+) -> None:
+    """SIGINT (Ctrl-C): the crash hook writes the manifest from the ledger; ``recover``
+    collects the tasks left in flight without submitting; a re-run does the rest."""
+    base_url = simulator_process
+    dataset, prompts = _dataset(tmp_path)
+    output = tmp_path / "out"
+    env = _environment(base_url, tmp_path / "prefect-home")
+    command = _run_command(dataset, output)
+
+    first = _interrupt_mid_run(
+        command, env, tmp_path, output, lambda p: os.kill(p.pid, signal.SIGINT)
+    )
+    log = (tmp_path / "run1.log").read_text()
+    assert first.returncode != 0, log
+
+    at_stop = _ledger(output)
+    in_flight = {r: rec["task_id"] for r, rec in at_stop.items() if rec["state"] == "submitted"}
+    stored = {r for r, rec in at_stop.items() if rec["state"] == "stored"}
+    assert len(in_flight) == CONCURRENCY and stored, at_stop
+    assert httpx.get(f"{base_url}/_sim/stats").json()["tasks_created"] == len(at_stop)
+
+    # The hook's manifest: one line per row, saying what was done.
+    manifest_path = output / "manifest.jsonl"
+    assert manifest_path.exists(), "the on_crashed/on_cancellation hook wrote no manifest:\n" + log
+    lines = {json.loads(x)["row_id"]: json.loads(x) for x in manifest_path.read_text().splitlines()}
+    assert sorted(lines) == sorted(prompts)
+    for row_id, line in lines.items():
+        if row_id in stored:
+            assert line["status"] == "succeeded", line
+            assert Path(line["images"][0]["uri"]).is_file()
+        elif row_id in in_flight:
+            assert line["status"] == "in_flight", line
+            assert line["task_id"] == in_flight[row_id]
+        else:
+            assert line["status"] == "skipped", line
+            assert line["error"]["code"] == "not_started"
+            assert line["task_id"] is None
+
+    # recover: collects the in-flight tasks, submits nothing, updates their lines.
+    code, report = _run_to_completion(
+        [str(CLI), "recover", str(output), "--max-wait", "60"], env, tmp_path
+    )
+    assert code == 0, report
+    assert f"collected {CONCURRENCY} of {CONCURRENCY}" in report, report
+    stats = httpx.get(f"{base_url}/_sim/stats").json()
+    assert stats["tasks_created"] == len(at_stop)
+    lines = {json.loads(x)["row_id"]: json.loads(x) for x in manifest_path.read_text().splitlines()}
+    for row_id, task_id in in_flight.items():
+        assert lines[row_id]["status"] == "succeeded", lines[row_id]
+        assert lines[row_id]["task_id"] == task_id
+        assert Path(lines[row_id]["images"][0]["uri"]).is_file()
+    assert sum(line["status"] == "skipped" for line in lines.values()) == ROWS - len(at_stop)
+
+    # a re-run: everything collected so far is reused, the rest submitted once.
+    code, report = _run_to_completion(command, env, tmp_path)
+    assert code == 0, report
+    _check_finished(output, base_url, prompts, in_flight, stored, at_stop)

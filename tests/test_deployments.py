@@ -56,6 +56,7 @@ def test_prefect_yaml_registers_the_deployments(server: PrefectServer) -> None:
     assert trigger["trigger"]["expect"] == ["seedream.dataset.failed"]
 
 
+@pytest.mark.timeout(720)
 def test_short_interval_schedule_completes_a_run_by_itself(
     server: PrefectServer, simulator: RunningSimulator, tmp_path: Path
 ) -> None:

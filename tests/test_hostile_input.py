@@ -142,11 +142,21 @@ def _hostile_rows() -> tuple[list[Any], dict[str, str], dict[int, str]]:
     values.append({"id": "max-prompt", "prompt": "q" * 1991 + " lantern!"})
     valid["max-prompt"] = values[-1]["prompt"]
     assert len(valid["max-prompt"]) == 2000
-    values.append({"id": "public-ref", "prompt": "with a public reference",
-                   "image_urls": ["https://example.com/ref.png"]})
+    values.append(
+        {
+            "id": "public-ref",
+            "prompt": "with a public reference",
+            "image_urls": ["https://example.com/ref.png"],
+        }
+    )
     valid["public-ref"] = "with a public reference"
-    values.append({"id": "callback-ignored", "prompt": "a callback column is not forwarded",
-                   "callback_url": "http://127.0.0.1:9/hook"})
+    values.append(
+        {
+            "id": "callback-ignored",
+            "prompt": "a callback column is not forwarded",
+            "callback_url": "http://127.0.0.1:9/hook",
+        }
+    )
     valid["callback-ignored"] = "a callback column is not forwarded"
     values.append({"id": 7, "prompt": "a numeric id is text"})
     valid["7"] = "a numeric id is text"
@@ -154,7 +164,9 @@ def _hostile_rows() -> tuple[list[Any], dict[str, str], dict[int, str]]:
         values.append(record)
         invalid[len(values)] = words
     for index, url in enumerate(INTERNAL_URLS):
-        values.append({"id": f"internal-{index}", "prompt": f"internal {index}", "image_urls": [url]})
+        values.append(
+            {"id": f"internal-{index}", "prompt": f"internal {index}", "image_urls": [url]}
+        )
         invalid[len(values)] = "is not allowed"
     for index, url in enumerate(NON_HTTP_URLS):
         values.append({"id": f"scheme-{index}", "prompt": f"scheme {index}", "image_urls": [url]})
@@ -211,9 +223,12 @@ async def test_hostile_rows_stay_inside_the_output_and_valid_rows_succeed(
         images.add(uri)
     assert len(images) == len(valid)
     assert stats["tasks_created"] == len(valid)
-    assert "callback_url" not in by_number[next(
-        n for n, l in by_number.items() if l["row_id"] == "callback-ignored"
-    )]["parameters"]
+    assert (
+        "callback_url"
+        not in by_number[
+            next(n for n, l in by_number.items() if l["row_id"] == "callback-ignored")
+        ]["parameters"]
+    )
 
     # Every invalid row failed with its reason and submitted nothing.
     for number, words in invalid.items():
@@ -257,12 +272,14 @@ async def test_long_ids_sharing_a_prefix_get_distinct_files(
         assert len(Path(uri).name) < 255
 
 
-async def test_csv_ragged_rows_and_quoted_newlines(seedream_env: RunningSimulator, tmp_path: Path) -> None:
+async def test_csv_ragged_rows_and_quoted_newlines(
+    seedream_env: RunningSimulator, tmp_path: Path
+) -> None:
     dataset = tmp_path / "rows.csv"
     dataset.write_text(
-        'id,prompt\n'
+        "id,prompt\n"
         'ok,"a lantern\non two lines"\n'
-        'ragged,a kite,extra,fields\n'
+        "ragged,a kite,extra,fields\n"
         '../../x,"a boat, with a comma"\n',
         encoding="utf-8",
     )
@@ -282,7 +299,9 @@ async def test_csv_ragged_rows_and_quoted_newlines(seedream_env: RunningSimulato
 # -- bad files: a clear DatasetError before any submission -----------------------------------
 
 
-async def _expect_dataset_error(sim: RunningSimulator, dataset: Path, output: Path, words: str) -> None:
+async def _expect_dataset_error(
+    sim: RunningSimulator, dataset: Path, output: Path, words: str
+) -> None:
     state = await run_dataset(dataset, output)
     assert state.is_failed(), state
     error = await state.aresult(raise_on_failure=False)
@@ -295,7 +314,9 @@ async def _expect_dataset_error(sim: RunningSimulator, dataset: Path, output: Pa
 
 
 async def test_csv_without_a_prompt_column(seedream_env: RunningSimulator, tmp_path: Path) -> None:
-    dataset = write_csv(tmp_path / "rows.csv", [{"id": "a", "text": "a lantern"}, {"id": "b", "text": "a kite"}])
+    dataset = write_csv(
+        tmp_path / "rows.csv", [{"id": "a", "text": "a lantern"}, {"id": "b", "text": "a kite"}]
+    )
     await _expect_dataset_error(seedream_env, dataset, tmp_path / "out", "no 'prompt' column")
 
 
@@ -308,7 +329,9 @@ async def test_csv_without_a_prompt_column(seedream_env: RunningSimulator, tmp_p
         ("blank-lines.jsonl", b"\n\n   \n"),
     ],
 )
-async def test_empty_dataset(seedream_env: RunningSimulator, tmp_path: Path, name: str, content: bytes) -> None:
+async def test_empty_dataset(
+    seedream_env: RunningSimulator, tmp_path: Path, name: str, content: bytes
+) -> None:
     dataset = tmp_path / name
     dataset.write_bytes(content)
     await _expect_dataset_error(seedream_env, dataset, tmp_path / "out", "has no rows")
@@ -328,14 +351,20 @@ async def test_non_utf8_byte_late_in_a_big_file_still_submits_nothing(
     seedream_env: RunningSimulator, tmp_path: Path
 ) -> None:
     """Validation reads the whole file before the first submission."""
-    good = "".join(json.dumps({"id": f"r{i}", "prompt": f"a lantern {i}"}) + "\n" for i in range(3000))
+    good = "".join(
+        json.dumps({"id": f"r{i}", "prompt": f"a lantern {i}"}) + "\n" for i in range(3000)
+    )
     dataset = tmp_path / "late.jsonl"
     dataset.write_bytes(good.encode() + b'{"id": "bad", "prompt": "caf\xe9"}\n')
     await _expect_dataset_error(seedream_env, dataset, tmp_path / "out", "is not UTF-8")
 
 
-@pytest.mark.parametrize(("name", "words"), [("rows.txt", "unknown format"), ("missing.csv", "does not exist")])
-async def test_unreadable_dataset_path(seedream_env: RunningSimulator, tmp_path: Path, name: str, words: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "words"), [("rows.txt", "unknown format"), ("missing.csv", "does not exist")]
+)
+async def test_unreadable_dataset_path(
+    seedream_env: RunningSimulator, tmp_path: Path, name: str, words: str
+) -> None:
     dataset = tmp_path / name
     if name.endswith(".txt"):
         dataset.write_text("prompt\na lantern\n")

@@ -90,19 +90,28 @@ class _Everything(logging.Handler):
         try:
             self.texts.append(self.format(record))
             self.texts.append(repr(record.__dict__))
-        except Exception as exc:  # a record that cannot be formatted is itself evidence
+        except Exception as exc:  # noqa: BLE001 - an unformattable record is evidence too
             self.texts.append(f"unformattable record {record.name}: {exc!r}")
 
 
 @pytest.fixture
 def debug_logs(caplog: pytest.LogCaptureFixture) -> Iterator[_Everything]:
     """DEBUG everywhere that matters, captured both by caplog and by a direct handler."""
-    names = ["", "httpx", "httpcore", "prefect_seedream", "prefect", "prefect.flow_runs",
-             "prefect.task_runs"]
+    names = [
+        "",
+        "httpx",
+        "httpcore",
+        "prefect_seedream",
+        "prefect",
+        "prefect.flow_runs",
+        "prefect.task_runs",
+    ]
     handler = _Everything()
     for name in names:
         caplog.set_level(logging.DEBUG, logger=name)
-    loggers = [logging.getLogger(name) for name in ["httpx", "httpcore", "prefect_seedream", "prefect"]]
+    loggers = [
+        logging.getLogger(name) for name in ["httpx", "httpcore", "prefect_seedream", "prefect"]
+    ]
     for logger in loggers:
         logger.addHandler(handler)
     try:
@@ -138,7 +147,9 @@ async def _read_back(flow_run_id: Any, since: datetime) -> dict[str, list[str]]:
     async with get_client() as client:
         flow_run = await client.read_flow_run(flow_run_id)
         found["flow run"] = [flow_run.model_dump_json()]
-        found["flow run states"] = [s.model_dump_json() for s in await client.read_flow_run_states(flow_run_id)]
+        found["flow run states"] = [
+            s.model_dump_json() for s in await client.read_flow_run_states(flow_run_id)
+        ]
         task_runs = await client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
         )
@@ -152,7 +163,9 @@ async def _read_back(flow_run_id: Any, since: datetime) -> dict[str, list[str]]:
         offset = 0
         while True:
             page = await client.read_logs(
-                LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200, offset=offset
+                LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                limit=200,
+                offset=offset,
             )
             logs.extend(log.model_dump_json() for log in page)
             if len(page) < 200:
@@ -181,7 +194,8 @@ async def _read_back(flow_run_id: Any, since: datetime) -> dict[str, list[str]]:
                 events.extend(page.events)
             names = {event.event for event in events}
             if {"seedream.generation.failed", "seedream.generation.completed"} <= names and any(
-                n.startswith("prefect.flow-run.") and n.endswith(("Failed", "Completed")) for n in names
+                n.startswith("prefect.flow-run.") and n.endswith(("Failed", "Completed"))
+                for n in names
             ):
                 break
             if asyncio.get_running_loop().time() > deadline:
@@ -211,8 +225,12 @@ async def _run_and_search(
     since = datetime.now(timezone.utc) - timedelta(seconds=5)
     output = tmp_path / "out"
     state = await run_dataset(
-        write_jsonl(tmp_path / "rows.jsonl", ROWS), output,
-        max_concurrency=16, retries=1, max_wait_seconds=2.5, **options,
+        write_jsonl(tmp_path / "rows.jsonl", ROWS),
+        output,
+        max_concurrency=16,
+        retries=1,
+        max_wait_seconds=2.5,
+        **options,
     )
 
     # The run really used the key and really went down the error paths.

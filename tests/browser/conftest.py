@@ -30,6 +30,8 @@ def browser_artifacts_dir() -> Path:
 def browser() -> Iterator[Browser]:
     """Headless Debian chromium, one per test module (skips if it is not installed)."""
     if not Path(CHROMIUM_PATH).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM_PATH} missing in CI: .ci/install-browser.sh should have installed it")
         pytest.skip(f"{CHROMIUM_PATH} missing: run .ci/install-browser.sh")
     pw = sync_playwright().start()
     try:

@@ -27,12 +27,12 @@ Typical use (see ``test_ui_driver.py``; ``tests`` is a package, the repo root on
         fill_run_form, serve_deployment, start_prefect_server, wait_for_flow_run_state)
 
     with start_prefect_server(tmp_path) as server, serve_deployment(
-        server, [sys.executable, "tests/browser/toy_flow.py"], "toy-flow/toy", tmp_path
+        server, [sys.executable, "deployments/serve.py"], "flow/deployment", tmp_path
     ):
         with sync_playwright() as pw:
             browser = launch_browser(pw)
             page = new_page(browser)
-            open_custom_run(page, server.ui_url, "toy-flow/toy", ui="v2")
+            open_custom_run(page, server.ui_url, "flow/deployment", ui="v2")
             run_id = fill_run_form(page, {"dataset": "x.csv", "model": "doubao-seedream-4.0",
                                           "size": "1K", "n": "2"})
             wait_for_flow_run_state(page, server.ui_url, run_id, "Completed", timeout=180)
@@ -366,7 +366,7 @@ def serve_deployment(
 
     Args:
         server: from :func:`start_prefect_server`.
-        argv: the command, e.g. ``[sys.executable, "tests/browser/toy_flow.py"]``.
+        argv: the command, e.g. ``[sys.executable, "deployments/serve.py"]``.
         deployment: ``"flow-name/deployment-name"`` or a list of them.
         log_dir: the process's output goes to ``log_dir/serve-<deployment-name>.log``.
         timeout: seconds to wait for the deployment to appear.

@@ -303,6 +303,7 @@ class ProgressPrinter:
         self.started = time.monotonic()
         self.first_row_at: float | None = None
         self.last_row_at: float | None = None
+        self.loop_lag: LoopLagMonitor | None = None
 
     def on_row(self, line: Any) -> None:
         self.last_row_at = time.monotonic()
@@ -324,14 +325,45 @@ class ProgressPrinter:
             )
 
 
+class LoopLagMonitor:
+    """How late the flow's event loop wakes up a 100 ms sleep: a saturated or blocked loop."""
+
+    period = 0.1
+
+    def __init__(self) -> None:
+        self.lags: list[float] = []
+
+    async def run(self) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(self.period)
+            self.lags.append(max(0.0, time.monotonic() - before - self.period))
+
+    def summary(self) -> dict[str, float | None]:
+        if not self.lags:
+            return {"p50_ms": None, "p99_ms": None, "max_ms": None}
+        return {
+            "p50_ms": round(statistics.median(self.lags) * 1000, 1),
+            "p99_ms": round(percentile(self.lags, 0.99) * 1000, 1),
+            "max_ms": round(max(self.lags) * 1000, 1),
+        }
+
+
 async def run_flow(
     dataset: Path, output: Path, rows: int, flow_kwargs: dict[str, Any], progress_every: float
 ) -> tuple[Any, float, ProgressPrinter]:
-    """Run generate_dataset; returns (final state, wall seconds, progress)."""
+    """Run generate_dataset; returns (final state, wall seconds, progress).
+
+    ``progress.loop_lag`` holds the event-loop lag measured while the flow ran (the flow runs
+    on this loop: an async flow awaited here uses the caller's loop).
+    """
     from prefect_seedream.flows import generate_dataset
     from prefect_seedream.progress import listening
 
     printer = ProgressPrinter(rows, progress_every)
+    monitor = LoopLagMonitor()
+    printer.loop_lag = monitor
+    lag_task = asyncio.create_task(monitor.run())
     reporter = asyncio.create_task(printer.run())
     try:
         with listening(printer.on_row):
@@ -343,6 +375,7 @@ async def run_flow(
             wall = time.monotonic() - started
     finally:
         reporter.cancel()
+        lag_task.cancel()
     return state, wall, printer
 
 
@@ -427,6 +460,41 @@ def read_manifest_lines(output: Path) -> list[dict[str, Any]]:
     return [
         json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
     ]
+
+
+def row_phases(output: Path, lines: list[dict[str, Any]]) -> dict[str, Any]:
+    """Split each row's duration using its ledger record: wait = submitted -> task seen terminal.
+
+    ``other`` = row duration - wait: task-run start-up, submit, download, decode, storing and
+    the ledger writes.
+    """
+    folder = output / ".seedream" / "tasks"
+    records = {}
+    for path in folder.glob("*.json") if folder.exists() else []:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        records[record["row_id"]] = record
+    waits, others = [], []
+    for line in lines:
+        record = records.get(line["row_id"])
+        duration = line.get("duration_seconds")
+        if (
+            not record
+            or duration is None
+            or not record.get("submitted_at")
+            or not record.get("finished_at")
+        ):
+            continue
+        wait = record["finished_at"] - record["submitted_at"]
+        waits.append(wait)
+        others.append(duration - wait)
+    if not waits:
+        return {}
+    return {
+        "wait_p50_s": round(statistics.median(waits), 2),
+        "wait_p95_s": round(percentile(waits, 0.95), 2),
+        "other_p50_s": round(statistics.median(others), 2),
+        "other_p95_s": round(percentile(others, 0.95), 2),
+    }
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -576,6 +644,8 @@ def run_benchmark(
         line["duration_seconds"] for line in lines if line.get("duration_seconds") is not None
     ]
     succeeded = sum(1 for line in lines if line["status"] == "succeeded")
+    phases = row_phases(output, lines)
+    lag = printer.loop_lag.summary() if printer.loop_lag else {}
     ideal = math.ceil(args.rows / args.concurrency) * args.latency
     tasks_created = stats.get("tasks_created", 0)
     figures = {
@@ -623,6 +693,13 @@ def run_benchmark(
         "row_duration_p50_s": round(statistics.median(durations), 2) if durations else None,
         "row_duration_p95_s": round(percentile(durations, 0.95), 2) if durations else None,
         "row_duration_max_s": round(max(durations), 2) if durations else None,
+        "row_wait_p50_s": phases.get("wait_p50_s"),
+        "row_wait_p95_s": phases.get("wait_p95_s"),
+        "row_other_p50_s": phases.get("other_p50_s"),
+        "row_other_p95_s": phases.get("other_p95_s"),
+        "loop_lag_p50_ms": lag.get("p50_ms"),
+        "loop_lag_p99_ms": lag.get("p99_ms"),
+        "loop_lag_max_ms": lag.get("max_ms"),
         "rows_succeeded": succeeded,
         "manifest_lines": len(lines),
         "peak_rss_flow_process_mb": round(self_peak_rss_mb(), 1),
@@ -679,6 +756,18 @@ def print_report(f: dict[str, Any]) -> None:
         (
             "row duration p50/p95/max",
             f"{f['row_duration_p50_s']} / {f['row_duration_p95_s']} / {f['row_duration_max_s']} s",
+        ),
+        (
+            "  of which wait p50/p95",
+            f"{f['row_wait_p50_s']} / {f['row_wait_p95_s']} s (submit -> terminal status seen)",
+        ),
+        (
+            "  other p50/p95",
+            f"{f['row_other_p50_s']} / {f['row_other_p95_s']} s (task runs, submit, download, store)",
+        ),
+        (
+            "event-loop lag p50/p99/max",
+            f"{f['loop_lag_p50_ms']} / {f['loop_lag_p99_ms']} / {f['loop_lag_max_ms']} ms",
         ),
         (
             "task runs (per row)",

@@ -101,6 +101,8 @@ def read_records(path: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
         ) from None
     except FileNotFoundError:
         raise DatasetError(f"dataset {path!r} does not exist") from None
+    except OSError as exc:  # a folder, no permission, ...
+        raise DatasetError(f"dataset {path!r} cannot be read: {exc.strerror or exc}") from None
     if count == 0:
         raise DatasetError(f"dataset {path!r} has no rows")
 
@@ -116,7 +118,17 @@ def _csv_records(path: str, delimiter: str) -> Iterator[tuple[int, dict[str, Any
                 f"dataset {path!r} has no 'prompt' column (columns: {', '.join(header) or 'none'})"
             )
         reader.fieldnames = header
-        for number, row in enumerate(reader, start=1):
+        number = 0
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:  # one hostile line (a huge field, ...) is one invalid row
+                number += 1
+                yield number, f"row cannot be read as CSV: {exc}"
+                continue
+            number += 1
             if None in row:
                 yield number, f"row has {len(header) + len(row[None])} fields, header has {len(header)}"
                 continue
@@ -134,6 +146,9 @@ def _jsonl_records(path: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
                 value = json.loads(line)
             except json.JSONDecodeError as exc:
                 yield number, f"line is not valid JSON ({exc.msg} at column {exc.colno})"
+                continue
+            except (RecursionError, ValueError) as exc:  # nesting or number limits
+                yield number, f"line cannot be read as JSON ({type(exc).__name__}: {str(exc)[:80]})"
                 continue
             if not isinstance(value, dict):
                 yield number, f"line is a JSON {type(value).__name__}, not an object"

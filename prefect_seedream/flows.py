@@ -42,7 +42,6 @@ from prefect_seedream.events import emit_dataset_event
 from prefect_seedream.dataset import InvalidRow, RowDefaults, ValidRow, iter_rows
 from prefect_seedream.ledger import LedgerRecord, LedgerState, TaskLedger
 from prefect_seedream.manifest import (
-    MANIFEST_NAME,
     ManifestError,
     ManifestImage,
     ManifestLine,
@@ -193,9 +192,19 @@ class _RowRunner:
                 f"({self.budget.spent:g} spent, {self.budget.reserved:g} reserved)"
             )
             return _line(row, "skipped", error=ManifestError(code="budget_exceeded", message=message))
-        started = time.monotonic()
-        timing = {"started_at": _now()}
-        spent = 0.0
+        started, started_at = time.monotonic(), _now()
+        submissions_before = record.submissions if record else 0
+        try:
+            line = await self._generate(row)
+        finally:
+            after = self.ledger.load(self.ledger.key_for(row.row_id, row.request))
+            self.budget.settle(reserved=reserve, spent=_charged(after, submissions_before, reserve))
+        line.started_at, line.finished_at = started_at, _now()
+        line.duration_seconds = round(time.monotonic() - started, 3)
+        return line
+
+    async def _generate(self, row: ValidRow) -> ManifestLine:
+        """Run one row's generation; every outcome becomes its manifest line."""
         try:
             async with AsyncExitStack() as stack:
                 if self.limit_name:
@@ -203,51 +212,66 @@ class _RowRunner:
                         concurrency(self.limit_name, occupy=1, strict=True)
                     )
                 result = await self.generate(
-                    row.request,
-                    self.output,
-                    self.credentials,
-                    label=row.row_id,
-                    **self.call_options,
+                    row.request, self.output, self.credentials, label=row.row_id, **self.call_options
                 )
-            spent = 0.0 if result.reused else (result.credits or 0.0)
-            self.gallery.extend((row.row_id, image) for image in result.images)
-            line = _line(
-                row,
-                "succeeded",
-                task_id=result.task_id,
-                images=_images(result.images),
-                credits=result.credits,
-                submissions=result.submissions,
-                reused=result.reused,
-            )
         except SubmissionOutcomeUnknownError:
-            spent = reserve  # it may have been billed: count it against the budget
-            line = self._from_ledger(row, "outcome_unknown", "outcome_unknown", OUTCOME_UNKNOWN_GUIDANCE)
-        except WaitTimeoutError as exc:
-            spent = reserve
-            message = f"{exc}; collect it with `prefect-seedream recover`"
-            line = self._from_ledger(row, "in_flight", "wait_timeout", message)
+            return self._from_ledger(row, "outcome_unknown", "outcome_unknown", OUTCOME_UNKNOWN_GUIDANCE)
         except TaskFailedError as exc:
-            line = self._from_ledger(row, "failed", exc.code, exc.message)
+            return self._from_ledger(row, "failed", exc.code, exc.message)
         except SeedreamError as exc:
-            line = self._from_ledger(row, "failed", type(exc).__name__, str(exc))
+            code = "wait_timeout" if isinstance(exc, WaitTimeoutError) else type(exc).__name__
+            return self._from_ledger(row, None, code, str(exc))
         except Exception as exc:  # a bug must not lose the row: record it and go on
-            line = self._from_ledger(row, "failed", "internal_error", f"{type(exc).__name__}: {exc}")
-        finally:
-            self.budget.settle(reserved=reserve, spent=spent)
-        line.started_at, line.finished_at = timing["started_at"], _now()
-        line.duration_seconds = round(time.monotonic() - started, 3)
-        return line
+            return self._from_ledger(row, None, "internal_error", f"{type(exc).__name__}: {exc}")
+        self.gallery.extend((row.row_id, image) for image in result.images)
+        return _line(
+            row,
+            "succeeded",
+            task_id=result.task_id,
+            images=_images(result.images),
+            credits=result.credits,
+            submissions=result.submissions,
+            reused=result.reused,
+        )
 
-    def _from_ledger(self, row: ValidRow, status: RowStatus, code: str, message: str) -> ManifestLine:
+    def _from_ledger(
+        self, row: ValidRow, status: RowStatus | None, code: str, message: str
+    ) -> ManifestLine:
+        """A line for a row that did not succeed; with no status, the ledger decides.
+
+        A task still running remotely (the wait stopped: cap, rate limit, poll errors) is
+        `in_flight`, so that `recover` can collect it; anything else is `failed`.
+        """
         record = self.ledger.load(self.ledger.key_for(row.row_id, row.request))
+        if status is None:
+            status = "in_flight" if record and record.state is LedgerState.SUBMITTED else "failed"
+        if status == "in_flight":
+            message += "; collect it with `prefect-seedream recover`"
         return _line(
             row,
             status,
             task_id=record.task_id if record else None,
             submissions=record.submissions if record else 0,
+            credits=record.credits if record and record.state is not LedgerState.FAILED else None,
             error=ManifestError(code=code, message=message),
         )
+
+
+def _charged(record: LedgerRecord | None, submissions_before: int, reserved: float) -> float:
+    """Credits this run spent on a row, as the ledger tells it.
+
+    Nothing when this run submitted nothing (a re-attached task was paid by the run that
+    submitted it) or when the task failed (the API charges generated images only); the
+    final charge when the task completed; the reservation while a task may still be billed
+    (in flight, or a submission whose outcome is unknown).
+    """
+    if record is None or record.submissions == submissions_before:
+        return 0.0
+    if record.state in (LedgerState.STORED, LedgerState.COMPLETED):
+        return record.credits or 0.0
+    if record.state in (LedgerState.SUBMITTED, LedgerState.OUTCOME_UNKNOWN):
+        return reserved
+    return 0.0
 
 
 async def _check_concurrency_limit(name: str) -> None:

@@ -56,20 +56,21 @@ def safe_stem(name: str) -> str:
     """Turn any row id into a file-name stem that stays inside its folder.
 
     Characters other than letters, digits, ``.``, ``_`` and ``-`` become ``_``;
-    leading dots are dropped; when anything changed, a short hash of the
-    original keeps distinct ids distinct.
+    leading dots are dropped; when anything changed, ``~`` and a short hash of
+    the original are appended. ``~`` never stands in a name left as it was, so
+    two distinct ids never share a stem.
 
     Examples:
         >>> safe_stem("row-7")
         'row-7'
-        >>> safe_stem("../../etc/x").startswith("etc_x-")
+        >>> safe_stem("../../etc/x").startswith("etc_x~")
         True
     """
     cleaned = _UNSAFE.sub("_", name).strip("._-")[:MAX_STEM_CHARS] or "row"
     if cleaned == name:
         return cleaned
     digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    return f"{cleaned}-{digest}"
+    return f"{cleaned}~{digest}"
 
 
 class ImageStore:

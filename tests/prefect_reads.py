@@ -35,10 +35,18 @@ async def artifacts_of(flow_run_id: UUID) -> list[Any]:
         )
 
 
-async def events_named(prefix: str, expected: int, timeout: float = 30.0) -> list[dict[str, Any]]:
-    """Events whose name starts with ``prefix``, waiting until ``expected`` are persisted."""
+async def events_of_run(
+    flow_run_id: UUID, prefix: str, expected: int, timeout: float = 30.0
+) -> list[dict[str, Any]]:
+    """A flow run's events named ``prefix...``, waiting until ``expected`` are persisted."""
     url = f"{PREFECT_API_URL.value()}/events/filter"
-    body = {"filter": {"event": {"prefix": [prefix]}}, "limit": 50}
+    body = {
+        "filter": {
+            "event": {"prefix": [prefix]},
+            "related": {"id": [f"prefect.flow-run.{flow_run_id}"]},
+        },
+        "limit": 50,
+    }
     events: list[dict[str, Any]] = []
     deadline = asyncio.get_running_loop().time() + timeout
     async with httpx.AsyncClient() as http:

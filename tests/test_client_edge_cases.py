@@ -325,7 +325,9 @@ async def test_retry_after_above_the_cap_is_raised_not_slept(sleeps: list[float]
     assert handler.calls == 1
     assert sleeps == []
     assert info.value.retry_after == 60.0
-    assert info.value.retryable is True
+    # No retry layer (Prefect's included) may call again before the time the API asked for.
+    assert info.value.retryable is False
+    assert "not retried" in str(info.value)
 
 
 async def test_submit_retry_after_above_the_cap_is_raised_not_slept(sleeps: list[float]) -> None:

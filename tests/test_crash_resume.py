@@ -120,6 +120,13 @@ def _environment(base_url: str, prefect_home: Path) -> dict[str, str]:
     return env
 
 
+def _health(base_url: str) -> str:
+    try:
+        return f"answers {httpx.get(base_url + '/healthz', timeout=2).status_code}"
+    except httpx.HTTPError as exc:
+        return f"unreachable: {exc!r}"
+
+
 def _dataset(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     prompts = {f"row-{i:02d}": f"a paper lantern over a river number {i}" for i in range(ROWS)}
     dataset = tmp_path / "rows.csv"
@@ -148,7 +155,8 @@ def _interrupt_mid_run(
             deadline = time.monotonic() + 360
             while True:
                 assert process.poll() is None, (
-                    "the run ended before it could be stopped:\n" + log_path.read_text()
+                    f"the run ended before it could be stopped (simulator "
+                    f"{_health(env['SEEDREAM_BASE_URL'])}):\n" + log_path.read_text()
                 )
                 assert time.monotonic() < deadline, "never caught the run with tasks in flight"
                 records = _ledger(output)

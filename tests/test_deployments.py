@@ -17,8 +17,9 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def server(tmp_path_factory: pytest.TempPathFactory):
+    """A server per test: `prefect deploy` and `serve` must not share deployment records."""
     with start_prefect_server(tmp_path_factory.mktemp("server")) as running:
         yield running
 
@@ -71,7 +72,7 @@ def test_short_interval_schedule_completes_a_run_by_itself(
         while time.monotonic() < deadline and not completed:
             runs = server.api(
                 "POST", "/flow_runs/filter",
-                {"flow_runs": {"deployment_id": {"any_": [served.id]}}, "limit": 20},
+                {"deployments": {"id": {"any_": [served.id]}}, "limit": 20},
             )
             completed = [run for run in runs if run["state"]["type"] == "COMPLETED"]
             time.sleep(2)

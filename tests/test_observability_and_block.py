@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from prefect_seedream import GenerationRequest, SeedreamCredentials, generate_images
 from prefect_seedream.simulator import RunningSimulator
 from tests.helpers import run_dataset, write_csv
-from tests.prefect_reads import artifacts_of, events_named, flow_run_id_of
+from tests.prefect_reads import artifacts_of, events_of_run, flow_run_id_of
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -72,15 +72,18 @@ async def test_run_creates_progress_table_gallery_and_events(
     assert "![sunrise](data:image/jpeg;base64," in gallery
     assert str((tmp_path / "out" / "sunrise-1.png").resolve()) in gallery
 
-    submitted = await events_named("seedream.generation.submitted", expected=2)
-    ours = [e for e in submitted if any(r.get("prefect.resource.id") == f"prefect.flow-run.{run_id}" for r in e["related"])]
-    assert len(ours) == 2
-    assert all(e["resource"]["prefect.resource.id"].startswith("seedream.task.task-unified-") for e in ours)
-    completed = await events_named("seedream.generation.completed", expected=1)
-    failed = await events_named("seedream.generation.failed", expected=1)
-    assert any(e["resource"]["prefect.resource.name"] == "sunrise" for e in completed)
-    refused = [e for e in failed if e["resource"]["prefect.resource.name"] == "refused"]
-    assert refused and refused[0]["payload"]["code"] == "content_policy_violation"
+    submitted = await events_of_run(run_id, "seedream.generation.submitted", expected=2)
+    assert len(submitted) == 2
+    assert all(e["resource"]["prefect.resource.id"].startswith("seedream.task.task-unified-") for e in submitted)
+    completed = await events_of_run(run_id, "seedream.generation.completed", expected=1)
+    failed = await events_of_run(run_id, "seedream.generation.failed", expected=1)
+    assert [e["resource"]["prefect.resource.name"] for e in completed] == ["sunrise"]
+    assert [e["resource"]["prefect.resource.name"] for e in failed] == ["refused"]
+    assert failed[0]["payload"]["code"] == "content_policy_violation"
+    [finished] = await events_of_run(run_id, "seedream.dataset.", expected=1)
+    assert finished["event"] == "seedream.dataset.failed"
+    assert finished["payload"]["output"] == str(tmp_path / "out")
+    assert finished["payload"]["failed"] == 1
 
 
 def test_tasks_are_usable_from_a_sync_flow(seedream_env: RunningSimulator, tmp_path: Path) -> None:

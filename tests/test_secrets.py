@@ -50,7 +50,7 @@ ROWS = [
     {"id": "p404", "prompt": "a lantern [[sim:poll_404*1]]"},
     {"id": "drop", "prompt": "a lantern [[sim:drop_after_create]]"},
     {"id": "not-image", "prompt": "a lantern [[sim:download=not_image]]"},
-    {"id": "slow", "prompt": "a lantern [[sim:latency=6]]"},
+    {"id": "slow", "prompt": "a lantern [[sim:latency=600]]"},
     {"id": "invalid", "prompt": "a lantern", "n": "abc"},
 ]
 EXPECTED_STATUS = {
@@ -229,7 +229,7 @@ async def _run_and_search(
         output,
         max_concurrency=16,
         retries=1,
-        max_wait_seconds=2.5,
+        max_wait_seconds=4,
         **options,
     )
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import unicodedata
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 _DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
 _INTERNAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
@@ -100,13 +100,15 @@ def internal_host_reason(url: str) -> str | None:
         True
     """
     try:
-        host = urlsplit(url).hostname
+        # Browsers and many HTTP stacks (WHATWG URL) end the authority at "\\" too.
+        host = urlsplit(url.replace("\\", "/")).hostname
     except ValueError:
         return "the URL cannot be parsed"
     if not host:
         return "the URL has no host"
-    # Resolvers map full-width digits, letters and dots to ASCII (IDNA): so do we.
-    host = unicodedata.normalize("NFKC", host).translate(_DOTS).lower().rstrip(".")
+    # WHATWG parsers percent-decode the host, and resolvers map full-width digits,
+    # letters and dots to ASCII (IDNA): so do we, before judging it.
+    host = unicodedata.normalize("NFKC", unquote(host)).translate(_DOTS).lower().rstrip(".")
     if host in _INTERNAL_NAMES or host.endswith(_INTERNAL_SUFFIXES):
         return f"host {host} is an internal name"
     address = parse_ip_literal(host)

@@ -271,6 +271,8 @@ class SeedreamClient:
                 errors_in_a_row += 1
                 if not exc.retryable or errors_in_a_row > policy.max_consecutive_errors:
                     raise
+                if isinstance(exc, SeedreamAPIError) and exc.retry_after:
+                    delay = max(delay, exc.retry_after)  # the API asked for a pause
                 logger.debug("transient poll error %d for %s: %s", errors_in_a_row, task_id, exc)
                 continue
             errors_in_a_row = 0
@@ -417,6 +419,13 @@ class SeedreamClient:
         if hint is None:
             return self.retry.backoff(attempt)
         if hint > self.retry.max_retry_after:
+            # Waiting that long is the caller's choice: say so, and stop every retry layer
+            # (Prefect's included) from calling the API again before the time it asked for.
+            error.retryable = False
+            error.args = (
+                f"{error} (longer than max_retry_after={self.retry.max_retry_after:g} s: "
+                "not retried; run again later)",
+            )
             return None
         return hint + random.uniform(0, min(1.0, hint / 10))
 

@@ -8,6 +8,7 @@ names each image's real location under it.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable
 from uuid import UUID
@@ -34,7 +35,7 @@ class ProgressArtifact:
     Examples:
         ```python
         progress = await ProgressArtifact.create(total=200)
-        await progress.advance()
+        progress.advance()
         await progress.finish()
         ```
     """
@@ -44,6 +45,7 @@ class ProgressArtifact:
         self.total = max(total, 1)
         self.done = 0
         self._last_update = 0.0
+        self._pending: asyncio.Task[UUID] | None = None
 
     @classmethod
     async def create(cls, total: int, description: str = "Rows finished") -> ProgressArtifact:
@@ -56,16 +58,23 @@ class ProgressArtifact:
         """Rows finished, in percent."""
         return round(100.0 * self.done / self.total, 1)
 
-    async def advance(self, rows: int = 1) -> None:
-        """Count finished rows; update the artifact when a second has passed."""
+    def advance(self, rows: int = 1) -> None:
+        """Count finished rows; update the artifact in the background, at most once a second.
+
+        Rows never wait for the API: an update still in flight is not doubled.
+        """
         self.done += rows
         now = time.monotonic()
-        if now - self._last_update >= 1.0:
+        if now - self._last_update >= 1.0 and (self._pending is None or self._pending.done()):
             self._last_update = now
-            await aupdate_progress_artifact(self.artifact_id, self.percent)
+            self._pending = asyncio.create_task(
+                aupdate_progress_artifact(self.artifact_id, self.percent)
+            )
 
     async def finish(self) -> None:
-        """Write the final figure."""
+        """Write the final figure (after any update still in flight)."""
+        if self._pending is not None:
+            await asyncio.gather(self._pending, return_exceptions=True)
         await aupdate_progress_artifact(self.artifact_id, self.percent)
 
 
@@ -89,38 +98,52 @@ async def publish_summary_table(lines: list[ManifestLine]) -> UUID:
     return await acreate_table_artifact(table, key=SUMMARY_KEY, description=description)
 
 
-def gallery_markdown(images: Iterable[tuple[str, StoredImage]], limit: int = GALLERY_LIMIT) -> str:
-    """Markdown with an embedded thumbnail per image and its storage location.
+class Gallery:
+    """The images a run stored: a count of all, thumbnails of the first ``limit`` only.
 
     Examples:
-        >>> image = StoredImage(uri="/out/a-1.png", width=64, height=64, bytes=10,
-        ...                     format="png", source_url="http://x", thumbnail="data:image/jpeg;base64,AA==")
-        >>> "![a](data:image/jpeg;base64,AA==)" in gallery_markdown([("a", image)])
+        >>> gallery = Gallery()
+        >>> gallery.add("a", StoredImage(uri="/out/a-1.png", width=64, height=64, bytes=10,
+        ...     format="png", source_url="http://x", thumbnail="data:image/jpeg;base64,AA=="))
+        >>> "![a](data:image/jpeg;base64,AA==)" in gallery.markdown()
         True
     """
-    shown = 0
-    total = 0
+
+    def __init__(self, limit: int = GALLERY_LIMIT) -> None:
+        self.limit = limit
+        self.total = 0
+        self.shown: list[tuple[str, StoredImage]] = []
+
+    def add(self, row_id: str, image: StoredImage) -> None:
+        """Count an image; keep it (with its thumbnail) only while under the limit."""
+        self.total += 1
+        if len(self.shown) < self.limit and image.thumbnail:
+            self.shown.append((row_id, image))
+
+    def markdown(self) -> str:
+        """Markdown with an embedded thumbnail per kept image and its storage location."""
+        return gallery_markdown(self.shown, self.total)
+
+
+def gallery_markdown(images: Iterable[tuple[str, StoredImage]], total: int) -> str:
+    """Markdown with an embedded thumbnail per image and its storage location."""
     cells: list[str] = []
     for row_id, image in images:
-        total += 1
-        if shown >= limit or not image.thumbnail:
-            continue
-        shown += 1
         cells.append(
             f"**{row_id}** ({image.width}x{image.height})\n\n"
             f"![{row_id}]({image.thumbnail})\n\n`{image.uri}`\n"
         )
     header = f"# Generated images\n\n{total} image(s) stored"
-    if total > shown:
-        header += f"; the first {shown} are shown"
+    if total > len(cells):
+        header += f"; the first {len(cells)} are shown"
     header += ". Thumbnails are embedded; the full images are at the locations below.\n\n"
     return header + "\n---\n\n".join(cells)
 
 
-async def publish_gallery(images: list[tuple[str, StoredImage]]) -> UUID | None:
+async def publish_gallery(gallery: Gallery) -> UUID | None:
     """A markdown artifact of thumbnails, or None when nothing was stored."""
-    if not images:
+    if not gallery.shown:
         return None
     return await acreate_markdown_artifact(
-        gallery_markdown(images), key=GALLERY_KEY, description="Generated images"
+        gallery.markdown(), key=GALLERY_KEY, description="Generated images"
     )

@@ -34,7 +34,7 @@ from prefect_seedream.api.errors import (
     WaitTimeoutError,
 )
 from prefect_seedream.api.models import DEFAULT_MODEL, GenerationRequest, SeedreamModel
-from prefect_seedream.artifacts import ProgressArtifact, publish_gallery, publish_summary_table
+from prefect_seedream.artifacts import Gallery, ProgressArtifact, publish_gallery, publish_summary_table
 from prefect_seedream.budget import CreditBudget
 from prefect_seedream.clients import close_clients
 from prefect_seedream.credentials import SeedreamCredentials, resolve_credentials
@@ -169,7 +169,7 @@ class _RowRunner:
         self.limit_name = concurrency_limit_name
         self.generate = generate_images.with_options(**task_options)
         self.call_options = call_options
-        self.gallery: list[tuple[str, StoredImage]] = []
+        self.gallery = Gallery()
         self.stopping = False
 
     async def run(self, row: ValidRow | InvalidRow) -> ManifestLine:
@@ -223,7 +223,8 @@ class _RowRunner:
             return self._from_ledger(row, None, code, str(exc))
         except Exception as exc:  # a bug must not lose the row: record it and go on
             return self._from_ledger(row, None, "internal_error", f"{type(exc).__name__}: {exc}")
-        self.gallery.extend((row.row_id, image) for image in result.images)
+        for image in result.images:
+            self.gallery.add(row.row_id, image)
         return _line(
             row,
             "succeeded",
@@ -438,7 +439,7 @@ async def _run_rows(
             line = await runner.run(row)
             lines.append(line)
             notify(line)
-            await progress.advance()
+            progress.advance()
 
     workers = [asyncio.create_task(worker()) for _ in range(max_concurrency)]
     try:

@@ -10,6 +10,7 @@ failed on the service's side) is submitted anew.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -115,6 +116,10 @@ class TaskLedger:
         """Write a record durably (fsync and atomic rename on local disks)."""
         self.store.write_text(self._relative(record.key), record.model_dump_json())
         return record
+
+    async def asave(self, record: LedgerRecord) -> LedgerRecord:
+        """:meth:`save` in a worker thread, so an fsync never stalls the event loop."""
+        return await asyncio.to_thread(self.save, record)
 
     def records(self) -> Iterator[LedgerRecord]:
         """Every record in the ledger (for recovery)."""

@@ -8,6 +8,7 @@ in the destination. Names come from :func:`safe_stem`, so a row id such as
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
@@ -15,7 +16,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -161,26 +162,31 @@ class ImageStore:
         for index, url in enumerate(result_urls, start=1):
             with tempfile.TemporaryFile() as buffer:
                 await client.download(url, buffer, max_bytes=max_bytes)
-                buffer.seek(0)
-                width, height, fmt, thumbnail = _inspect_image(url, buffer)
-                size = buffer.seek(0, io.SEEK_END)
-                buffer.seek(0)
-                path = self.path_for(f"{stem}-{index}.{_extension(fmt)}")
-                with self.fs.open(path, "wb") as target:
-                    while chunk := buffer.read(1 << 20):
-                        target.write(chunk)
-            stored.append(
-                StoredImage(
-                    uri=self.uri_for(path),
-                    width=width,
-                    height=height,
-                    bytes=size,
-                    format=fmt,
-                    source_url=url,
-                    thumbnail=thumbnail,
-                )
-            )
+                # Decoding a 4K image and writing it out take tens of milliseconds or
+                # more: off the event loop, so other rows keep polling meanwhile.
+                image = await asyncio.to_thread(self._keep, url, buffer, f"{stem}-{index}")
+            stored.append(image)
         return stored
+
+    def _keep(self, url: str, buffer: IO[bytes], name: str) -> StoredImage:
+        """Verify a downloaded image and copy it to ``<name>.<ext>`` in the destination."""
+        buffer.seek(0)
+        width, height, fmt, thumbnail = _inspect_image(url, buffer)
+        size = buffer.seek(0, io.SEEK_END)
+        buffer.seek(0)
+        path = self.path_for(f"{name}.{_extension(fmt)}")
+        with self.fs.open(path, "wb") as target:
+            while chunk := buffer.read(1 << 20):
+                target.write(chunk)
+        return StoredImage(
+            uri=self.uri_for(path),
+            width=width,
+            height=height,
+            bytes=size,
+            format=fmt,
+            source_url=url,
+            thumbnail=thumbnail,
+        )
 
 
 def _extension(fmt: str) -> str:

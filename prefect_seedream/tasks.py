@@ -430,12 +430,12 @@ async def _attach_or_submit(
         record.state, record.submitted_at = LedgerState.OUTCOME_UNKNOWN, time.time()
         record.submissions += 1
         record.error = {"code": "outcome_unknown", "message": "submission outcome unknown"}
-        ledger.save(record)
+        await ledger.asave(record)
         raise
     record.task_id, record.state = submitted.id, LedgerState.SUBMITTED
     record.submitted_at, record.submissions = time.time(), record.submissions + 1
     record.credits, record.error, record.results = submitted.credits, None, []
-    ledger.save(record)  # persisted before waiting: a retry or re-run re-attaches
+    await ledger.asave(record)  # persisted before waiting: a retry or re-run re-attaches
     return submitted.task_info.estimated_time
 
 
@@ -471,11 +471,11 @@ async def finish_recorded_task(
     except TaskFailedError as exc:
         record.state, record.finished_at = LedgerState.FAILED, time.time()
         record.error = {"code": exc.code, "message": exc.message}
-        ledger.save(record)
+        await ledger.asave(record)
         raise
     record.state, record.finished_at = LedgerState.COMPLETED, time.time()
     record.results, record.credits = list(done.results), done.credits
-    ledger.save(record)
+    await ledger.asave(record)
     record.images = await store_images(
         done,
         destination,
@@ -485,7 +485,7 @@ async def finish_recorded_task(
         label=record.row_id,
     )
     record.state = LedgerState.STORED
-    ledger.save(record)
+    await ledger.asave(record)
     return record
 
 

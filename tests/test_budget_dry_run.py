@@ -13,21 +13,12 @@ from typing import Any
 import pytest
 
 from prefect_seedream.api.models import MODEL_LIMITS
-from prefect_seedream.flows import DatasetRunSummary
 from prefect_seedream.simulator import RunningSimulator
-from tests.helpers import manifest, run_dataset, write_jsonl
+from tests.helpers import manifest, run_dataset, summary_of, write_jsonl
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 M45, M40 = "doubao-seedream-4.5", "doubao-seedream-4.0"
-
-
-async def summary_of(state: Any) -> DatasetRunSummary:
-    data = state.data
-    if not isinstance(data, DatasetRunSummary):
-        data = await state.aresult(raise_on_failure=False)
-    assert isinstance(data, DatasetRunSummary), state
-    return data
 
 
 def by_id(lines: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

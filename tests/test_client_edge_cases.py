@@ -471,10 +471,24 @@ async def test_wait_first_poll_follows_the_estimate(sleeps: list[float]) -> None
     handler = Recorder(httpx.Response(200, json=task_json("completed", results=[CDN + "/a.png"])))
     poll = PollPolicy(min_interval=0.5, max_interval=4.0, max_wait=60.0)
     async with make_client(handler) as client:
-        await client.wait(TASK_ID, estimated_time=6, poll=poll)
+        await client.wait(TASK_ID, estimated_time=3, poll=poll)
         await client.wait(TASK_ID, estimated_time=45, poll=poll)
         await client.wait(TASK_ID, poll=poll)
+    # At the estimate, within [min_interval, max_interval]; min_interval without one.
     assert sleeps == [3.0, 4.0, 0.5]
+
+
+async def test_wait_backs_off_from_min_interval_after_the_estimate(sleeps: list[float]) -> None:
+    handler = Recorder(
+        httpx.Response(200, json=task_json("processing")),
+        httpx.Response(200, json=task_json("processing")),
+        httpx.Response(200, json=task_json("processing")),
+        httpx.Response(200, json=task_json("completed", results=[CDN + "/a.png"])),
+    )
+    poll = PollPolicy(min_interval=0.5, max_interval=2.0, factor=1.5, max_wait=60.0)
+    async with make_client(handler) as client:
+        await client.wait(TASK_ID, estimated_time=2, poll=poll)
+    assert sleeps == [2.0, 0.5, 0.75, 1.125]
 
 
 # -- downloads --------------------------------------------------------------------------------------------

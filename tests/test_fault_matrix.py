@@ -25,10 +25,10 @@ import pytest
 
 from prefect_seedream.api.client import DEFAULT_MAX_IMAGE_BYTES, RetryPolicy
 from prefect_seedream.api.models import TASK_ERROR_KINDS, TaskErrorKind
-from prefect_seedream.flows import DatasetRunSummary, recover_dataset
+from prefect_seedream.flows import recover_dataset
 from prefect_seedream.simulator import RunningSimulator, SimulatorConfig, running_simulator
 from tests.conftest import TEST_API_KEY
-from tests.helpers import manifest, run_dataset, write_jsonl
+from tests.helpers import manifest, run_dataset, summary_of, write_jsonl
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -57,15 +57,6 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-async def summary_of(state: Any) -> DatasetRunSummary:
-    """The run summary a final state carries (Completed or Failed)."""
-    data = state.data
-    if not isinstance(data, DatasetRunSummary):
-        data = await state.aresult(raise_on_failure=False)
-    assert isinstance(data, DatasetRunSummary), state
-    return data
 
 
 def dataset(tmp_path: Path, fault_prompt: str) -> Path:

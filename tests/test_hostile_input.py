@@ -18,21 +18,12 @@ from typing import Any
 import pytest
 
 from prefect_seedream.dataset import DatasetError, RowDefaults, ValidRow, parse_row
-from prefect_seedream.flows import DatasetRunSummary
 from prefect_seedream.simulator import RunningSimulator
-from tests.helpers import manifest, run_dataset, write_csv, write_jsonl
+from tests.helpers import manifest, run_dataset, summary_of, write_csv, write_jsonl
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 DEFAULTS = RowDefaults(model="doubao-seedream-4.5", size="2K")
-
-
-async def summary_of(state: Any) -> DatasetRunSummary:
-    data = state.data
-    if not isinstance(data, DatasetRunSummary):
-        data = await state.aresult(raise_on_failure=False)
-    assert isinstance(data, DatasetRunSummary), state
-    return data
 
 
 def tree(root: Path) -> set[str]:

@@ -87,9 +87,9 @@ class RetryPolicy:
 class PollPolicy:
     """How :meth:`SeedreamClient.wait` polls.
 
-    The first poll comes after half the task's ``estimated_time`` (bounded by
-    ``min_interval`` and ``max_interval``), later polls back off by ``factor``
-    up to ``max_interval``.
+    The first poll comes at the task's ``estimated_time`` (bounded by
+    ``min_interval`` and ``max_interval``); later polls start at ``min_interval``
+    and back off by ``factor`` up to ``max_interval``.
 
     Attributes:
         min_interval: Shortest pause between polls (also the first one when the
@@ -113,7 +113,7 @@ class PollPolicy:
         """The pause before the first poll."""
         if not estimated_time:
             return self.min_interval
-        return min(self.max_interval, max(self.min_interval, estimated_time / 2))
+        return min(self.max_interval, max(self.min_interval, estimated_time))
 
 
 @dataclass(frozen=True)
@@ -246,7 +246,8 @@ class SeedreamClient:
         cap = policy.max_wait if max_wait is None else max_wait
         started = time.monotonic()
         deadline = started + cap
-        delay = policy.first_delay(estimated_time)
+        delay = policy.first_delay(estimated_time)  # then min_interval, backing off
+        backoff = policy.min_interval
         last: GenerationTask | None = None
         errors_in_a_row = 0
         while True:
@@ -254,7 +255,7 @@ class SeedreamClient:
             if remaining <= 0:
                 break
             await asyncio.sleep(min(delay, remaining))
-            delay = min(policy.max_interval, max(policy.min_interval, delay * policy.factor))
+            delay, backoff = backoff, min(policy.max_interval, backoff * policy.factor)
             try:
                 # One poll (with its own retries) may not outlive the cap either.
                 task = await asyncio.wait_for(

@@ -225,9 +225,16 @@ def api_request(
         method=method,
         headers={"Content-Type": "application/json"} if data is not None else {},
     )
-    with _LOCAL.open(req, timeout=timeout) as resp:
-        raw = resp.read()
-    return json.loads(raw) if raw else None
+    for attempt in range(5):  # a busy SQLite server answers 503 now and then
+        try:
+            with _LOCAL.open(req, timeout=timeout) as resp:
+                raw = resp.read()
+            return json.loads(raw) if raw else None
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503 or attempt == 4:
+                raise
+            time.sleep(1 + attempt)
+    raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager

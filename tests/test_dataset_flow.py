@@ -197,3 +197,25 @@ async def test_invalid_flow_parameters_fail_before_spending(
     assert state.is_failed()
     assert "1K" in str(await state.aresult(raise_on_failure=False))
     assert seedream_env.stats()["submit_requests"] == 0
+
+
+async def test_parquet_dataset_is_streamed_in_batches(seedream_env: RunningSimulator, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({
+        "id": ["pq-1", "pq-2", "pq-3"],
+        "prompt": ["A glass of water", "A paper boat", None],
+        "n": [1, 2, 1],
+    })
+    pq.write_table(table, tmp_path / "prompts.parquet", row_group_size=1)
+
+    state = await run_dataset(tmp_path / "prompts.parquet", tmp_path / "out")
+
+    lines = manifest(tmp_path / "out")
+    assert [(line["row_id"], line["status"]) for line in lines] == [
+        ("pq-1", "succeeded"), ("pq-2", "succeeded"), ("pq-3", "failed"),
+    ]
+    assert lines[1]["parameters"]["n"] == 2 and len(lines[1]["images"]) == 2
+    assert lines[2]["error"] == {"code": "invalid_row", "message": "prompt is missing"}
+    assert state.is_failed()

@@ -175,16 +175,16 @@ class _RowRunner:
     async def run(self, row: ValidRow | InvalidRow) -> ManifestLine:
         if isinstance(row, InvalidRow):
             return _line(row, "failed", error=ManifestError(code="invalid_row", message=row.reason))
+        key = self.ledger.key_for(row.row_id, row.request)
+        record = self.ledger.load(key)
         if self.stopping:
-            return line_from_record(row, self.ledger.load(self.ledger.key_for(row.row_id, row.request)))
-        record = self.ledger.load(self.ledger.key_for(row.row_id, row.request))
+            return line_from_record(row, record)
         if record is not None and record.state is LedgerState.STORED and all(
             self.store.exists(image.uri) for image in record.images
         ):  # stored by an earlier run: no task run, no API call
             return line_from_record(row, record, reused=True)
-        free = record is not None and (
-            record.state is LedgerState.STORED or record.reattachable() or record.failed_by_request()
-        )
+        # Re-attaching costs nothing new, nor does repeating a request-side failure.
+        free = record is not None and (record.reattachable() or record.failed_by_request())
         reserve = 0.0 if free else row.request.reserved_credits
         if not self.budget.try_reserve(reserve):
             message = (
@@ -195,15 +195,15 @@ class _RowRunner:
         started, started_at = time.monotonic(), _now()
         submissions_before = record.submissions if record else 0
         try:
-            line = await self._generate(row)
+            line = await self._generate(row, key)
         finally:
-            after = self.ledger.load(self.ledger.key_for(row.row_id, row.request))
+            after = self.ledger.load(key)
             self.budget.settle(reserved=reserve, spent=_charged(after, submissions_before, reserve))
         line.started_at, line.finished_at = started_at, _now()
         line.duration_seconds = round(time.monotonic() - started, 3)
         return line
 
-    async def _generate(self, row: ValidRow) -> ManifestLine:
+    async def _generate(self, row: ValidRow, key: str) -> ManifestLine:
         """Run one row's generation; every outcome becomes its manifest line."""
         try:
             async with AsyncExitStack() as stack:
@@ -215,14 +215,14 @@ class _RowRunner:
                     row.request, self.output, self.credentials, label=row.row_id, **self.call_options
                 )
         except SubmissionOutcomeUnknownError:
-            return self._from_ledger(row, "outcome_unknown", "outcome_unknown", OUTCOME_UNKNOWN_GUIDANCE)
+            return self._from_ledger(row, key, "outcome_unknown", "outcome_unknown", OUTCOME_UNKNOWN_GUIDANCE)
         except TaskFailedError as exc:
-            return self._from_ledger(row, "failed", exc.code, exc.message)
+            return self._from_ledger(row, key, "failed", exc.code, exc.message)
         except SeedreamError as exc:
             code = "wait_timeout" if isinstance(exc, WaitTimeoutError) else type(exc).__name__
-            return self._from_ledger(row, None, code, str(exc))
+            return self._from_ledger(row, key, None, code, str(exc))
         except Exception as exc:  # a bug must not lose the row: record it and go on
-            return self._from_ledger(row, None, "internal_error", f"{type(exc).__name__}: {exc}")
+            return self._from_ledger(row, key, None, "internal_error", f"{type(exc).__name__}: {exc}")
         for image in result.images:
             self.gallery.add(row.row_id, image)
         return _line(
@@ -236,14 +236,14 @@ class _RowRunner:
         )
 
     def _from_ledger(
-        self, row: ValidRow, status: RowStatus | None, code: str, message: str
+        self, row: ValidRow, key: str, status: RowStatus | None, code: str, message: str
     ) -> ManifestLine:
         """A line for a row that did not succeed; with no status, the ledger decides.
 
         A task still running remotely (the wait stopped: cap, rate limit, poll errors) is
         `in_flight`, so that `recover` can collect it; anything else is `failed`.
         """
-        record = self.ledger.load(self.ledger.key_for(row.row_id, row.request))
+        record = self.ledger.load(key)
         if status is None:
             status = "in_flight" if record and record.state is LedgerState.SUBMITTED else "failed"
         if status == "in_flight":

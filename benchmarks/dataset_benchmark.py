@@ -45,17 +45,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prefect_seedream.cli import EMBEDDED_SERVER_SETTINGS  # imports no Prefect
+
 REPO = Path(__file__).resolve().parents[1]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 API_KEY = "sk-benchmark"
 
-#: Settings that, per /work/shared/prefect-notes.md, raise the SQLite server's task-run
-#: throughput from ~65-70/s to 200+/s (used only with ``--tuned-server``).
+#: The server batch sizes `prefect-seedream run` sets for its embedded server (they raise the
+#: SQLite server's task-run throughput, see prefect-notes.md); used only with ``--tuned-server``.
 TUNED_SERVER_SETTINGS = {
-    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
-    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "100",
-    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "200",
-    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_READ_BATCH_SIZE": "100",
+    name: value
+    for name, value in EMBEDDED_SERVER_SETTINGS.items()
+    if name.startswith("PREFECT_SERVER_SERVICES_")
 }
 
 
@@ -544,7 +545,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--tuned-server",
         action="store_true",
-        help="raise the ephemeral server's recorder/persister batch sizes",
+        help="the ephemeral server's batch sizes that `prefect-seedream run` uses",
     )
     parser.add_argument(
         "--progress-every", type=float, default=15.0, help="progress line period (s)"

@@ -24,10 +24,10 @@ run: $(VENV)/.core
 
 test: $(VENV)/.dev
 	@bash .ci/install-browser.sh || { [ -z "$$CI" ] && echo "warning: chromium could not be installed (needs root and apt); the browser tests will be skipped"; }
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "slow or not slow"
 
 test-fast: $(VENV)/.dev
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q
 
 bench: $(VENV)/.core
 	$(BIN)/python benchmarks/dataset_benchmark.py --rows 200 --latency 2 --concurrency 16

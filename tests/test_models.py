@@ -30,7 +30,6 @@ from prefect_seedream.api import (
     TaskStatus,
 )
 from prefect_seedream.api.errors import api_error_for_status, error_body_fields, parse_retry_after
-from prefect_seedream.api.models import size_pixels
 
 V40 = "doubao-seedream-4.0"
 V45 = "doubao-seedream-4.5"
@@ -239,21 +238,6 @@ def test_size_with_non_ascii_digits_is_refused() -> None:
 
 def test_size_left_out_is_not_sent() -> None:
     assert "size" not in ok().to_api_body()
-
-
-@pytest.mark.parametrize(
-    ("model", "size", "pixels"),
-    [
-        (V45, None, (2048, 2048)),  # 4.5's documented default
-        (V40, None, None),  # 4.0 documents none: left to the API
-        (V40, "1K", (1024, 1024)),
-        (V45, "4K", (4096, 4096)),
-        (V45, "2560x1440", (2560, 1440)),
-        (V45, "banana", None),
-    ],
-)
-def test_size_pixels(model: str, size: str | None, pixels: tuple[int, int] | None) -> None:
-    assert size_pixels(size, MODEL_LIMITS[model]) == pixels
 
 
 # -- n and reference images ----------------------------------------------------------

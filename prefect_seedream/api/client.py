@@ -45,7 +45,7 @@ from prefect_seedream.api.errors import (
     error_body_fields,
 )
 from prefect_seedream.api.imagetype import sniff_image_type
-from prefect_seedream.api.models import GenerationRequest, GenerationTask, TaskStatus
+from prefect_seedream.api.models import GenerationRequest, GenerationTask
 
 logger = logging.getLogger("prefect_seedream.api")
 
@@ -471,12 +471,3 @@ class SeedreamClient:
                 ) from None
             raise ResponseFormatError(f"unexpected task body: {summary}") from None
 
-
-def is_terminal(status: TaskStatus | str) -> bool:
-    """True when a status (enum or string) is terminal.
-
-    Examples:
-        >>> is_terminal("completed"), is_terminal("processing")
-        (True, False)
-    """
-    return TaskStatus(status).is_terminal

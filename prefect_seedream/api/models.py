@@ -23,7 +23,6 @@ MAX_IMAGES_PER_REQUEST = 15
 MIN_ASPECT_RATIO = 1 / 16
 MAX_ASPECT_RATIO = 16.0
 MAX_CALLBACK_URL_CHARS = 2048
-PRESET_PIXELS = {"1K": (1024, 1024), "2K": (2048, 2048), "4K": (4096, 4096)}
 _PIXEL_SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
 
 
@@ -96,17 +95,6 @@ def get_model_limits(model: str) -> ModelLimits:
     except KeyError:
         known = ", ".join(MODEL_LIMITS)
         raise ValueError(f"model {model!r} is not supported: use one of {known}") from None
-
-
-def size_pixels(size: str | None, limits: ModelLimits) -> tuple[int, int] | None:
-    """Width and height that a size stands for, or None when it is left to the API."""
-    size = size or limits.default_size
-    if size is None:
-        return None
-    if size in PRESET_PIXELS:
-        return PRESET_PIXELS[size]
-    match = _PIXEL_SIZE.fullmatch(size)
-    return (int(match.group(1)), int(match.group(2))) if match else None
 
 
 def _check_size(size: str, limits: ModelLimits) -> None:

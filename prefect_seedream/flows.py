@@ -170,15 +170,12 @@ class _RowRunner:
         self.generate = generate_images.with_options(**task_options)
         self.call_options = call_options
         self.gallery = Gallery()
-        self.stopping = False
 
     async def run(self, row: ValidRow | InvalidRow) -> ManifestLine:
         if isinstance(row, InvalidRow):
             return _line(row, "failed", error=ManifestError(code="invalid_row", message=row.reason))
         key = self.ledger.key_for(row.row_id, row.request)
         record = self.ledger.load(key)
-        if self.stopping:
-            return line_from_record(row, record)
         if record is not None and record.state is LedgerState.STORED and all(
             self.store.exists(image.uri) for image in record.images
         ):  # stored by an earlier run: no task run, no API call
@@ -449,7 +446,6 @@ async def _run_rows(
             await queue.put(None)
         await asyncio.gather(*workers)
     except BaseException:
-        runner.stopping = True
         for task in workers:
             task.cancel()
         raise

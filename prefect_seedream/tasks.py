@@ -361,14 +361,15 @@ async def generate_images(
         ```
     """
     logger = get_run_logger()
-    row_id = label or request_hash(request)[:16]
+    digest = request_hash(request)
+    row_id = label or digest[:16]
     store = ImageStore(destination, storage_options)
     ledger = TaskLedger(store)
     key = ledger.key_for(row_id, request)
     record = ledger.load(key) or LedgerRecord(
         key=key,
         row_id=row_id,
-        request_hash=request_hash(request),
+        request_hash=digest,
         state=LedgerState.NEW,
         model=request.model,
     )

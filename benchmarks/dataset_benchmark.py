@@ -32,23 +32,27 @@ import math
 import os
 import resource
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from _proc import (
+    Simulator,
+    proc_cpu_seconds,
+    proc_peak_rss_mb,
+    simulator_cli_command,
+    simulator_process,
+    write_dataset,
+)
+
 from prefect_seedream.cli import EMBEDDED_SERVER_SETTINGS  # imports no Prefect
 
-REPO = Path(__file__).resolve().parents[1]
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 API_KEY = "sk-benchmark"
 
 #: The server batch sizes `prefect-seedream run` sets for its embedded server (they raise the
@@ -81,56 +85,7 @@ def prepare_environment(
         os.environ.update(TUNED_SERVER_SETTINGS)
 
 
-def write_dataset(path: Path, rows: int, prefix: str = "bench") -> list[tuple[str, str]]:
-    """A CSV of ``rows`` distinct prompts; returns ``[(row id, prompt), ...]``."""
-    import csv
-
-    subjects = [
-        "lighthouse",
-        "red fox",
-        "tea house",
-        "glacier",
-        "city tram",
-        "orchard",
-        "robot",
-        "harbour",
-    ]
-    styles = ["oil painting", "watercolour", "ink sketch", "photograph", "pixel art", "woodcut"]
-    items = []
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "prompt"])
-        for i in range(1, rows + 1):
-            row_id = f"{prefix}-{i:06d}"
-            prompt = (
-                f"A {subjects[i % len(subjects)]} at dawn, {styles[i % len(styles)]}, study #{i}"
-            )
-            writer.writerow([row_id, prompt])
-            items.append((row_id, prompt))
-    return items
-
-
 # --------------------------------------------------------------------------- processes
-
-
-def proc_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of a live process (from /proc)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def proc_peak_rss_mb(pid: int) -> float | None:
-    """Peak resident set (VmHWM) of a live process, in MB."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 def self_peak_rss_mb() -> float:
@@ -141,85 +96,6 @@ def self_peak_rss_mb() -> float:
 def self_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-@dataclass
-class Simulator:
-    """A running simulator: its URL, how to read its stats, and its process (if any)."""
-
-    base_url: str
-    mode: str
-    pid: int | None = None
-    log: Path | None = None
-
-    def stats(self) -> dict[str, Any]:
-        import httpx
-
-        response = httpx.get(f"{self.base_url}/_sim/stats", timeout=30)
-        response.raise_for_status()
-        return response.json()
-
-    def get(self, path: str) -> Any:
-        import httpx
-
-        response = httpx.get(f"{self.base_url}{path}", timeout=60)
-        response.raise_for_status()
-        return response.json()
-
-
-def _wait_for_url(proc: subprocess.Popen[Any], stdout_log: Path, timeout: float = 30) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = stdout_log.read_text() if stdout_log.exists() else ""
-        for line in text.splitlines():
-            if "listening on " in line:
-                return line.rsplit("listening on ", 1)[1].strip()
-        if proc.poll() is not None:
-            raise RuntimeError(f"simulator exited with {proc.returncode}; see {stdout_log}")
-        time.sleep(0.05)
-    raise RuntimeError(f"simulator did not start within {timeout} s; see {stdout_log}")
-
-
-@contextmanager
-def simulator_process(command: list[str], workdir: Path) -> Iterator[Simulator]:
-    """Run a simulator command that prints ``... listening on URL``; stop it (SIGINT) after."""
-    stdout_log = workdir / "simulator.out"
-    stderr_log = workdir / "simulator.err"
-    with stdout_log.open("w") as out, stderr_log.open("w") as err:
-        proc = subprocess.Popen(command, stdout=out, stderr=err, cwd=REPO)
-    try:
-        url = _wait_for_url(proc, stdout_log)
-        yield Simulator(base_url=url, mode="subprocess", pid=proc.pid, log=stderr_log)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def simulator_cli_command(
-    latency: float, jitter: float, seed: int, fault_rates: dict[str, float]
-) -> list[str]:
-    command = [
-        sys.executable,
-        "-m",
-        "prefect_seedream.cli",
-        "simulator",
-        "--port",
-        "0",
-        "--latency",
-        str(latency),
-        "--jitter",
-        str(jitter),
-        "--seed",
-        str(seed),
-    ]
-    for key, rate in fault_rates.items():
-        command += ["--fault-rate", f"{key}={rate}"]
-    return command
 
 
 @contextmanager

@@ -5,30 +5,34 @@ and ``PREFECT_API_URL`` pointing at it::
 
     .venv/bin/python deployments/serve.py
 
-It serves the dataset flow (run it from the UI's "Custom run"), the daily content pipeline on
-its cron schedule, and the recovery flow with a trigger on ``seedream.dataset.failed``.
-``--interval SECONDS`` gives the content pipeline an interval schedule instead (for a demo).
+It serves the dataset flow (run it from the UI's "Custom run"), the shard flow that a dataset
+run with ``shards`` > 1 starts, the daily content pipeline on its cron schedule, and the
+recovery flow with a trigger on ``seedream.dataset.failed``. ``--interval SECONDS`` gives the
+content pipeline an interval schedule instead (for a demo).
+
+The plugin's flows come from the installed package; the content pipeline, a pipeline of this
+repository, is loaded from its file by Prefect's own entrypoint loader (as ``prefect deploy``
+does with ``flows/content_pipeline.py:daily_content``), so this script runs from any folder.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from prefect import serve
 from prefect.events import DeploymentEventTrigger
+from prefect.flows import load_flow_from_entrypoint
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from flows.content_pipeline import daily_content  # noqa: E402
-from flows.dataset_flow import generate_dataset, recover_dataset  # noqa: E402
+from prefect_seedream.flows import generate_dataset, generate_shard, recover_dataset
 
 DAILY_CRON = "0 7 * * *"
+CONTENT_PIPELINE = Path(__file__).resolve().parents[1] / "flows" / "content_pipeline.py"
 
 
 def build_deployments(interval: float | None = None) -> list:
-    """The three deployments this project serves."""
+    """The deployments this project serves."""
+    daily_content = load_flow_from_entrypoint(f"{CONTENT_PIPELINE}:daily_content")
     recover_trigger = DeploymentEventTrigger(
         expect={"seedream.dataset.failed"},
         match={"prefect.resource.id": "seedream.dataset.*"},
@@ -41,6 +45,7 @@ def build_deployments(interval: float | None = None) -> list:
             parameters={"dataset": "examples/prompts.csv", "output": "output/ui-runs"},
             tags=["seedream"],
         ),
+        generate_shard.to_deployment(name="generate-shard", tags=["seedream", "shard"]),
         # One run at a time: a day's runs share one output folder.
         daily_content.to_deployment(
             name="daily-content", tags=["seedream", "scheduled"], concurrency_limit=1, **schedule

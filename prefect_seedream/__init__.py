@@ -28,6 +28,7 @@ _LAZY: dict[str, str] = {
     "generate_images": "prefect_seedream.tasks",
     "StoredImage": "prefect_seedream.storage",
     "generate_dataset": "prefect_seedream.flows",
+    "generate_shard": "prefect_seedream.flows",
     "recover_dataset": "prefect_seedream.flows",
 }
 
@@ -35,7 +36,7 @@ __all__ = [*_api_all, *_LAZY, "__version__"]
 
 if TYPE_CHECKING:
     from prefect_seedream.credentials import SeedreamCredentials
-    from prefect_seedream.flows import generate_dataset, recover_dataset
+    from prefect_seedream.flows import generate_dataset, generate_shard, recover_dataset
     from prefect_seedream.storage import StoredImage
     from prefect_seedream.tasks import (
         generate_images,

@@ -1,9 +1,20 @@
-"""What a person sees in the Prefect UI: progress, a summary table and a gallery.
+"""What a person sees in the Prefect UI: progress, a summary, failures, rows and a gallery.
 
-An image in an artifact is loaded by the *browser*, so a local path or an
-``s3://`` URI would show as a broken image. The gallery therefore embeds small
-``data:`` thumbnails made while storing each image, whatever the storage, and
-names each image's real location under it.
+Every artifact stays bounded whatever the dataset's size:
+
+* ``seedream-progress``: rows finished, updated in place (at most every few seconds);
+* ``seedream-summary``: a table of counts by outcome (they are the manifest's), credits,
+  images, and where the manifest is;
+* ``seedream-failures``: the rows that did not succeed with their reasons, the first
+  ``FAILED_ROWS_SHOWN`` of them, and the manifest's path for the rest;
+* ``seedream-rows``: every row (id, status, remote task id, error), for runs of up to
+  ``ROWS_TABLE_LIMIT`` rows; bigger runs have one table per batch of rows instead, on the
+  batch's task run (see :mod:`prefect_seedream.batches`);
+* ``seedream-gallery``: thumbnails of the first ``GALLERY_LIMIT`` images.
+
+An image in an artifact is loaded by the *browser*, so a local path or an ``s3://`` URI would
+show as a broken image. The gallery therefore embeds small ``data:`` thumbnails, whatever the
+storage, and names each image's real location under it.
 """
 
 from __future__ import annotations
@@ -11,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable
+from typing import Any
 from uuid import UUID
 
 from prefect.artifacts import (
@@ -20,17 +32,25 @@ from prefect.artifacts import (
     aupdate_progress_artifact,
 )
 
-from prefect_seedream.manifest import ManifestLine
+from prefect_seedream.defaults import (
+    FAILED_ROWS_SHOWN,
+    GALLERY_LIMIT,
+    PROGRESS_UPDATE_SECONDS,
+    ROWS_TABLE_LIMIT,
+)
+from prefect_seedream.manifest import ROW_STATUSES, ManifestLine
 from prefect_seedream.storage import StoredImage
+from prefect_seedream.summary import DatasetRunSummary
 
 PROGRESS_KEY = "seedream-progress"
 SUMMARY_KEY = "seedream-summary"
+FAILURES_KEY = "seedream-failures"
+ROWS_KEY = "seedream-rows"
 GALLERY_KEY = "seedream-gallery"
-GALLERY_LIMIT = 48
 
 
 class ProgressArtifact:
-    """A progress artifact updated in place as rows finish (at most once a second).
+    """A progress artifact updated in place as rows finish (at most every few seconds).
 
     Examples:
         ```python
@@ -40,12 +60,13 @@ class ProgressArtifact:
         ```
     """
 
-    def __init__(self, artifact_id: UUID, total: int) -> None:
+    def __init__(self, artifact_id: UUID, total: int, every: float = PROGRESS_UPDATE_SECONDS) -> None:
         self.artifact_id = artifact_id
         self.total = max(total, 1)
         self.done = 0
-        self._last_update = 0.0
-        self._pending: asyncio.Task[UUID] | None = None
+        self.every = every
+        self._last_update = time.monotonic()
+        self._pending: asyncio.Task[Any] | None = None
 
     @classmethod
     async def create(cls, total: int, description: str = "Rows finished") -> ProgressArtifact:
@@ -56,16 +77,20 @@ class ProgressArtifact:
     @property
     def percent(self) -> float:
         """Rows finished, in percent."""
-        return round(100.0 * self.done / self.total, 1)
+        return round(100.0 * min(self.done, self.total) / self.total, 1)
 
     def advance(self, rows: int = 1) -> None:
-        """Count finished rows; update the artifact in the background, at most once a second.
+        """Count finished rows; update the artifact in the background, at most every few seconds.
 
         Rows never wait for the API: an update still in flight is not doubled.
         """
-        self.done += rows
+        self.set_done(self.done + rows)
+
+    def set_done(self, done: int) -> None:
+        """Set how many rows are finished (a sharded run's parent reads it from its shards)."""
+        self.done = done
         now = time.monotonic()
-        if now - self._last_update >= 1.0 and (self._pending is None or self._pending.done()):
+        if now - self._last_update >= self.every and (self._pending is None or self._pending.done()):
             self._last_update = now
             self._pending = asyncio.create_task(
                 aupdate_progress_artifact(self.artifact_id, self.percent)
@@ -78,24 +103,78 @@ class ProgressArtifact:
         await aupdate_progress_artifact(self.artifact_id, self.percent)
 
 
-async def publish_summary_table(lines: list[ManifestLine]) -> UUID:
-    """A table artifact: one row per input row (status, task id, images, error)."""
-    table = [
+def row_table(lines: Iterable[ManifestLine]) -> list[dict[str, Any]]:
+    """Table rows for a list of lines: row, status, remote task id, images, credits, error."""
+    return [
         {
             "row": line.row_id,
+            "line": line.row_number,
             "status": line.status,
             "task id": line.task_id or "",
             "images": len(line.images),
             "credits": line.credits if line.credits is not None else "",
             "error": f"{line.error.code}: {line.error.message}" if line.error else "",
         }
-        for line in sorted(lines, key=lambda item: item.row_number)
+        for line in lines
     ]
-    counts: dict[str, int] = {}
-    for line in lines:
-        counts[line.status] = counts.get(line.status, 0) + 1
-    description = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
-    return await acreate_table_artifact(table, key=SUMMARY_KEY, description=description)
+
+
+class RunTables:
+    """Collects what the end-of-run tables show while the manifest is written, in bounded memory.
+
+    Examples:
+        >>> tables = RunTables(total_rows=3)
+        >>> tables.keeps_every_row
+        True
+    """
+
+    def __init__(self, total_rows: int) -> None:
+        self.keeps_every_row = total_rows <= ROWS_TABLE_LIMIT
+        self.rows: list[ManifestLine] = []
+        self.failures: list[ManifestLine] = []
+        self.failures_total = 0
+
+    def add(self, line: ManifestLine) -> None:
+        """See one line of the manifest."""
+        if self.keeps_every_row:
+            self.rows.append(line)
+        if line.status != "succeeded":
+            self.failures_total += 1
+            if len(self.failures) < FAILED_ROWS_SHOWN:
+                self.failures.append(line)
+
+    async def publish(self, summary: DatasetRunSummary) -> None:
+        """Create the summary, failures and rows artifacts."""
+        await publish_summary(summary)
+        if self.failures_total:
+            shown = len(self.failures)
+            description = f"{self.failures_total} row(s) did not succeed"
+            if shown < self.failures_total:
+                description += f"; the first {shown} are listed, every row is in {summary.manifest}"
+            await acreate_table_artifact(row_table(self.failures), key=FAILURES_KEY, description=description)
+        if self.keeps_every_row:
+            await acreate_table_artifact(
+                row_table(self.rows), key=ROWS_KEY, description=f"Every row of the run ({len(self.rows)})"
+            )
+
+
+async def publish_summary(summary: DatasetRunSummary) -> UUID:
+    """A table of the run's counts by outcome (the manifest's), images, credits, manifest."""
+    table: list[dict[str, Any]] = [
+        {"what": f"rows {status.replace('_', ' ')}", "count": getattr(summary, status)}
+        for status in ROW_STATUSES
+    ]
+    table += [
+        {"what": "rows in all", "count": summary.rows},
+        {"what": "rows invalid (of the failed)", "count": summary.invalid},
+        {"what": "rows stored by an earlier run (of the succeeded)", "count": summary.reused},
+        {"what": "images stored", "count": summary.images},
+        {"what": "credits charged by this run", "count": summary.credits},
+        {"what": "credits reserved that may be charged", "count": summary.credits_at_risk},
+    ]
+    return await acreate_table_artifact(
+        table, key=SUMMARY_KEY, description=f"{summary.message()}"
+    )
 
 
 class Gallery:
@@ -114,6 +193,10 @@ class Gallery:
         self.total = 0
         self.shown: list[tuple[str, StoredImage]] = []
 
+    def wants_more(self) -> bool:
+        """True while thumbnails are still needed (so that the rest skip making one)."""
+        return len(self.shown) < self.limit
+
     def add(self, row_id: str, image: StoredImage) -> None:
         """Count an image; keep it (with its thumbnail) only while under the limit."""
         self.total += 1
@@ -123,6 +206,14 @@ class Gallery:
     def markdown(self) -> str:
         """Markdown with an embedded thumbnail per kept image and its storage location."""
         return gallery_markdown(self.shown, self.total)
+
+    async def publish(self) -> UUID | None:
+        """A markdown artifact of thumbnails, or None when nothing was stored."""
+        if not self.shown:
+            return None
+        return await acreate_markdown_artifact(
+            self.markdown(), key=GALLERY_KEY, description="Generated images"
+        )
 
 
 def gallery_markdown(images: Iterable[tuple[str, StoredImage]], total: int) -> str:
@@ -138,12 +229,3 @@ def gallery_markdown(images: Iterable[tuple[str, StoredImage]], total: int) -> s
         header += f"; the first {len(cells)} are shown"
     header += ". Thumbnails are embedded; the full images are at the locations below.\n\n"
     return header + "\n---\n\n".join(cells)
-
-
-async def publish_gallery(gallery: Gallery) -> UUID | None:
-    """A markdown artifact of thumbnails, or None when nothing was stored."""
-    if not gallery.shown:
-        return None
-    return await acreate_markdown_artifact(
-        gallery.markdown(), key=GALLERY_KEY, description="Generated images"
-    )

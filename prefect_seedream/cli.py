@@ -10,17 +10,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, get_args
 
-SIMULATOR_KEY = "sk-simulator-local"
+from prefect_seedream import defaults as d
 
-
-#: Settings of the embedded (temporary) Prefect server, measured in benchmarks/: with
-#: Prefect's defaults a 1000-row run at concurrency 64 dropped 2501 events and the
-#: server recorded task runs long after the flow ended; with these, none was dropped.
+#: Settings of the embedded (temporary) Prefect server that `run` starts when no
+#: PREFECT_API_URL is set. It serves one run, so the services that schedule, expire or
+#: clean up deployment runs have nothing to do; the event persister's and task-run
+#: recorder's batches are raised (measured in benchmarks/: they keep up with any burst).
 EMBEDDED_SERVER_SETTINGS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
@@ -28,21 +30,51 @@ EMBEDDED_SERVER_SETTINGS = {
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "100",
     "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "200",
     "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_READ_BATCH_SIZE": "100",
+    "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
+    "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false",
+    "PREFECT_SERVER_SERVICES_FOREMAN_ENABLED": "false",
+    "PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_ENABLED": "false",
+    "PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_ENABLED": "false",
 }
 
 
 def _configure_prefect(verbose: bool) -> None:
     """Tune the embedded server and keep Prefect's console quiet (the UI gets every line)."""
-    for name, value in EMBEDDED_SERVER_SETTINGS.items():
-        os.environ.setdefault(name, value)
+    if not os.environ.get("PREFECT_API_URL"):
+        for name, value in EMBEDDED_SERVER_SETTINGS.items():
+            os.environ.setdefault(name, value)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+
+
+def _start_embedded_server_early() -> threading.Thread | None:
+    """Start Prefect's temporary server in the background, while the rest is imported.
+
+    The server takes seconds to start (most of it importing its own code, in its own
+    process); the flow would otherwise start it only when it first calls the API. The flow
+    finds this same server: Prefect keeps one temporary server per process.
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+
+    def start() -> None:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        try:
+            SubprocessASGIServer().start()
+        except Exception:  # the flow starts it (and reports the error) when it needs it
+            pass
+
+    thread = threading.Thread(target=start, name="prefect-server-start", daemon=True)
+    thread.start()
+    return thread
 
 
 @contextmanager
 def _api_or_simulator(args: argparse.Namespace) -> Iterator[None]:
     """Use the real API when a key or block is given, else the bundled simulator."""
-    if os.environ.get("SEEDREAM_API_KEY") or args.credentials_block:
+    if os.environ.get(d.API_KEY_ENV) or args.credentials_block:
         yield
         return
     from prefect_seedream.simulator import SimulatorConfig, running_simulator
@@ -50,16 +82,16 @@ def _api_or_simulator(args: argparse.Namespace) -> Iterator[None]:
     config = SimulatorConfig(latency_seconds=args.simulator_latency, jitter_seconds=args.simulator_latency / 4)
     with running_simulator(config) as simulator:
         print(
-            f"No SEEDREAM_API_KEY set: using the bundled simulator at {simulator.base_url} "
+            f"No {d.API_KEY_ENV} set: using the bundled simulator at {simulator.base_url} "
             "(no credits are spent)."
         )
-        os.environ["SEEDREAM_API_KEY"] = SIMULATOR_KEY
-        os.environ["SEEDREAM_BASE_URL"] = simulator.base_url
+        os.environ[d.API_KEY_ENV] = d.SIMULATOR_API_KEY
+        os.environ[d.BASE_URL_ENV] = simulator.base_url
         try:
             yield
         finally:
-            os.environ.pop("SEEDREAM_API_KEY", None)
-            os.environ.pop("SEEDREAM_BASE_URL", None)
+            os.environ.pop(d.API_KEY_ENV, None)
+            os.environ.pop(d.BASE_URL_ENV, None)
 
 
 def _credentials(args: argparse.Namespace) -> Any:
@@ -74,43 +106,64 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--credentials-block", metavar="NAME", help="a saved SeedreamCredentials block")
     parser.add_argument("--simulator-latency", type=float, default=2.0, metavar="SECONDS",
                         help="latency of the bundled simulator when no API key is set (default 2)")
+    parser.add_argument("--max-wait", type=float, default=d.MAX_WAIT_SECONDS, metavar="SECONDS",
+                        help=f"wait cap per task (default {d.MAX_WAIT_SECONDS:g})")
     parser.add_argument("--verbose", action="store_true", help="show Prefect's log lines")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line's parser."""
+    from prefect_seedream.api.models import DEFAULT_MODEL, SeedreamModel
+
     parser = argparse.ArgumentParser(prog="prefect-seedream", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="generate images for every row of a dataset")
     run.add_argument("dataset", help="a .csv, .tsv, .jsonl or .parquet file (path or fsspec URL)")
     run.add_argument("--output", default="output", help="folder or fsspec URL (default ./output)")
-    run.add_argument("--model", default="doubao-seedream-4.5",
-                     choices=["doubao-seedream-4.0", "doubao-seedream-4.5"])
-    run.add_argument("--size", default="2K", choices=["1K", "2K", "4K"])
-    run.add_argument("--n", type=int, default=1, help="default most images per prompt (1-15)")
-    run.add_argument("--prompt-priority", default="standard", choices=["standard", "fast"])
-    run.add_argument("--max-concurrency", type=int, default=8)
+    run.add_argument("--model", default=DEFAULT_MODEL, choices=get_args(SeedreamModel))
+    run.add_argument("--size", default=d.DEFAULT_SIZE, choices=get_args(d.SizePreset))
+    run.add_argument("--n", type=int, default=d.DEFAULT_N, help="default most images per prompt (1-15)")
+    run.add_argument("--prompt-priority", default=d.DEFAULT_PROMPT_PRIORITY, choices=get_args(d.PromptPriority))
+    run.add_argument("--max-concurrency", type=int, default=d.MAX_CONCURRENCY,
+                     help=f"generations in flight at once, per process (default {d.MAX_CONCURRENCY})")
     run.add_argument("--concurrency-limit", metavar="NAME", help="a Prefect global concurrency limit")
     run.add_argument("--max-credits", type=float, help="budget for this run")
     run.add_argument("--dry-run", action="store_true", help="validate and estimate credits only")
-    run.add_argument("--max-wait", type=float, default=900.0, help="wait cap per task, seconds")
-    run.add_argument("--retries", type=int, default=2)
-    run.add_argument("--retry-delay", type=float, default=10.0, help="first retry delay, seconds")
+    run.add_argument("--retries", type=int, default=d.RETRIES)
+    run.add_argument("--retry-delay", type=float, default=d.RETRY_DELAY_SECONDS, help="first retry delay, seconds")
     run.add_argument("--resubmit-unknown", action="store_true",
                      help="resubmit rows whose earlier submission outcome is unknown (may pay twice)")
+    run.add_argument("--rows-per-task", type=int, metavar="N",
+                     help="rows per Prefect task run (default: 1 up to 50 rows, else about 50 task runs)")
+    run.add_argument("--row-events", default=d.ROW_EVENTS, choices=get_args(d.RowEvents),
+                     help="per-row Prefect events (default: failures only)")
+    run.add_argument("--shards", type=int, default=1, metavar="K",
+                     help="run the rows as K shard flow runs on a work pool (needs PREFECT_API_URL)")
+    run.add_argument("--work-pool", metavar="POOL", help="with --shards: the work pool of the shard deployment")
+    run.add_argument("--shard-deployment", default=d.SHARD_DEPLOYMENT, metavar="FLOW/DEPLOYMENT")
     _common(run)
 
     recover = commands.add_parser("recover", help="collect tasks a stopped run left in flight")
     recover.add_argument("output", help="the output folder (or URL) of the earlier run")
-    recover.add_argument("--max-wait", type=float, default=900.0)
     _common(recover)
 
     commands.add_parser("simulator", help="run the local Evolink simulator (see its --help)")
     return parser
 
 
-def _print_summary(summary: Any, state: Any) -> None:
+def _next_steps(args: argparse.Namespace, summary: Any) -> list[str]:
+    """The exact commands that finish a run's unfinished rows."""
+    steps = []
+    if summary.in_flight:
+        steps.append(f"prefect-seedream recover {shlex.quote(args.output)}")
+    if summary.outcome_unknown:
+        command = [a for a in sys.argv[1:] if a != "--resubmit-unknown"]
+        steps.append(shlex.join(["prefect-seedream", *command, "--resubmit-unknown"]))
+    return steps
+
+
+def _print_summary(args: argparse.Namespace, summary: Any, state: Any) -> None:
     print()
     print(f"Rows:       {summary.rows} ({summary.invalid} invalid)")
     if summary.dry_run:
@@ -123,18 +176,35 @@ def _print_summary(summary: Any, state: Any) -> None:
         if value:
             print(f"{label + ':':<12}{value}")
     print(f"Images:     {summary.images}")
-    print(f"Credits:    {summary.credits:g}")
+    credits = f"{summary.credits:g}"
+    if summary.credits_at_risk:
+        credits += f" (+{summary.credits_at_risk:g} reserved by submissions that may be charged)"
+    print(f"Credits:    {credits}")
     print(f"Manifest:   {summary.manifest}")
     print(f"Run state:  {state.type.value.title()}: {state.message}")
+    if summary.outcome_unknown:
+        print(
+            f"\n{summary.outcome_unknown} row(s) have an unknown outcome: their submission may have "
+            "created (and billed) a task, but no answer was recorded. Check the Evolink dashboard; "
+            "to submit them again anyway (it may pay twice), run:"
+        )
+        print(f"  {_next_steps(args, summary)[-1]}")
+    if summary.in_flight:
+        print(f"\n{summary.in_flight} task(s) are still in flight; collect them (nothing is paid) with:")
+        print(f"  {_next_steps(args, summary)[0]}")
 
 
 def _run(args: argparse.Namespace) -> int:
+    server = _start_embedded_server_early() if not args.dry_run else None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from prefect_seedream.dataset import DatasetError
     from prefect_seedream.flows import generate_dataset
+    from prefect_seedream.output_lock import OutputLockedError
     from prefect_seedream.progress import listening
 
+    if server is not None:
+        server.join()
     with _api_or_simulator(args), Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[failed]} not succeeded"), TimeElapsedColumn(),
@@ -153,17 +223,19 @@ def _run(args: argparse.Namespace) -> int:
                     concurrency_limit_name=args.concurrency_limit, credentials=_credentials(args),
                     max_credits=args.max_credits, dry_run=args.dry_run, max_wait_seconds=args.max_wait,
                     retries=args.retries, retry_delay_seconds=args.retry_delay,
-                    resubmit_unknown=args.resubmit_unknown, return_state=True,
+                    resubmit_unknown=args.resubmit_unknown, rows_per_task=args.rows_per_task,
+                    row_events=args.row_events, shards=args.shards, work_pool=args.work_pool,
+                    shard_deployment=args.shard_deployment, return_state=True,
                 ))
-            except (DatasetError, ValueError) as exc:
+            except (DatasetError, ValueError, OutputLockedError) as exc:
                 bar.stop()
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
     summary = state.result(raise_on_failure=False)
     if not hasattr(summary, "rows"):
         print(f"error: the run ended {state.type.value.lower()}: {summary or state.message}", file=sys.stderr)
-        return 1
-    _print_summary(summary, state)
+        return 2 if isinstance(summary, OutputLockedError) else 1
+    _print_summary(args, summary, state)
     return 0 if state.is_completed() else 1
 
 

@@ -1,23 +1,31 @@
-"""The ``SeedreamCredentials`` block: an API key, a base URL and timeouts."""
+"""The ``SeedreamCredentials`` block: an API key, a base URL and timeouts.
+
+A :class:`~prefect.blocks.abstract.CredentialsBlock`, as Prefect's own integrations' credentials
+are: it stores the secret and hands out a configured client with :meth:`get_client`.
+"""
 
 from __future__ import annotations
 
 import os
 
 import httpx
-from prefect.blocks.core import Block
+from prefect.blocks.abstract import CredentialsBlock
 from pydantic import Field, SecretStr
 
-from prefect_seedream.api.client import (
+from prefect_seedream.api.client import SeedreamClient
+from prefect_seedream.api.errors import SeedreamConfigurationError
+from prefect_seedream.defaults import (
     API_KEY_ENV,
     BASE_URL_ENV,
+    CONNECT_TIMEOUT_SECONDS,
     DEFAULT_BASE_URL,
-    SeedreamClient,
+    POOL_TIMEOUT_SECONDS,
+    READ_TIMEOUT_SECONDS,
+    WRITE_TIMEOUT_SECONDS,
 )
-from prefect_seedream.api.errors import SeedreamConfigurationError
 
 
-class SeedreamCredentials(Block):
+class SeedreamCredentials(CredentialsBlock):
     """Credentials and connection settings for the Evolink Seedream API.
 
     Attributes:
@@ -52,8 +60,12 @@ class SeedreamCredentials(Block):
         default=DEFAULT_BASE_URL,
         description="Base URL of the API (or of the local simulator).",
     )
-    connect_timeout: float = Field(default=10.0, gt=0, description="Seconds to connect.")
-    read_timeout: float = Field(default=60.0, gt=0, description="Seconds to wait for a response.")
+    connect_timeout: float = Field(
+        default=CONNECT_TIMEOUT_SECONDS, gt=0, description="Seconds to connect."
+    )
+    read_timeout: float = Field(
+        default=READ_TIMEOUT_SECONDS, gt=0, description="Seconds to wait for a response."
+    )
 
     @classmethod
     def from_env(cls) -> SeedreamCredentials:
@@ -86,7 +98,10 @@ class SeedreamCredentials(Block):
             ```
         """
         timeout = httpx.Timeout(
-            connect=self.connect_timeout, read=self.read_timeout, write=60.0, pool=30.0
+            connect=self.connect_timeout,
+            read=self.read_timeout,
+            write=WRITE_TIMEOUT_SECONDS,
+            pool=POOL_TIMEOUT_SECONDS,
         )
         return SeedreamClient(
             api_key=self.api_key.get_secret_value(), base_url=self.base_url, timeout=timeout

@@ -218,6 +218,24 @@ def _urls(record: dict[str, Any]) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _row_id(number: int, record: dict[str, Any]) -> tuple[str, str | None]:
+    """A record's row id and, when its ``id`` is unusable, why (the id is then ``row-<n>``)."""
+    fallback_id = f"row-{number}"
+    raw_id = record.get("id")
+    try:
+        row_id = _text(record, "id") or fallback_id
+        if raw_id is not None and (
+            len(row_id) > MAX_ROW_ID_CHARS or _has_control_chars(row_id, allow_whitespace=False)
+        ):
+            raise ValueError(
+                f"id must be at most {MAX_ROW_ID_CHARS} printable characters "
+                f"(got {len(row_id)} characters: {row_id[:40]!r})"
+            )
+    except ValueError as exc:
+        return fallback_id, str(exc)
+    return row_id, None
+
+
 def parse_row(number: int, record: dict[str, Any] | str, defaults: RowDefaults) -> DatasetRow:
     """Turn one record into a valid request or an invalid row with its reason.
 
@@ -229,24 +247,14 @@ def parse_row(number: int, record: dict[str, Any] | str, defaults: RowDefaults) 
         >>> bad.reason.split(":")[0]
         'size'
     """
-    fallback_id = f"row-{number}"
     if isinstance(record, str):
-        return InvalidRow(number, fallback_id, None, record, {})
-    raw_id = record.get("id")
+        return InvalidRow(number, f"row-{number}", None, record, {})
     prompt_value = record.get("prompt")
     prompt = prompt_value if isinstance(prompt_value, str) else None
     parameters: dict[str, Any] = {}
-    try:
-        row_id = _text(record, "id") or fallback_id
-        if raw_id is not None and (
-            len(row_id) > MAX_ROW_ID_CHARS or _has_control_chars(row_id, allow_whitespace=False)
-        ):
-            raise ValueError(
-                f"id must be at most {MAX_ROW_ID_CHARS} printable characters "
-                f"(got {len(row_id)} characters: {row_id[:40]!r})"
-            )
-    except ValueError as exc:
-        return InvalidRow(number, fallback_id, prompt, str(exc), parameters)
+    row_id, id_error = _row_id(number, record)
+    if id_error is not None:
+        return InvalidRow(number, row_id, prompt, id_error, parameters)
     try:
         if prompt_value is None:
             raise ValueError("prompt is missing")
@@ -279,8 +287,18 @@ def _validation_reason(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def iter_rows(path: str, defaults: RowDefaults) -> Iterator[DatasetRow]:
+def iter_rows(
+    path: str, defaults: RowDefaults, first: int = 1, last: int | None = None
+) -> Iterator[DatasetRow]:
     """Stream a dataset as validated rows; duplicate ids make later rows invalid.
+
+    Args:
+        path: The dataset's path or fsspec URL.
+        defaults: Request parameters that rows may override.
+        first: Number of the first row to yield (1-based, as in the manifest's
+            ``row_number``). Earlier rows are read for their id only, so that a duplicate
+            id is found across the whole file, whichever range is read.
+        last: Number of the last row to yield; the file is not read beyond it.
 
     Examples:
         ```python
@@ -290,6 +308,11 @@ def iter_rows(path: str, defaults: RowDefaults) -> Iterator[DatasetRow]:
     """
     seen_ids: set[str] = set()
     for number, record in read_records(path):
+        if last is not None and number > last:
+            return
+        if number < first:
+            seen_ids.add(f"row-{number}" if isinstance(record, str) else _row_id(number, record)[0])
+            continue
         row = parse_row(number, record, defaults)
         if row.row_id in seen_ids:
             prompt = row.request.prompt if isinstance(row, ValidRow) else row.prompt

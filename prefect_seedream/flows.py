@@ -1,286 +1,69 @@
-"""The dataset flow and the recovery flow.
+"""The dataset flow, the shard flow and the recovery flow.
 
 (No `from __future__ import annotations` here: served runs rebuild the parameter model
 from the live annotations, and string annotations break it in prefect 3.8.)
 
-`generate_dataset` fans out over a prompt dataset with bounded concurrency
-(and optionally a Prefect global concurrency limit shared by every run and
-worker), stores every image, and writes `manifest.jsonl` with exactly one
-line per input row. `recover_dataset` collects remote tasks that a stopped
-run left in flight, without paying again.
+`generate_dataset` fans out over a prompt dataset with bounded concurrency (and optionally a
+Prefect global concurrency limit shared by every run and worker), in this process or as
+shard flow runs on a work pool, stores every image, and writes `manifest.jsonl` with exactly
+one line per input row. `generate_shard` runs one row range of a sharded run.
+`recover_dataset` collects remote tasks that a stopped run left in flight, without paying
+again.
 """
 
 
 import asyncio
-import inspect
-import time
-from contextlib import AsyncExitStack
-from datetime import datetime, timezone
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any
 
 from prefect import flow, get_run_logger
-from prefect.client.orchestration import get_client
-from prefect.concurrency.asyncio import concurrency
-from prefect.exceptions import ObjectNotFound
+from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
-from prefect.tasks import exponential_backoff
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from prefect_seedream.api.client import DEFAULT_MAX_WAIT_SECONDS
-from prefect_seedream.api.errors import (
-    SeedreamError,
-    SubmissionOutcomeUnknownError,
-    TaskFailedError,
-    WaitTimeoutError,
-)
+from prefect_seedream.api.errors import SeedreamError
 from prefect_seedream.api.models import DEFAULT_MODEL, GenerationRequest, SeedreamModel
-from prefect_seedream.artifacts import Gallery, ProgressArtifact, publish_gallery, publish_summary_table
-from prefect_seedream.budget import CreditBudget
-from prefect_seedream.clients import close_clients
+from prefect_seedream.artifacts import Gallery, ProgressArtifact, RunTables
+from prefect_seedream.batches import rows_per_task_for
+from prefect_seedream.clients import client_for, close_clients
 from prefect_seedream.credentials import SeedreamCredentials, resolve_credentials
+from prefect_seedream.dataset import InvalidRow, RowDefaults, iter_rows
+from prefect_seedream.defaults import (
+    DEFAULT_N,
+    DEFAULT_PROMPT_PRIORITY,
+    DEFAULT_SIZE,
+    MAX_CONCURRENCY,
+    MAX_CONCURRENCY_BOUND,
+    MAX_WAIT_SECONDS,
+    POLL_INTERVAL_SECONDS,
+    RETRIES,
+    RETRY_DELAY_SECONDS,
+    ROW_EVENTS,
+    SHARD_DEPLOYMENT,
+    PromptPriority,
+    RowEvents,
+    SizePreset,
+)
 from prefect_seedream.events import emit_dataset_event
-from prefect_seedream.dataset import InvalidRow, RowDefaults, ValidRow, iter_rows
-from prefect_seedream.ledger import LedgerRecord, LedgerState, TaskLedger
-from prefect_seedream.manifest import (
-    ManifestError,
-    ManifestImage,
-    ManifestLine,
-    RowStatus,
-    read_manifest,
-    write_manifest,
+from prefect_seedream.execution import RowRange, RunSettings, execute_rows, read_concurrency_limit
+from prefect_seedream.generation import GenerationOptions, StepReporter, WaitOptions, generate_recorded
+from prefect_seedream.hooks import record_stopped_run, write_manifest
+from prefect_seedream.ledger import LedgerRecord, NextStep, TaskLedger
+from prefect_seedream.lines import line_from_record
+from prefect_seedream.output_lock import OutputLock, check_held_by
+from prefect_seedream.parts import RunParts, clear_runs
+from prefect_seedream.progress import RunProgress, notify_total
+from prefect_seedream.runner import RetryOptions
+from prefect_seedream.shards import run_shards
+from prefect_seedream.storage import ImageStore
+from prefect_seedream.summary import DatasetRunSummary
+
+#: Parameters of a dataset run that shape how its rows run (a shard gets them as they are).
+ROW_PARAMETERS = (
+    "model", "size", "n", "prompt_priority", "max_concurrency", "concurrency_limit_name",
+    "max_credits", "max_wait_seconds", "poll_interval", "retries", "retry_delay_seconds",
+    "resubmit_unknown", "storage_options", "rows_per_task", "row_events",
 )
-from prefect_seedream.progress import notify, notify_total
-from prefect_seedream.storage import ImageStore, StoredImage
-from prefect_seedream.tasks import finish_recorded_task, generate_images
-
-SizePreset = Literal["1K", "2K", "4K"]
-PromptPriority = Literal["standard", "fast"]
-OUTCOME_UNKNOWN_GUIDANCE = (
-    "the submission may have created (and billed) a task but no answer came back; it was not "
-    "resubmitted. Check the Evolink dashboard, then re-run with resubmit_unknown=True if needed"
-)
-
-
-class DatasetRunSummary(BaseModel):
-    """What a dataset run did (the flow's result)."""
-
-    rows: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    invalid: int = 0
-    outcome_unknown: int = 0
-    in_flight: int = 0
-    skipped: int = 0
-    reused: int = 0
-    images: int = 0
-    credits: float = 0.0
-    estimated_credits: float = 0.0
-    dry_run: bool = False
-    manifest: str | None = None
-
-    def count(self, status: RowStatus) -> None:
-        """Count one row's outcome."""
-        setattr(self, status, getattr(self, status) + 1)
-
-    @property
-    def not_succeeded(self) -> int:
-        """Rows that did not end with stored images."""
-        return self.rows - self.succeeded
-
-    def message(self) -> str:
-        """One line for the flow run's state."""
-        parts = [f"{self.succeeded} of {self.rows} rows succeeded"]
-        for status in ("failed", "outcome_unknown", "in_flight", "skipped"):
-            if getattr(self, status):
-                parts.append(f"{getattr(self, status)} {status.replace('_', ' ')}")
-        text = ", ".join(parts) + f"; {self.images} images, {self.credits:g} credits"
-        if self.manifest:
-            text += f"; see {self.manifest}"
-        return text
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _images(images: list[StoredImage]) -> list[ManifestImage]:
-    return [ManifestImage(uri=i.uri, width=i.width, height=i.height, bytes=i.bytes) for i in images]
-
-
-def _line(row: ValidRow | InvalidRow, status: RowStatus, **fields: Any) -> ManifestLine:
-    if isinstance(row, ValidRow):
-        request = row.request
-        parameters = request.model_dump(include={"size", "n", "prompt_priority", "image_urls"})
-        parameters["image_urls"] = list(request.image_urls)
-        return ManifestLine(
-            row_id=row.row_id,
-            row_number=row.number,
-            prompt=request.prompt,
-            model=request.model,
-            parameters=parameters,
-            status=status,
-            **fields,
-        )
-    return ManifestLine(
-        row_id=row.row_id,
-        row_number=row.number,
-        prompt=row.prompt,
-        model=row.parameters.get("model"),
-        parameters={k: v for k, v in row.parameters.items() if k != "model"},
-        status=status,
-        **fields,
-    )
-
-
-def line_from_record(row: ValidRow, record: LedgerRecord | None, **fields: Any) -> ManifestLine:
-    """The manifest line that a row's ledger record stands for (cancelled or recovered runs)."""
-    if record is None or record.state is LedgerState.NEW:
-        return _line(row, "skipped", error=ManifestError(code="not_started", message="the run stopped before this row was submitted"), **fields)
-    common = {"task_id": record.task_id, "credits": record.credits, "submissions": record.submissions}
-    if record.state is LedgerState.STORED:
-        return _line(row, "succeeded", images=_images(record.images), **common, **fields)
-    if record.state is LedgerState.OUTCOME_UNKNOWN:
-        error = ManifestError(code="outcome_unknown", message=OUTCOME_UNKNOWN_GUIDANCE)
-        return _line(row, "outcome_unknown", error=error, **common, **fields)
-    if record.state is LedgerState.FAILED:
-        error = ManifestError(**(record.error or {"code": "failed", "message": ""}))
-        return _line(row, "failed", error=error, **common, **fields)
-    message = f"task {record.task_id} is still in flight; collect it with `prefect-seedream recover`"
-    return _line(row, "in_flight", error=ManifestError(code="in_flight", message=message), **common, **fields)
-
-
-class _RowRunner:
-    """Runs the rows of one dataset run: budget, concurrency, outcome of each row."""
-
-    def __init__(
-        self,
-        output: str,
-        credentials: SeedreamCredentials | None,
-        budget: CreditBudget,
-        concurrency_limit_name: str | None,
-        task_options: dict[str, Any],
-        call_options: dict[str, Any],
-    ) -> None:
-        self.store = ImageStore(output, call_options.get("storage_options"))
-        self.ledger = TaskLedger(self.store)
-        self.output = output
-        self.credentials = credentials
-        self.budget = budget
-        self.limit_name = concurrency_limit_name
-        self.generate = generate_images.with_options(**task_options)
-        self.call_options = call_options
-        self.gallery = Gallery()
-
-    async def run(self, row: ValidRow | InvalidRow) -> ManifestLine:
-        if isinstance(row, InvalidRow):
-            return _line(row, "failed", error=ManifestError(code="invalid_row", message=row.reason))
-        key = self.ledger.key_for(row.row_id, row.request)
-        record = self.ledger.load(key)
-        if record is not None and record.state is LedgerState.STORED and all(
-            self.store.exists(image.uri) for image in record.images
-        ):  # stored by an earlier run: no task run, no API call
-            return line_from_record(row, record, reused=True)
-        # Re-attaching costs nothing new, nor does repeating a request-side failure.
-        free = record is not None and (record.reattachable() or record.failed_by_request())
-        reserve = 0.0 if free else row.request.reserved_credits
-        if not self.budget.try_reserve(reserve):
-            message = (
-                f"reserving {reserve:g} credits would pass max_credits={self.budget.limit:g} "
-                f"({self.budget.spent:g} spent, {self.budget.reserved:g} reserved)"
-            )
-            return _line(row, "skipped", error=ManifestError(code="budget_exceeded", message=message))
-        started, started_at = time.monotonic(), _now()
-        submissions_before = record.submissions if record else 0
-        try:
-            line = await self._generate(row, key)
-        finally:
-            after = self.ledger.load(key)
-            self.budget.settle(reserved=reserve, spent=_charged(after, submissions_before, reserve))
-        line.started_at, line.finished_at = started_at, _now()
-        line.duration_seconds = round(time.monotonic() - started, 3)
-        return line
-
-    async def _generate(self, row: ValidRow, key: str) -> ManifestLine:
-        """Run one row's generation; every outcome becomes its manifest line."""
-        try:
-            async with AsyncExitStack() as stack:
-                if self.limit_name:
-                    await stack.enter_async_context(
-                        concurrency(self.limit_name, occupy=1, strict=True)
-                    )
-                result = await self.generate(
-                    row.request, self.output, self.credentials, label=row.row_id, **self.call_options
-                )
-        except SubmissionOutcomeUnknownError:
-            return self._from_ledger(row, key, "outcome_unknown", "outcome_unknown", OUTCOME_UNKNOWN_GUIDANCE)
-        except TaskFailedError as exc:
-            return self._from_ledger(row, key, "failed", exc.code, exc.message)
-        except SeedreamError as exc:
-            code = "wait_timeout" if isinstance(exc, WaitTimeoutError) else type(exc).__name__
-            return self._from_ledger(row, key, None, code, str(exc))
-        except Exception as exc:  # a bug must not lose the row: record it and go on
-            return self._from_ledger(row, key, None, "internal_error", f"{type(exc).__name__}: {exc}")
-        for image in result.images:
-            self.gallery.add(row.row_id, image)
-        return _line(
-            row,
-            "succeeded",
-            task_id=result.task_id,
-            images=_images(result.images),
-            credits=result.credits,
-            submissions=result.submissions,
-            reused=result.reused,
-        )
-
-    def _from_ledger(
-        self, row: ValidRow, key: str, status: RowStatus | None, code: str, message: str
-    ) -> ManifestLine:
-        """A line for a row that did not succeed; with no status, the ledger decides.
-
-        A task still running remotely (the wait stopped: cap, rate limit, poll errors) is
-        `in_flight`, so that `recover` can collect it; anything else is `failed`.
-        """
-        record = self.ledger.load(key)
-        if status is None:
-            status = "in_flight" if record and record.state is LedgerState.SUBMITTED else "failed"
-        if status == "in_flight":
-            message += "; collect it with `prefect-seedream recover`"
-        return _line(
-            row,
-            status,
-            task_id=record.task_id if record else None,
-            submissions=record.submissions if record else 0,
-            credits=record.credits if record and record.state is not LedgerState.FAILED else None,
-            error=ManifestError(code=code, message=message),
-        )
-
-
-def _charged(record: LedgerRecord | None, submissions_before: int, reserved: float) -> float:
-    """Credits this run spent on a row, as the ledger tells it.
-
-    Nothing when this run submitted nothing (a re-attached task was paid by the run that
-    submitted it) or when the task failed (the API charges generated images only); the
-    final charge when the task completed; the reservation while a task may still be billed
-    (in flight, or a submission whose outcome is unknown).
-    """
-    if record is None or record.submissions == submissions_before:
-        return 0.0
-    if record.state in (LedgerState.STORED, LedgerState.COMPLETED):
-        return record.credits or 0.0
-    if record.state in (LedgerState.SUBMITTED, LedgerState.OUTCOME_UNKNOWN):
-        return reserved
-    return 0.0
-
-
-async def _check_concurrency_limit(name: str) -> None:
-    async with get_client() as client:
-        try:
-            await client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            raise ValueError(
-                f"global concurrency limit {name!r} does not exist: create it with "
-                f"`prefect gcl create {name} --limit N`"
-            ) from None
 
 
 def _defaults(model: str, size: str | None, n: int, prompt_priority: str | None) -> RowDefaults:
@@ -289,25 +72,97 @@ def _defaults(model: str, size: str | None, n: int, prompt_priority: str | None)
     return RowDefaults(model=model, size=size, n=n, prompt_priority=prompt_priority)
 
 
-@flow(name="seedream-generate-dataset", validate_parameters=True)
+def settings_from(
+    dataset: str,
+    parameters: Mapping[str, Any],
+    credentials: SeedreamCredentials | None,
+    *,
+    total_rows: int,
+    concurrency_limit: int | None,
+    share: float = 1.0,
+) -> RunSettings:
+    """Turn a dataset run's parameters (or a shard's copy of them) into :class:`RunSettings`.
+
+    Args:
+        dataset: The dataset.
+        parameters: The values of :data:`ROW_PARAMETERS`.
+        credentials: The API's credentials.
+        total_rows: Rows of the whole dataset (they choose the rows per task run).
+        concurrency_limit: The global concurrency limit's value, when one is named.
+        share: This process's share of the rows (a shard's budget is that share of it).
+    """
+    p = parameters
+    max_credits = p["max_credits"]
+    retry_delay = p["retry_delay_seconds"]
+    return RunSettings(
+        dataset=dataset,
+        defaults=_defaults(p["model"], p["size"], p["n"], p["prompt_priority"]),
+        credentials=credentials,
+        max_concurrency=p["max_concurrency"],
+        concurrency_limit=(p["concurrency_limit_name"], concurrency_limit)
+        if p["concurrency_limit_name"] and concurrency_limit
+        else None,
+        max_credits=max_credits * share if max_credits is not None else None,
+        generation=GenerationOptions(
+            wait=WaitOptions(p["max_wait_seconds"], p["poll_interval"]),
+            resubmit_unknown=p["resubmit_unknown"],
+        ),
+        retry=RetryOptions(p["retries"], retry_delay, jitter_factor=0.5 if retry_delay else 0.0),
+        rows_per_task=rows_per_task_for(total_rows, p["rows_per_task"]),
+        row_events=p["row_events"],
+        tables=rows_per_task_for(total_rows, p["rows_per_task"]) > 1,
+        storage_options=p["storage_options"],
+    )
+
+
+def scan_dataset(dataset: str, defaults: RowDefaults, summary: DatasetRunSummary) -> None:
+    """Pass 1: validate every row and estimate the credits; spends nothing."""
+    logger = get_run_logger()
+    invalid = 0
+    for row in iter_rows(dataset, defaults):
+        summary.rows += 1
+        if isinstance(row, InvalidRow):
+            invalid += 1
+            if invalid <= 100:
+                logger.warning("Row %s (line %d) is invalid: %s", row.row_id, row.number, row.reason)
+        else:
+            summary.estimated_credits += row.request.reserved_credits
+    summary.invalid = invalid
+    logger.info(
+        "Dataset %s: %d rows, %d invalid; at most %g credits",
+        dataset, summary.rows, invalid, summary.estimated_credits,
+    )
+
+
+@flow(
+    name="seedream-generate-dataset",
+    validate_parameters=True,
+    description="Generate images for every row of a prompt dataset (CSV, JSONL, Parquet) and "
+    "write a manifest with one line per row.",
+)
 async def generate_dataset(
     dataset: str,
     output: str = "output",
     model: SeedreamModel = DEFAULT_MODEL,
-    size: SizePreset = "2K",
-    n: Annotated[int, Field(ge=1, le=15)] = 1,
-    prompt_priority: PromptPriority = "standard",
-    max_concurrency: Annotated[int, Field(ge=1, le=256)] = 8,
+    size: SizePreset = DEFAULT_SIZE,
+    n: Annotated[int, Field(ge=1, le=15)] = DEFAULT_N,
+    prompt_priority: PromptPriority = DEFAULT_PROMPT_PRIORITY,
+    max_concurrency: Annotated[int, Field(ge=1, le=MAX_CONCURRENCY_BOUND)] = MAX_CONCURRENCY,
     concurrency_limit_name: str | None = None,
     credentials: SeedreamCredentials | None = None,
     max_credits: Annotated[float, Field(gt=0)] | None = None,
     dry_run: bool = False,
-    max_wait_seconds: Annotated[float, Field(gt=0)] = DEFAULT_MAX_WAIT_SECONDS,
-    poll_interval: Annotated[float, Field(gt=0)] = 3.0,
-    retries: Annotated[int, Field(ge=0, le=10)] = 2,
-    retry_delay_seconds: Annotated[float, Field(ge=0)] = 10.0,
+    max_wait_seconds: Annotated[float, Field(gt=0)] = MAX_WAIT_SECONDS,
+    poll_interval: Annotated[float, Field(gt=0)] = POLL_INTERVAL_SECONDS,
+    retries: Annotated[int, Field(ge=0, le=10)] = RETRIES,
+    retry_delay_seconds: Annotated[float, Field(ge=0)] = RETRY_DELAY_SECONDS,
     resubmit_unknown: bool = False,
     storage_options: dict[str, Any] | None = None,
+    rows_per_task: Annotated[int, Field(ge=1, le=10_000)] | None = None,
+    row_events: RowEvents = ROW_EVENTS,
+    shards: Annotated[int, Field(ge=1, le=256)] = 1,
+    work_pool: str | None = None,
+    shard_deployment: str = SHARD_DEPLOYMENT,
 ) -> State:
     """Generate images for every row of a prompt dataset and write a manifest.
 
@@ -317,6 +172,12 @@ async def generate_dataset(
     every row succeeded, and **Failed** with a message counting the rows that
     did not (and naming the manifest) otherwise; the summary is its result.
 
+    Up to 50 rows, each row is a task run named after it; bigger datasets run batches of
+    consecutive rows per task run (`rows_per_task`), so that a run of 10,000 rows costs
+    about 50 task runs, not 40,000. With `shards` > 1 the rows are split in row ranges,
+    each run as a flow run of `shard_deployment` on a work pool; their lines are merged
+    into this run's manifest.
+
     Args:
         dataset: Path or fsspec URL of a .csv, .tsv, .jsonl or .parquet file with
             a `prompt` column (optional: id, model, size, n, prompt_priority, image_urls).
@@ -325,11 +186,12 @@ async def generate_dataset(
         size: Default size preset (rows may give a preset or WxH); 1K exists on 4.0 only.
         n: Default most images per prompt (1-15).
         prompt_priority: Default prompt priority (`fast` exists on 4.0 only).
-        max_concurrency: Most generations in flight at once in this run.
+        max_concurrency: Most generations in flight at once in this run (in each shard).
         concurrency_limit_name: A Prefect global concurrency limit shared by all
             runs and workers (must exist: `prefect gcl create NAME --limit N`).
         credentials: A SeedreamCredentials block; default: SEEDREAM_API_KEY / SEEDREAM_BASE_URL.
-        max_credits: Budget: no submission may take the run's credits past it.
+        max_credits: Budget: no submission may take the run's credits past it (each
+            shard gets its share of the rows' share of it).
         dry_run: Validate every row and estimate credits; submit nothing.
         max_wait_seconds: Wall-clock cap of each wait; a task still running after
             it is recorded `in_flight` with its id for `recover`.
@@ -338,6 +200,12 @@ async def generate_dataset(
         retry_delay_seconds: First retry delay; doubles each retry, with jitter.
         resubmit_unknown: Resubmit rows whose earlier submission outcome is unknown.
         storage_options: fsspec options for `output` (for example endpoint_url).
+        rows_per_task: Rows per task run; default: 1 up to 50 rows, else about 50 task runs.
+        row_events: Per-row events: `failures` (default: `seedream.generation.failed` for each
+            failed row), `all` (also `.submitted` and `.completed`) or `none`.
+        shards: Split the rows into this many shard flow runs (1: run here).
+        work_pool: With shards: (re)create the shard deployment on this work pool first.
+        shard_deployment: With shards: the deployment that runs one shard.
 
     Returns:
         The final state; its result is a `DatasetRunSummary`.
@@ -352,161 +220,182 @@ async def generate_dataset(
         ```
     """
     logger = get_run_logger()
-    defaults = _defaults(model, size, n, prompt_priority)
-    resolve_credentials(credentials)  # fail now, not per row, when there is no key
+    parameters = {name: value for name, value in locals().items() if name in ROW_PARAMETERS}
+    _defaults(model, size, n, prompt_priority)
+    if credentials is None:
+        resolve_credentials(None)  # fail now, not per row, when there is no key
+    limit = None
     if concurrency_limit_name and not dry_run:
-        await _check_concurrency_limit(concurrency_limit_name)
+        limit = await read_concurrency_limit(concurrency_limit_name)
 
     summary = DatasetRunSummary(dry_run=dry_run)
-    for row in iter_rows(dataset, defaults):  # pass 1: validate everything, spend nothing
-        summary.rows += 1
-        if isinstance(row, InvalidRow):
-            summary.invalid += 1
-            logger.warning("Row %s (line %d) is invalid: %s", row.row_id, row.number, row.reason)
-        else:
-            summary.estimated_credits += row.request.reserved_credits
-    logger.info(
-        "Dataset %s: %d rows, %d invalid; at most %g credits",
-        dataset, summary.rows, summary.invalid, summary.estimated_credits,
-    )
-    notify_total(summary.rows)
+    scan = DatasetRunSummary()
+    scan_dataset(dataset, _defaults(model, size, n, prompt_priority), scan)
+    summary.estimated_credits = scan.estimated_credits
+    notify_total(scan.rows)
     if dry_run:
-        return Completed(message=f"dry run: {summary.rows} rows, {summary.invalid} invalid, "
-                         f"at most {summary.estimated_credits:g} credits", data=summary)
+        summary.rows, summary.invalid = scan.rows, scan.invalid
+        return Completed(message=f"dry run: {scan.rows} rows, {scan.invalid} invalid, "
+                         f"at most {scan.estimated_credits:g} credits", data=summary)
 
-    runner = _RowRunner(
-        output,
-        credentials,
-        CreditBudget(limit=max_credits),
-        concurrency_limit_name,
-        {
-            "retries": retries,
-            "retry_delay_seconds": exponential_backoff(backoff_factor=retry_delay_seconds)
-            if retry_delay_seconds
-            else 0,
-            "retry_jitter_factor": 0.5 if retry_delay_seconds else None,
-        },
-        {
-            "max_wait_seconds": max_wait_seconds,
-            "poll_interval": poll_interval,
-            "storage_options": storage_options,
-            "resubmit_unknown": resubmit_unknown,
-        },
-    )
-    progress = await ProgressArtifact.create(total=summary.rows)
-    lines: list[ManifestLine] = []
-    try:
-        lines = await _run_rows(iter_rows(dataset, defaults), runner, max_concurrency, progress)
-    finally:
-        await close_clients()
-    await progress.finish()
-
-    summary.invalid = 0
-    for line in lines:
-        summary.count(line.status)
-        if line.error and line.error.code == "invalid_row":
-            summary.invalid += 1
-        summary.images += len(line.images)
-        summary.reused += line.reused
-    summary.credits = round(runner.budget.spent, 6)
-    summary.manifest = write_manifest(runner.store, lines)
-    await publish_summary_table(lines)
-    await publish_gallery(runner.gallery)
+    settings = settings_from(dataset, parameters, credentials, total_rows=scan.rows, concurrency_limit=limit)
+    store = ImageStore(output, storage_options)
+    run_id = str(flow_run.id)
+    tables = RunTables(scan.rows)
+    async with OutputLock(store, run_id) as lock:
+        await asyncio.to_thread(_clear_leftovers, store)
+        parts = RunParts(store, run_id)
+        artifact = await ProgressArtifact.create(total=scan.rows)
+        progress = RunProgress(scan.rows, artifact, logger)
+        logger.info(
+            "Running %d rows: %d per task run, at most %d at once%s",
+            scan.rows, settings.rows_per_task, max_concurrency,
+            f", in {shards} shards" if shards > 1 else "",
+        )
+        if shards > 1:
+            gallery = await run_shards(
+                settings, parameters, credentials, rows=scan.rows, shards=shards, run_id=run_id,
+                deployment=shard_deployment, work_pool=work_pool, parts=parts, progress=artifact,
+                output=output,
+            )
+        else:
+            gallery = await execute_rows(
+                settings, RowRange(1, scan.rows), ledger=TaskLedger(store), parts=parts,
+                on_row=progress.row_done, before_batch=lock.check,
+            )
+        summary.manifest = await asyncio.to_thread(
+            write_manifest, store, parts, settings, scan.rows, summary, tables
+        )
+        artifact.set_done(summary.rows)
+        await artifact.finish()
+    await tables.publish(summary)
+    await _publish_gallery(gallery, tables, store)
     logger.info("Manifest written to %s", summary.manifest)
     emit_dataset_event(
         not summary.not_succeeded,
         dataset=dataset,
         output=output,
-        payload=summary.model_dump(include={"rows", "succeeded", "failed", "in_flight", "outcome_unknown", "skipped", "credits"}),
+        payload=summary.model_dump(include={"rows", "succeeded", "failed", "in_flight", "outcome_unknown", "skipped", "credits", "images"}),
     )
     if summary.not_succeeded:
         return Failed(message=summary.message(), data=summary)
     return Completed(message=summary.message(), data=summary)
 
 
-async def _run_rows(
-    rows: Any, runner: _RowRunner, max_concurrency: int, progress: ProgressArtifact
-) -> list[ManifestLine]:
-    """Feed rows to `max_concurrency` workers; the dataset is streamed, not loaded."""
-    queue: asyncio.Queue[ValidRow | InvalidRow | None] = asyncio.Queue(maxsize=2 * max_concurrency)
-    lines: list[ManifestLine] = []
-
-    async def worker() -> None:
-        while (row := await queue.get()) is not None:
-            line = await runner.run(row)
-            lines.append(line)
-            notify(line)
-            progress.advance()
-
-    workers = [asyncio.create_task(worker()) for _ in range(max_concurrency)]
-    try:
-        for row in rows:
-            await queue.put(row)
-        for _ in workers:
-            await queue.put(None)
-        await asyncio.gather(*workers)
-    except BaseException:
-        for task in workers:
-            task.cancel()
-        raise
-    return lines
+def _clear_leftovers(store: ImageStore) -> None:
+    """What killed runs left: temporary files and unmerged parts (the ledger keeps the facts)."""
+    store.clear_temporary()
+    clear_runs(store)
 
 
-def manifest_from_ledger(
+async def _publish_gallery(gallery: Gallery, tables: RunTables, store: ImageStore) -> None:
+    """The gallery of this process's images, or (sharded runs) of the manifest's first ones."""
+    if not gallery.shown:
+        for line in tables.rows:
+            for image in line.images:
+                if gallery.wants_more():
+                    thumbnail = await store.call(store.thumbnail_of, image.uri)
+                    if thumbnail:
+                        gallery.add(line.row_id, _image_with(image, thumbnail))
+    await gallery.publish()
+
+
+def _image_with(image: Any, thumbnail: str) -> Any:
+    from prefect_seedream.storage import StoredImage
+
+    return StoredImage(
+        uri=image.uri, width=image.width, height=image.height, bytes=image.bytes,
+        format=image.uri.rsplit(".", 1)[-1], source_url="", thumbnail=thumbnail,
+    )
+
+
+generate_dataset.on_cancellation_hooks.append(record_stopped_run)
+generate_dataset.on_crashed_hooks.append(record_stopped_run)
+
+
+@flow(
+    name="seedream-generate-shard",
+    validate_parameters=True,
+    description="Generate one row range of a sharded dataset run (started by seedream-generate-dataset).",
+)
+async def generate_shard(
     dataset: str,
     output: str,
-    defaults: RowDefaults,
-    storage_options: dict[str, Any] | None = None,
-) -> str:
-    """Write the manifest of a stopped run from its ledger: one line per input row.
+    first_row: Annotated[int, Field(ge=1)],
+    last_row: Annotated[int, Field(ge=1)],
+    run_id: str,
+    total_rows: Annotated[int, Field(ge=1)],
+    options: dict[str, Any],
+    credentials: SeedreamCredentials | None = None,
+    concurrency_limit: int | None = None,
+) -> State:
+    """Run rows `first_row..last_row` of a dataset for the sharded run `run_id`.
 
-    Rows with stored images are `succeeded`, rows with a recorded task still
-    running are `in_flight` (collect them with :func:`recover_dataset`), rows
-    never submitted are `skipped`, invalid rows `failed`.
+    The shard works under its parent's output lock (it refuses to run if another run holds
+    the output), writes the lines of each batch of rows to the parent's part files, and
+    leaves the manifest to the parent. Started by :func:`generate_dataset` with `shards` > 1;
+    re-running a shard (or the parent) re-attaches to its tasks in flight and skips its
+    stored rows, as any run does.
+
+    Args:
+        dataset: The dataset (a path every worker can read, or an fsspec URL).
+        output: The parent's output (shared by every worker).
+        first_row: First row of the range (1-based).
+        last_row: Last row of the range.
+        run_id: The parent run's id (the holder of the output's lock).
+        total_rows: Rows of the whole dataset.
+        options: The parent's row parameters (model, size, concurrency, budget share, ...).
+        credentials: A SeedreamCredentials block; default: the worker's environment.
+        concurrency_limit: The value of the global concurrency limit named in `options`.
 
     Returns:
-        The manifest's URI.
+        Completed when every row of the range succeeded, else Failed with the counts.
+
+    Examples:
+        ```python
+        from prefect.deployments import run_deployment
+
+        await run_deployment("seedream-generate-shard/generate-shard", parameters={
+            "dataset": "s3://bucket/prompts.csv", "output": "s3://bucket/out",
+            "first_row": 1, "last_row": 5000, "run_id": parent_id, "total_rows": 20000,
+            "options": options})
+        ```
     """
-    store = ImageStore(output, storage_options)
-    ledger = TaskLedger(store)
-    lines = []
-    for row in iter_rows(dataset, defaults):
-        if isinstance(row, InvalidRow):
-            lines.append(_line(row, "failed", error=ManifestError(code="invalid_row", message=row.reason)))
-        else:
-            lines.append(line_from_record(row, ledger.load(ledger.key_for(row.row_id, row.request))))
-    return write_manifest(store, lines)
-
-
-def _record_stopped_run(flow: Any, flow_run: Any, state: State) -> None:
-    """`on_cancellation` / `on_crashed` hook: write the manifest from the ledger.
-
-    Remote tasks in flight cannot be cancelled (the API has no cancel endpoint);
-    their ids are already in the ledger, and the manifest lists them `in_flight`.
-    """
-    bound = inspect.signature(flow.fn).bind_partial(**flow_run.parameters)
-    bound.apply_defaults()
-    params = bound.arguments
-    if params["dry_run"]:
-        return
-    defaults = RowDefaults(
-        model=params["model"], size=params["size"], n=params["n"], prompt_priority=params["prompt_priority"]
+    logger = get_run_logger()
+    store = ImageStore(output, options.get("storage_options"))
+    await asyncio.to_thread(check_held_by, store, run_id)
+    rows = RowRange(first_row, min(last_row, total_rows))
+    settings = settings_from(
+        dataset, options, credentials, total_rows=total_rows, concurrency_limit=concurrency_limit,
     )
-    uri = manifest_from_ledger(params["dataset"], params["output"], defaults, params["storage_options"])
-    print(f"Run {state.type.value.lower()}: manifest of what was done written to {uri}")
+    counts = DatasetRunSummary()
+    artifact = await ProgressArtifact.create(total=rows.rows, description=f"Rows {rows.first}-{rows.last} finished")
+    progress = RunProgress(rows.rows, artifact, logger)
+
+    def on_row(item: Any) -> None:
+        counts.add(item)
+        progress.row_done(item)
+
+    await execute_rows(
+        settings, rows, ledger=TaskLedger(store), parts=RunParts(store, run_id), on_row=on_row,
+        before_batch=lambda: check_held_by(store, run_id),
+    )
+    await artifact.finish()
+    message = f"rows {rows.first}-{rows.last}: {counts.message()}"
+    return Completed(message=message) if not counts.not_succeeded else Failed(message=message)
 
 
-generate_dataset.on_cancellation_hooks.append(_record_stopped_run)
-generate_dataset.on_crashed_hooks.append(_record_stopped_run)
-
-
-@flow(name="seedream-recover-dataset", validate_parameters=True)
+@flow(
+    name="seedream-recover-dataset",
+    validate_parameters=True,
+    description="Collect the remote tasks a stopped dataset run left in flight, without paying again.",
+)
 async def recover_dataset(
     output: str,
     credentials: SeedreamCredentials | None = None,
-    max_wait_seconds: Annotated[float, Field(gt=0)] = DEFAULT_MAX_WAIT_SECONDS,
-    poll_interval: Annotated[float, Field(gt=0)] = 3.0,
-    max_concurrency: Annotated[int, Field(ge=1, le=256)] = 8,
+    max_wait_seconds: Annotated[float, Field(gt=0)] = MAX_WAIT_SECONDS,
+    poll_interval: Annotated[float, Field(gt=0)] = POLL_INTERVAL_SECONDS,
+    max_concurrency: Annotated[int, Field(ge=1, le=MAX_CONCURRENCY_BOUND)] = MAX_CONCURRENCY,
     storage_options: dict[str, Any] | None = None,
 ) -> State:
     """Collect the remote tasks a stopped run left in flight, without paying again.
@@ -538,47 +427,54 @@ async def recover_dataset(
     resolve_credentials(credentials)
     store = ImageStore(output, storage_options)
     ledger = TaskLedger(store)
-    pending = [r for r in ledger.records() if r.state in (LedgerState.SUBMITTED, LedgerState.COMPLETED)]
+    records = await asyncio.to_thread(lambda: list(ledger.records()))
+    pending = [r for r in records if r.state.value in ("submitted", "completed")]
     logger.info("%d task(s) in flight in %s", len(pending), output)
     limit = asyncio.Semaphore(max_concurrency)
-    outcomes: dict[str, LedgerRecord] = {}
+    options = GenerationOptions(wait=WaitOptions(max_wait_seconds, poll_interval))
+    reporter = StepReporter(logger)
+    collected: dict[str, LedgerRecord] = {}
 
     async def collect(record: LedgerRecord) -> None:
         async with limit:
-            if not record.reattachable():
+            if record.next_step(images_present=False, resubmit_unknown=False) is not NextStep.REATTACH:
                 logger.error("%s: task %s is older than its results' 24 h life", record.row_id, record.task_id)
                 return
             try:
-                await finish_recorded_task(
-                    record, ledger, output, credentials, max_wait_seconds=max_wait_seconds,
-                    poll_interval=poll_interval, storage_options=storage_options,
+                await generate_recorded(
+                    record, None, client=client_for(credentials), ledger=ledger,
+                    options=options, reporter=reporter,
                 )
             except SeedreamError as exc:
                 logger.error("%s: could not collect task %s: %s", record.row_id, record.task_id, exc)
-            outcomes[record.key] = record
+            collected[record.task_id or record.key] = record
 
-    try:
-        await asyncio.gather(*(collect(record) for record in pending))
-    finally:
-        await close_clients()
-    collected = _update_manifest(store, outcomes.values())
-    message = f"collected {collected} of {len(pending)} in-flight task(s) in {output}"
-    return Completed(message=message) if collected == len(pending) else Failed(message=message)
+    async with OutputLock(store, str(flow_run.id)):
+        try:
+            await asyncio.gather(*(collect(record) for record in pending))
+        finally:
+            await close_clients()
+        stored = await asyncio.to_thread(_update_manifest, store, collected)
+    message = f"collected {stored} of {len(pending)} in-flight task(s) in {output}"
+    return Completed(message=message) if stored == len(pending) else Failed(message=message)
 
 
-def _update_manifest(store: ImageStore, records: Any) -> int:
-    """Rewrite the manifest lines of recovered rows; returns how many were stored."""
-    by_task = {record.task_id: record for record in records}
-    lines = read_manifest(store)
-    for line in lines:
-        record = by_task.get(line.task_id)
-        if record is None:
-            continue
-        if record.state is LedgerState.STORED:
-            line.status, line.error = "succeeded", None
-            line.images, line.credits = _images(record.images), record.credits
-        elif record.state is LedgerState.FAILED and record.error:
-            line.status, line.error = "failed", ManifestError(**record.error)
-    if lines:
-        write_manifest(store, lines)
-    return sum(record.state is LedgerState.STORED for record in by_task.values())
+def _update_manifest(store: ImageStore, records: Mapping[str, LedgerRecord]) -> int:
+    """Rewrite the manifest lines of recovered rows (streamed); returns how many were stored."""
+    from prefect_seedream.manifest import MANIFEST_NAME, ManifestLine, iter_manifest
+
+    if store.read_text(MANIFEST_NAME) is None:
+        return sum(record.state.value == "stored" for record in records.values())
+    with store.open_atomic(f"{MANIFEST_NAME}") as out:
+        for raw in iter_manifest(store):
+            line = ManifestLine.model_validate(raw)
+            record = records.get(line.task_id or "")
+            if record is not None:
+                status, error = record.status()
+                line.status, line.error = status, error
+                if status == "succeeded":
+                    from prefect_seedream.lines import manifest_images
+
+                    line.images, line.credits = manifest_images(record.images), record.credits
+            out.write(line.model_dump_json().encode("utf-8") + b"\n")
+    return sum(record.state.value == "stored" for record in records.values())

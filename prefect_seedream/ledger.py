@@ -1,11 +1,24 @@
 """A durable record of every remote task, so that nothing is paid for twice.
 
 For each row (or idempotency key) and request, one small JSON file under
-``<destination>/.seedream/tasks/`` holds the remote task id (written **before**
-waiting), its state and, once stored, its images. A retried task or a re-run of
-a whole flow reads it back: a stored row is not submitted again, a task still
-in flight is re-attached to, and only a row never submitted (or whose task
-failed on the service's side) is submitted anew.
+``<destination>/.seedream/tasks/`` says where the row's remote task stands. The record owns
+its transitions: every change of state is one method of :class:`LedgerRecord`, with the rule
+of what may follow what, and the charge and the manifest status of a row are derived from the
+record, never kept beside it.
+
+The write-ahead rule: **before** a submission is sent, the record is saved (fsync'd) in state
+``submitting``, with the request's hash and the credits the API will pre-charge. Whatever
+instant the process dies, a later run finds one of:
+
+* ``submitting``: the submission may have reached the API and no answer was recorded. No
+  idempotency key exists, so nobody can tell whether a task was created (and billed): the row
+  is treated as ``outcome_unknown`` and not resubmitted unless the user accepts the risk
+  (``resubmit_unknown=True``).
+* ``submitted``: the task id is known; the row re-attaches to it (within the results' 24 h).
+* ``stored``: the images are stored; nothing is done.
+
+A submission that provably created no task (refused connection, a 4xx/429/5xx answer) clears
+its intent, so ordinary retries still work.
 """
 
 from __future__ import annotations
@@ -15,22 +28,29 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from enum import Enum
 
 from pydantic import BaseModel, Field
 
-from prefect_seedream.api.models import GenerationRequest, TaskErrorKind, classify_task_error
-from prefect_seedream.storage import ImageStore, StoredImage, safe_stem
+from prefect_seedream.api.models import GenerationRequest, GenerationTask, TaskErrorKind, classify_task_error
+from prefect_seedream.defaults import REATTACH_WINDOW_SECONDS
+from prefect_seedream.manifest import ManifestError, RowStatus
+from prefect_seedream.storage import PRIVATE_DIR, ImageStore, StoredImage, safe_stem
 
-LEDGER_DIR = ".seedream/tasks"
-#: Result URLs expire 24 h after generation; re-attach only well within that.
-REATTACH_WINDOW_SECONDS = 23 * 3600
+LEDGER_DIR = f"{PRIVATE_DIR}/tasks"
+OUTCOME_UNKNOWN_GUIDANCE = (
+    "the submission may have created (and billed) a task but no answer came back; it was not "
+    "resubmitted. Check the Evolink dashboard, then re-run with --resubmit-unknown "
+    "(resubmit_unknown=True) to submit it again"
+)
 
 
 class LedgerState(str, Enum):
     """Where a row's remote task stands."""
 
-    NEW = "new"  # never submitted
+    NEW = "new"  # nothing remote exists for this row
+    SUBMITTING = "submitting"  # a submission is being (or was) sent; no answer recorded
     SUBMITTED = "submitted"  # task id known, not yet seen terminal (in flight)
     COMPLETED = "completed"  # task completed, images not stored yet
     STORED = "stored"  # images stored: nothing left to do
@@ -38,22 +58,73 @@ class LedgerState(str, Enum):
     OUTCOME_UNKNOWN = "outcome_unknown"  # a submission may or may not have created a task
 
 
+class NextStep(str, Enum):
+    """What a run does with a row, given its record (:meth:`LedgerRecord.next_step`)."""
+
+    REUSE = "reuse"  # stored by an earlier run: no API call
+    REATTACH = "reattach"  # wait for the recorded task: nothing new is paid
+    SUBMIT = "submit"  # submit (anew)
+    REFUSE_UNKNOWN = "refuse_unknown"  # an earlier submission may have been billed
+    REPEAT_FAILURE = "repeat_failure"  # failed through the request's own fault: free, final
+
+
+class LedgerTransitionError(RuntimeError):
+    """A transition that the record's state does not allow (a bug, never a user error)."""
+
+
+@dataclass(frozen=True)
+class Charge:
+    """What a row's latest submission costs.
+
+    Attributes:
+        spent: Credits charged for sure (a completed task's final charge).
+        at_risk: Credits reserved that may be charged: a task in flight, or a submission
+            whose outcome is unknown.
+    """
+
+    spent: float = 0.0
+    at_risk: float = 0.0
+
+    @property
+    def total(self) -> float:
+        """Everything that counts against a budget."""
+        return self.spent + self.at_risk
+
+
 class LedgerRecord(BaseModel):
-    """What is known of one row's remote task."""
+    """What is known of one row's remote task; its methods are the only way to change it.
+
+    Examples:
+        >>> record = LedgerRecord(key="k", row_id="r", request_hash="h")
+        >>> record.begin_submission(reserved_credits=2.0, now=100.0)
+        >>> record.state.value, record.charge().at_risk
+        ('submitting', 2.0)
+        >>> record.submission_refused("rate_limit_error", "too many requests")
+        >>> record.state.value, record.submissions, record.charge().total
+        ('new', 0, 0.0)
+    """
 
     key: str
     row_id: str
     request_hash: str
-    state: LedgerState
+    state: LedgerState = LedgerState.NEW
     task_id: str | None = None
     model: str | None = None
+    intent_at: float | None = None
     submitted_at: float | None = None
     finished_at: float | None = None
+    #: Submissions that may have created a task (a provably refused one is not counted).
     submissions: int = 0
+    #: Credits the API pre-charges for the latest submission.
+    reserved_credits: float | None = None
+    #: Credits of the latest task: its final charge once completed, else what it reserved.
     credits: float | None = None
     results: list[str] = Field(default_factory=list)
     images: list[StoredImage] = Field(default_factory=list)
+    #: Why the row did not (yet) succeed: the task's error, or the last error of this run.
     error: dict[str, str] | None = None
+
+    # -- questions ------------------------------------------------------------------------
 
     def failed_by_request(self) -> bool:
         """True when the task failed through the request's own fault (retrying cannot help)."""
@@ -69,6 +140,152 @@ class LedgerRecord(BaseModel):
             return False
         age = (now or time.time()) - (self.submitted_at or 0)
         return age < REATTACH_WINDOW_SECONDS
+
+    @property
+    def outcome_unknown(self) -> bool:
+        """True when a submission may have created a task that nobody knows of.
+
+        A record left in ``submitting`` by a process that died is one of these.
+        """
+        return self.state in (LedgerState.SUBMITTING, LedgerState.OUTCOME_UNKNOWN)
+
+    def next_step(
+        self, *, images_present: bool, resubmit_unknown: bool, now: float | None = None
+    ) -> NextStep:
+        """What a run must do with this row. The rules of "never pay twice", in one place.
+
+        Args:
+            images_present: Whether every image the record lists is still in the store.
+            resubmit_unknown: Whether the user accepts paying again after an unknown outcome.
+            now: The time (for the re-attach window); default: now.
+        """
+        if self.state is LedgerState.STORED and images_present:
+            return NextStep.REUSE
+        if self.outcome_unknown:
+            return NextStep.SUBMIT if resubmit_unknown else NextStep.REFUSE_UNKNOWN
+        if self.failed_by_request():
+            return NextStep.REPEAT_FAILURE
+        if self.reattachable(now):
+            return NextStep.REATTACH
+        return NextStep.SUBMIT
+
+    def charge(self) -> Charge:
+        """What the latest submission costs, as far as is known.
+
+        The API pre-charges ``n`` images and finally charges the images generated: a
+        completed task costs its final charge, a failed one nothing, a task in flight or a
+        submission whose outcome is unknown its reservation (it may be charged).
+        """
+        if self.state in (LedgerState.STORED, LedgerState.COMPLETED):
+            return Charge(spent=self.credits or 0.0)
+        if self.state is LedgerState.SUBMITTED:
+            return Charge(at_risk=self.credits if self.credits is not None else self.reserved_credits or 0.0)
+        if self.outcome_unknown:
+            return Charge(at_risk=self.reserved_credits or 0.0)
+        return Charge()
+
+    def status(self) -> tuple[RowStatus, ManifestError | None]:
+        """The manifest status and error this record stands for."""
+        error = ManifestError(**self.error) if self.error else None
+        if self.state is LedgerState.STORED:
+            return "succeeded", None
+        if self.outcome_unknown:
+            return "outcome_unknown", ManifestError(code="outcome_unknown", message=OUTCOME_UNKNOWN_GUIDANCE)
+        if self.state is LedgerState.FAILED:
+            return "failed", error or ManifestError(code="failed", message="the task failed")
+        if self.state is LedgerState.COMPLETED and error is not None:
+            # The task completed but its images could not be stored (a bad or expired
+            # download): a re-run within the results' 24 h downloads again, paying nothing.
+            return "failed", error
+        if self.state in (LedgerState.SUBMITTED, LedgerState.COMPLETED):
+            note = f"task {self.task_id} is still in flight; collect it with `prefect-seedream recover`"
+            if error is None:
+                return "in_flight", ManifestError(code="in_flight", message=note)
+            return "in_flight", ManifestError(code=error.code, message=f"{error.message}; {note}")
+        if error is not None:  # a submission refused (4xx, 429/5xx after retries, ...)
+            return "failed", error
+        return "skipped", ManifestError(
+            code="not_started", message="the run stopped before this row was submitted"
+        )
+
+    # -- transitions --------------------------------------------------------------------------
+
+    def begin_submission(self, reserved_credits: float, now: float | None = None) -> None:
+        """The write-ahead intent: a submission is about to be sent (save it before sending)."""
+        if self.state is LedgerState.STORED and self.images:
+            self.images = []  # stored files went missing: the row is generated again
+        self.state = LedgerState.SUBMITTING
+        self.intent_at = now or time.time()
+        self.reserved_credits = reserved_credits
+        self.submissions += 1
+        self.task_id, self.credits, self.results, self.error = None, None, [], None
+        self.submitted_at = self.finished_at = None
+
+    def submission_refused(self, code: str, message: str) -> None:
+        """The API (or the network, before sending) refused it: provably no task was created."""
+        self._require(LedgerState.SUBMITTING)
+        self.state = LedgerState.NEW
+        self.submissions -= 1
+        self.intent_at = None
+        self.error = {"code": code, "message": message}
+
+    def submission_lost(self) -> None:
+        """The submission may have reached the API but no answer came back."""
+        self._require(LedgerState.SUBMITTING)
+        self.state = LedgerState.OUTCOME_UNKNOWN
+        self.error = {"code": "outcome_unknown", "message": OUTCOME_UNKNOWN_GUIDANCE}
+
+    def submitted(self, task: GenerationTask, now: float | None = None) -> None:
+        """The API answered with a task: its id is known (save it before waiting)."""
+        self._require(LedgerState.SUBMITTING)
+        self.state = LedgerState.SUBMITTED
+        self.task_id = task.id
+        self.model = task.model or self.model
+        self.submitted_at = now or time.time()
+        self.credits = task.credits if task.credits is not None else self.reserved_credits
+
+    def task_gone(self) -> None:
+        """The recorded task is unknown to the API (expired or invalid): nothing to wait for."""
+        self._require(LedgerState.SUBMITTED, LedgerState.COMPLETED)
+        self.state = LedgerState.NEW
+        self.task_id, self.credits, self.results = None, None, []
+        self.error = {"code": "resource_not_found", "message": "the recorded task is gone"}
+
+    def task_failed(self, code: str, message: str, now: float | None = None) -> None:
+        """The task ended failed (or cancelled)."""
+        self._require(LedgerState.SUBMITTED, LedgerState.COMPLETED)
+        self.state = LedgerState.FAILED
+        self.finished_at = now or time.time()
+        self.credits = 0.0
+        self.error = {"code": code, "message": message}
+
+    def task_completed(self, task: GenerationTask, now: float | None = None) -> None:
+        """The task completed; its result URLs are valid for 24 h."""
+        self._require(LedgerState.SUBMITTED, LedgerState.COMPLETED)
+        self.state = LedgerState.COMPLETED
+        self.finished_at = now or time.time()
+        self.results = list(task.results)
+        if task.credits is not None:
+            self.credits = task.credits
+        self.error = None
+
+    def images_stored(self, images: list[StoredImage]) -> None:
+        """Every result is in durable storage: the row is done."""
+        self._require(LedgerState.COMPLETED)
+        self.state = LedgerState.STORED
+        self.images = images
+        self.error = None
+
+    def note_error(self, code: str, message: str) -> None:
+        """Why this run stops working on the row without a change of state (a wait cap, ...)."""
+        self.error = {"code": code, "message": message}
+
+    def _require(self, *states: LedgerState) -> None:
+        if self.state not in states:
+            allowed = " or ".join(state.value for state in states)
+            raise LedgerTransitionError(
+                f"row {self.row_id}: cannot go from {self.state.value} (needs {allowed})"
+            )
 
 
 def request_hash(request: GenerationRequest) -> str:
@@ -92,7 +309,7 @@ class TaskLedger:
     Examples:
         ```python
         ledger = TaskLedger(ImageStore("output"))
-        record = ledger.load(ledger.key_for("row-1", request))
+        record = ledger.record_for("row-1", request)
         ```
     """
 
@@ -100,9 +317,9 @@ class TaskLedger:
         self.store = store
 
     @staticmethod
-    def key_for(row_id: str, request: GenerationRequest) -> str:
+    def key_for(row_id: str, request: GenerationRequest, digest: str | None = None) -> str:
         """The record key of a row and its request."""
-        return f"{safe_stem(row_id)}-{request_hash(request)[:16]}"
+        return f"{safe_stem(row_id)}-{(digest or request_hash(request))[:16]}"
 
     def _relative(self, key: str) -> str:
         return f"{LEDGER_DIR}/{key}.json"
@@ -111,6 +328,18 @@ class TaskLedger:
         """The record for a key, or None when the row was never submitted."""
         text = self.store.read_text(self._relative(key))
         return LedgerRecord.model_validate_json(text) if text else None
+
+    def record_for(self, row_id: str, request: GenerationRequest) -> LedgerRecord:
+        """The row's record, or a new one (not saved) when there is none."""
+        digest = request_hash(request)
+        key = self.key_for(row_id, request, digest)
+        return self.load(key) or LedgerRecord(
+            key=key, row_id=row_id, request_hash=digest, model=request.model
+        )
+
+    async def arecord_for(self, row_id: str, request: GenerationRequest) -> LedgerRecord:
+        """:meth:`record_for` without stalling the event loop on a remote store."""
+        return await self.store.call(self.record_for, row_id, request)
 
     def save(self, record: LedgerRecord) -> LedgerRecord:
         """Write a record durably (fsync and atomic rename on local disks)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -16,6 +18,7 @@ MANIFEST_NAME = "manifest.jsonl"
 #: cancellation); collect it with the recover flow. ``skipped``: not submitted
 #: (budget reached, or the run was cancelled first).
 RowStatus = Literal["succeeded", "failed", "outcome_unknown", "in_flight", "skipped"]
+ROW_STATUSES: tuple[RowStatus, ...] = ("succeeded", "failed", "outcome_unknown", "in_flight", "skipped")
 
 
 class ManifestImage(BaseModel):
@@ -54,26 +57,35 @@ class ManifestLine(BaseModel):
     error: ManifestError | None = None
 
 
-def read_manifest(store: ImageStore) -> list[ManifestLine]:
-    """The manifest's lines, or an empty list when there is none yet."""
-    text = store.read_text(MANIFEST_NAME)
-    if not text:
-        return []
-    return [ManifestLine.model_validate_json(line) for line in text.splitlines() if line.strip()]
+class RunLine(BaseModel):
+    """A manifest line as one run produced it, with what that run spent on the row.
 
+    Runs write these to their part files (see :mod:`prefect_seedream.parts`); the manifest
+    keeps only ``line``, the run's summary adds up ``spent`` and ``at_risk``.
 
-def write_manifest(store: ImageStore, lines: list[ManifestLine]) -> str:
-    """Write the manifest, in input order, keeping earlier rows this run did not read.
-
-    Lines of an earlier run whose row id is not among ``lines`` (a run over
-    another dataset into the same output) are kept after this run's lines, so a
-    rewrite never loses them.
-
-    Returns:
-        The manifest's URI.
+    Attributes:
+        line: The row's manifest line.
+        spent: Credits this run was charged for the row.
+        at_risk: Credits this run reserved that may be charged (in flight, outcome unknown).
     """
-    current = sorted(lines, key=lambda line: line.row_number)
-    ids = {line.row_id for line in current}
-    kept = [line for line in read_manifest(store) if line.row_id not in ids]
-    text = "".join(line.model_dump_json() + "\n" for line in [*current, *kept])
-    return store.write_text(MANIFEST_NAME, text)
+
+    line: ManifestLine
+    spent: float = 0.0
+    at_risk: float = 0.0
+
+
+def iter_manifest(store: ImageStore) -> Iterator[dict[str, Any]]:
+    """Stream the manifest's lines as dicts (nothing when there is no manifest yet)."""
+    try:
+        handle = store.fs.open(store.path_for(MANIFEST_NAME), "rb")
+    except FileNotFoundError:
+        return
+    with handle:
+        for raw in handle:
+            if raw.strip():
+                yield json.loads(raw)
+
+
+def read_manifest(store: ImageStore) -> list[ManifestLine]:
+    """The manifest's lines (small outputs and tests; runs stream with :func:`iter_manifest`)."""
+    return [ManifestLine.model_validate(line) for line in iter_manifest(store)]

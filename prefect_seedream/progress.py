@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from prefect_seedream.manifest import ManifestLine
+from prefect_seedream.defaults import PROGRESS_LOG_STEP
+from prefect_seedream.manifest import ManifestLine, RunLine
 
 RowListener = Callable[[ManifestLine], None]
 TotalListener = Callable[[int], None]
@@ -44,3 +46,44 @@ def notify(line: ManifestLine) -> None:
     """Tell every listener that a row finished."""
     for listener in list(_listeners):
         listener(line)
+
+
+class RunProgress:
+    """A run's progress: the progress artifact, the in-process listeners and a log line at
+    each tenth of the rows (never one per row).
+
+    Args:
+        total: Rows in the run.
+        artifact: The progress artifact, or None (a shard reports through its parts).
+        logger: Where the progress lines go.
+
+    Examples:
+        ```python
+        progress = RunProgress(total=1000, artifact=await ProgressArtifact.create(1000),
+                               logger=get_run_logger())
+        progress.row_done(run_line)
+        ```
+    """
+
+    def __init__(self, total: int, artifact: Any, logger: Any, log_step: float = PROGRESS_LOG_STEP) -> None:
+        self.total = max(total, 1)
+        self.artifact = artifact
+        self.logger = logger
+        self.step = max(1, int(self.total * log_step))
+        self.done = 0
+        self.not_succeeded = 0
+        self._next_log = self.step
+
+    def row_done(self, item: RunLine) -> None:
+        """Count a finished row."""
+        self.done += 1
+        self.not_succeeded += item.line.status != "succeeded"
+        if self.artifact is not None:
+            self.artifact.advance()
+        notify(item.line)
+        if self.done >= self._next_log and self.done < self.total:
+            self._next_log += self.step
+            self.logger.info(
+                "%d of %d rows done (%d%%), %d did not succeed", self.done, self.total,
+                100 * self.done // self.total, self.not_succeeded,
+            )

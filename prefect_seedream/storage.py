@@ -4,6 +4,11 @@ Each image is streamed into a local temporary file, verified with Pillow
 (it must decode; its width and height are read), then put at its final name
 in the destination. Names come from :func:`safe_stem`, so a row id such as
 ``../../etc/x`` can never escape the destination.
+
+No file is ever seen half-written under its final name, whatever instant the process dies:
+on a local disk every file is written in ``.seedream/tmp/`` (same file system), flushed to
+disk, then renamed into place; on an object store (``s3://``) an object appears only when its
+upload completes. A run clears ``.seedream/tmp/`` when it starts (:meth:`ImageStore.clear_temporary`).
 """
 
 from __future__ import annotations
@@ -14,21 +19,30 @@ import hashlib
 import io
 import os
 import re
+import shutil
 import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Callable, TypeVar
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field
 
-from prefect_seedream.api.client import DEFAULT_MAX_IMAGE_BYTES, SeedreamClient
+from prefect_seedream.api.client import SeedreamClient
 from prefect_seedream.api.errors import NotAnImageError
+from prefect_seedream.defaults import MAX_IMAGE_BYTES
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_STEM_CHARS = 80
 THUMBNAIL_SIDE = 160
+#: Private folder of a destination: the ledger, the lock, temporary files.
+PRIVATE_DIR = ".seedream"
+TEMPORARY_DIR = f"{PRIVATE_DIR}/tmp"
+T = TypeVar("T")
 
 
 class StoredImage(BaseModel):
@@ -110,34 +124,107 @@ class ImageStore:
         return bool(self.fs.exists(path))
 
     def write_text(self, relative: str, text: str) -> str:
-        """Write a text file below the destination (atomically on local disks); returns its URI."""
+        """Write a text file below the destination, atomically; returns its URI."""
+        with self.open_atomic(relative) as handle:
+            handle.write(text.encode("utf-8"))
+        return self.uri_for(self.path_for(relative))
+
+    @contextmanager
+    def open_atomic(self, relative: str) -> Iterator[IO[bytes]]:
+        """A binary handle whose bytes appear at ``relative`` only once complete.
+
+        Local disks: a file in ``.seedream/tmp/``, flushed and fsynced, then renamed into
+        place (nothing is renamed if the block raises). Object stores: one upload, which
+        the store shows only when it completes.
+        """
         path = self.path_for(relative)
-        parent = path.rsplit("/", 1)[0]
-        self.fs.makedirs(parent, exist_ok=True)
-        if self.is_local:
-            tmp = f"{path}.tmp-{os.getpid()}"
-            with open(tmp, "w", encoding="utf-8") as handle:
-                handle.write(text)
+        if not self.is_local:
+            with self.fs.open(path, "wb") as handle:
+                yield handle
+            return
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = self._temporary_path(os.path.basename(path))
+        try:
+            with open(tmp, "wb") as handle:
+                yield handle
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
-        else:
-            self.fs.pipe_file(path, text.encode("utf-8"))
-        return self.uri_for(path)
+        except BaseException:
+            with _ignoring(OSError):
+                os.unlink(tmp)
+            raise
+
+    def create_exclusive(self, relative: str, text: str) -> bool:
+        """Create a file only if it does not exist yet; False when it already did.
+
+        Local disks use ``O_EXCL``; object stores a conditional write (S3: ``If-None-Match``,
+        which s3fs sends for ``mode="create"``). A filesystem that cannot create
+        exclusively raises ``NotImplementedError`` (see the README on output locks).
+        """
+        path = self.path_for(relative)
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        try:
+            self.fs.pipe_file(path, text.encode("utf-8"), mode="create")
+        except FileExistsError:
+            return False
+        except TypeError as exc:  # an implementation without the `mode` argument
+            raise NotImplementedError(f"{type(self.fs).__name__} cannot create files exclusively") from exc
+        return True
+
+    def remove(self, relative: str) -> None:
+        """Remove a file below the destination, if it is there."""
+        with _ignoring(FileNotFoundError):
+            self.fs.rm_file(self.path_for(relative))
+
+    def remove_tree(self, relative: str) -> None:
+        """Remove a folder below the destination with everything in it, if it is there."""
+        path = self.path_for(relative)
+        if self.is_local:
+            shutil.rmtree(path, ignore_errors=True)
+        elif self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
 
     def read_text(self, relative: str) -> str | None:
         """Read a text file below the destination, or None when it is missing."""
-        path = self.path_for(relative)
-        if not self.fs.exists(path):
+        try:
+            return self.fs.cat_file(self.path_for(relative)).decode("utf-8")
+        except FileNotFoundError:
             return None
-        return self.fs.cat_file(path).decode("utf-8")
 
     def list(self, relative: str) -> list[str]:
         """Full paths of the files in a folder below the destination (empty if missing)."""
         path = self.path_for(relative)
-        if not self.fs.exists(path):
+        try:
+            return sorted(self.fs.ls(path, detail=False))
+        except FileNotFoundError:
             return []
-        return sorted(self.fs.ls(path, detail=False))
+
+    def clear_temporary(self) -> int:
+        """Remove what killed runs left in ``.seedream/tmp/``; returns how many files."""
+        if not self.is_local:
+            return 0
+        removed = 0
+        for path in self.list(TEMPORARY_DIR):
+            with _ignoring(OSError):
+                os.unlink(path)
+                removed += 1
+        return removed
+
+    async def call(self, function: Callable[..., T], *args: Any) -> T:
+        """Run a blocking store call: inline on a local disk, in a thread elsewhere.
+
+        A local read or stat takes microseconds; a call to an object store takes a round
+        trip, which must not stall the event loop that polls every other row.
+        """
+        if self.is_local:
+            return function(*args)
+        return await asyncio.to_thread(function, *args)
+
+    def _temporary_path(self, name: str) -> str:
+        folder = self.path_for(TEMPORARY_DIR)
+        os.makedirs(folder, exist_ok=True)
+        return os.path.join(folder, f"{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
 
     async def save_results(
         self,
@@ -145,7 +232,8 @@ class ImageStore:
         result_urls: list[str],
         stem: str,
         *,
-        max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        max_bytes: int = MAX_IMAGE_BYTES,
+        thumbnails: bool = True,
     ) -> list[StoredImage]:
         """Download, verify and store every result URL as ``<stem>-<i>.<ext>``.
 
@@ -154,6 +242,7 @@ class ImageStore:
             result_urls: The completed task's ``results``.
             stem: A safe file-name stem (see :func:`safe_stem`).
             max_bytes: Size cap per image.
+            thumbnails: Also make a small ``data:`` thumbnail of each image (for galleries).
 
         Returns:
             One :class:`StoredImage` per URL, in order.
@@ -164,47 +253,67 @@ class ImageStore:
                 await client.download(url, buffer, max_bytes=max_bytes)
                 # Decoding a 4K image and writing it out take tens of milliseconds or
                 # more: off the event loop, so other rows keep polling meanwhile.
-                image = await asyncio.to_thread(self._keep, url, buffer, f"{stem}-{index}")
+                image = await asyncio.to_thread(
+                    self._keep, url, buffer, f"{stem}-{index}", thumbnails
+                )
             stored.append(image)
         return stored
 
-    def _keep(self, url: str, buffer: IO[bytes], name: str) -> StoredImage:
+    def _keep(self, url: str, buffer: IO[bytes], name: str, thumbnail: bool) -> StoredImage:
         """Verify a downloaded image and copy it to ``<name>.<ext>`` in the destination."""
         buffer.seek(0)
-        width, height, fmt, thumbnail = _inspect_image(url, buffer)
+        width, height, fmt, preview = _inspect_image(url, buffer, thumbnail)
         size = buffer.seek(0, io.SEEK_END)
         buffer.seek(0)
-        path = self.path_for(f"{name}.{_extension(fmt)}")
-        with self.fs.open(path, "wb") as target:
+        relative = f"{name}.{_extension(fmt)}"
+        with self.open_atomic(relative) as target:
             while chunk := buffer.read(1 << 20):
                 target.write(chunk)
         return StoredImage(
-            uri=self.uri_for(path),
+            uri=self.uri_for(self.path_for(relative)),
             width=width,
             height=height,
             bytes=size,
             format=fmt,
             source_url=url,
-            thumbnail=thumbnail,
+            thumbnail=preview,
         )
+
+    def thumbnail_of(self, uri: str) -> str | None:
+        """A ``data:`` thumbnail of a stored image, or None when it cannot be read."""
+        try:
+            with self.fs.open(self.fs._strip_protocol(uri), "rb") as handle:
+                return _inspect_image(uri, handle, True)[3]
+        except (OSError, NotAnImageError):
+            return None
 
 
 def _extension(fmt: str) -> str:
     return {"jpeg": "jpg", "tiff": "tif"}.get(fmt, fmt)
 
 
-def _inspect_image(url: str, buffer: Any) -> tuple[int, int, str, str]:
-    """Decode an image fully; return width, height, format and a data-URI thumbnail."""
+@contextmanager
+def _ignoring(*errors: type[BaseException]) -> Iterator[None]:
+    try:
+        yield
+    except errors:
+        pass
+
+
+def _inspect_image(url: str, buffer: Any, thumbnail: bool) -> tuple[int, int, str, str | None]:
+    """Decode an image fully; return width, height, format and (if asked) a data-URI thumbnail."""
     try:
         with Image.open(buffer) as image:
             image.load()
             width, height = image.size
             fmt = (image.format or "png").lower()
+            if not thumbnail:
+                return width, height, fmt, None
             preview = image.convert("RGB")
             preview.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise NotAnImageError(url, f"the bytes do not decode as an image ({exc})") from None
     out = io.BytesIO()
     preview.save(out, format="JPEG", quality=70)
-    thumbnail = "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
-    return width, height, fmt, thumbnail
+    data_uri = "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
+    return width, height, fmt, data_uri

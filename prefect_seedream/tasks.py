@@ -1,5 +1,9 @@
 """Reusable Prefect tasks: submit a generation, wait for it, store its images.
 
+Each task is one Prefect task run whose work is a plain async call of
+:mod:`prefect_seedream.generation`, the functions the dataset flow's rows run too.
+:func:`generate_images` does all three steps in **one** task run, resuming from the ledger.
+
 Retries are Prefect's, with exponential backoff and jitter, and happen only for
 errors whose ``retryable`` flag says so (429, 5xx, service-side task failures).
 A request's own faults (validation, ``content_policy_violation``) and a
@@ -9,7 +13,6 @@ submission whose outcome is unknown are never retried.
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -19,19 +22,31 @@ from prefect.runtime import task_run as current_task_run
 from prefect.tasks import Task, exponential_backoff
 from pydantic import BaseModel, Field
 
-from prefect_seedream.api.client import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_WAIT_SECONDS, PollPolicy
-from prefect_seedream.api.errors import (
-    NotFoundError,
-    SeedreamError,
-    SubmissionOutcomeUnknownError,
-    TaskFailedError,
-)
-from prefect_seedream.api.models import GenerationRequest, GenerationTask, TaskStatus
+from prefect_seedream.api.errors import SeedreamError, SubmissionOutcomeUnknownError, TaskFailedError
+from prefect_seedream.api.models import GenerationRequest, GenerationTask
 from prefect_seedream.clients import client_for
 from prefect_seedream.credentials import SeedreamCredentials
-from prefect_seedream.events import emit_generation_event
-from prefect_seedream.ledger import LedgerRecord, LedgerState, TaskLedger, request_hash
-from prefect_seedream.storage import ImageStore, StoredImage, safe_stem
+from prefect_seedream.defaults import (
+    MAX_IMAGE_BYTES,
+    MAX_POLL_INTERVAL_SECONDS,
+    MAX_WAIT_SECONDS,
+    POLL_INTERVAL_SECONDS,
+    RETRIES,
+    RETRY_DELAY_SECONDS,
+    RETRY_JITTER_FACTOR,
+)
+from prefect_seedream.generation import (
+    GenerationOptions,
+    StepReporter,
+    WaitOptions,
+    generate_recorded,
+    next_step_of,
+    store_task_images,
+    submit_request,
+    wait_for_task,
+)
+from prefect_seedream.ledger import LedgerRecord, NextStep, TaskLedger, request_hash
+from prefect_seedream.storage import ImageStore, StoredImage
 
 
 def is_retryable_failure(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
@@ -87,14 +102,31 @@ def _named(prefix: str):  # type: ignore[no-untyped-def]
     return name
 
 
+def _task_options(
+    name: str, prefix: str, description: str, *, retries: int, backoff: float, condition: Any
+) -> dict[str, Any]:
+    """The ``@task(...)`` options the four tasks share: never cached, retried with jitter."""
+    return {
+        "name": name,
+        "task_run_name": _named(prefix),
+        "description": description,
+        "retries": retries,
+        "retry_delay_seconds": exponential_backoff(backoff_factor=backoff),
+        "retry_jitter_factor": RETRY_JITTER_FACTOR,
+        "retry_condition_fn": condition,
+        "cache_policy": NO_CACHE,
+    }
+
+
+def _reporter() -> StepReporter:
+    return StepReporter(get_run_logger())
+
+
 @task(
-    name="submit-generation",
-    task_run_name=_named("submit"),
-    retries=1,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=is_retryable_failure,
-    cache_policy=NO_CACHE,
+    **_task_options(
+        "submit-generation", "submit", "Submit one Seedream generation; returns the remote task.",
+        retries=1, backoff=2, condition=is_retryable_failure,
+    )
 )
 async def submit_generation(
     request: GenerationRequest,
@@ -126,42 +158,22 @@ async def submit_generation(
             return task.id
         ```
     """
-    logger = get_run_logger()
-    remote = await client_for(credentials).submit(request)
-    logger.info(
-        "Submitted %s: remote task %s (%s, n=%d, %s credits reserved)",
-        label or slug(request.prompt),
-        remote.id,
-        request.model,
-        request.n,
-        remote.usage.credits_reserved if remote.usage else "?",
-    )
-    emit_generation_event(
-        "submitted",
-        remote.id,
-        label=label,
-        model=request.model,
-        payload={"n": request.n, "credits_reserved": remote.credits},
-    )
-    return remote
+    return await submit_request(client_for(credentials), request, _reporter(), label or slug(request.prompt))
 
 
 @task(
-    name="wait-for-generation",
-    task_run_name=_named("wait"),
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=is_retryable_poll_failure,
-    cache_policy=NO_CACHE,
+    **_task_options(
+        "wait-for-generation", "wait", "Wait until a Seedream task is terminal; raise if it failed.",
+        retries=2, backoff=2, condition=is_retryable_poll_failure,
+    )
 )
 async def wait_for_generation(
     task_id: str,
     credentials: SeedreamCredentials | None = None,
-    max_wait_seconds: float = DEFAULT_MAX_WAIT_SECONDS,
+    max_wait_seconds: float = MAX_WAIT_SECONDS,
     estimated_time: float | None = None,
-    poll_interval: float = 3.0,
-    max_poll_interval: float = 15.0,
+    poll_interval: float = POLL_INTERVAL_SECONDS,
+    max_poll_interval: float = MAX_POLL_INTERVAL_SECONDS,
     label: str | None = None,
 ) -> GenerationTask:
     """Wait until a remote task is terminal; raise if it failed.
@@ -191,54 +203,18 @@ async def wait_for_generation(
         print(done.results)
         ```
     """
-    logger = get_run_logger()
-    name = label or task_id
-    seen: dict[str, TaskStatus] = {}
-
-    def on_progress(update: GenerationTask) -> None:
-        if seen.get("status") != update.status:
-            seen["status"] = update.status
-            logger.info("%s: remote task %s is %s", name, task_id, update.status.value)
-        else:
-            logger.debug("%s: %s at %d%%", name, task_id, update.progress)
-
-    policy = PollPolicy(
-        min_interval=poll_interval, max_interval=max(poll_interval, max_poll_interval)
+    options = WaitOptions(max_wait_seconds, poll_interval, max_poll_interval)
+    return await wait_for_task(
+        client_for(credentials), task_id, _reporter(), label or task_id,
+        options=options, estimated_time=estimated_time,
     )
-    done = await client_for(credentials).wait(
-        task_id,
-        max_wait=max_wait_seconds,
-        estimated_time=estimated_time,
-        on_progress=on_progress,
-        poll=policy,
-    )
-    if done.status is not TaskStatus.COMPLETED:
-        error = done.error
-        code = error.code if error else done.status.value
-        message = error.message if error else ""
-        logger.error("%s: remote task %s failed with %s: %s", name, task_id, code, message)
-        emit_generation_event(
-            "failed", task_id, label=label, model=done.model, payload={"code": code, "message": message}
-        )
-        done.raise_for_failure()
-    emit_generation_event(
-        "completed",
-        task_id,
-        label=label,
-        model=done.model,
-        payload={"images": len(done.results), "credits": done.credits},
-    )
-    return done
 
 
 @task(
-    name="store-images",
-    task_run_name=_named("store"),
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=1),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=is_retryable_failure,
-    cache_policy=NO_CACHE,
+    **_task_options(
+        "store-images", "store", "Download a completed Seedream task's images into storage.",
+        retries=2, backoff=1, condition=is_retryable_failure,
+    )
 )
 async def store_images(
     task: GenerationTask,
@@ -246,7 +222,7 @@ async def store_images(
     credentials: SeedreamCredentials | None = None,
     name: str | None = None,
     storage_options: dict[str, Any] | None = None,
-    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    max_bytes: int = MAX_IMAGE_BYTES,
     label: str | None = None,
 ) -> list[StoredImage]:
     """Download every result of a completed task into durable storage.
@@ -275,12 +251,10 @@ async def store_images(
         ```
     """
     store = ImageStore(destination, storage_options)
-    images = await store.save_results(
-        client_for(credentials), task.results, safe_stem(name or task.id), max_bytes=max_bytes
+    images = await store_task_images(
+        client_for(credentials), store, task, name or task.id, max_bytes=max_bytes
     )
-    get_run_logger().info(
-        "%s: stored %d image(s) in %s", label or task.id, len(images), store.destination
-    )
+    _reporter().stored(label or task.id, len(images), store.destination)
     return images
 
 
@@ -303,33 +277,41 @@ class GeneratedImages(BaseModel):
     submissions: int = 0
     reused: bool = False
 
+    @classmethod
+    def of(cls, record: LedgerRecord, *, reused: bool) -> GeneratedImages:
+        """The outcome a stored record stands for."""
+        return cls(
+            row_id=record.row_id, task_id=record.task_id, images=record.images,
+            credits=record.credits, submissions=record.submissions, reused=reused,
+        )
+
 
 @task(
-    name="generate-images",
-    task_run_name=_named("generate"),
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=10),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=is_retryable_failure,
-    cache_policy=NO_CACHE,
+    **_task_options(
+        "generate-images", "generate",
+        "Submit, wait and store one Seedream generation, resuming from the ledger.",
+        retries=RETRIES, backoff=RETRY_DELAY_SECONDS, condition=is_retryable_failure,
+    )
 )
 async def generate_images(
     request: GenerationRequest,
     destination: str,
     credentials: SeedreamCredentials | None = None,
     label: str | None = None,
-    max_wait_seconds: float = DEFAULT_MAX_WAIT_SECONDS,
-    poll_interval: float = 3.0,
+    max_wait_seconds: float = MAX_WAIT_SECONDS,
+    poll_interval: float = POLL_INTERVAL_SECONDS,
     storage_options: dict[str, Any] | None = None,
     resubmit_unknown: bool = False,
 ) -> GeneratedImages:
-    """Submit, wait and store, resuming from the ledger instead of paying twice.
+    """Submit, wait and store in one task run, resuming from the ledger instead of paying twice.
 
-    The remote task id is written to ``<destination>/.seedream/tasks/`` before
-    waiting. Run again (a Prefect retry or a re-run of the flow), this task
-    returns the stored images without any API call, re-attaches to a task still
-    in flight, and submits anew only when there is no usable earlier task (never
-    submitted, failed on the service's side, or older than the results' life).
+    The write-ahead intent and then the remote task id are written to
+    ``<destination>/.seedream/tasks/`` before waiting. Run again (a Prefect retry or a re-run
+    of the flow), this task returns the stored images without any API call, re-attaches to a
+    task still in flight, and submits anew only when there is no usable earlier task (never
+    submitted, failed on the service's side, or older than the results' life). A submission
+    whose answer was lost (even by a killed process) is not resubmitted unless
+    ``resubmit_unknown=True``.
 
     Args:
         request: The validated request.
@@ -360,142 +342,16 @@ async def generate_images(
             return [image.uri for image in result.images]
         ```
     """
-    logger = get_run_logger()
-    digest = request_hash(request)
-    row_id = label or digest[:16]
-    store = ImageStore(destination, storage_options)
-    ledger = TaskLedger(store)
-    key = ledger.key_for(row_id, request)
-    record = ledger.load(key) or LedgerRecord(
-        key=key,
-        row_id=row_id,
-        request_hash=digest,
-        state=LedgerState.NEW,
-        model=request.model,
+    ledger = TaskLedger(ImageStore(destination, storage_options))
+    record = ledger.record_for(label or request_hash(request)[:16], request)
+    if next_step_of(record, ledger.store, resubmit_unknown=resubmit_unknown) is NextStep.REUSE:
+        get_run_logger().info("%s: already stored by an earlier run (task %s)", record.row_id, record.task_id)
+        return GeneratedImages.of(record, reused=True)
+    options = GenerationOptions(
+        wait=WaitOptions(max_wait_seconds, poll_interval), resubmit_unknown=resubmit_unknown
     )
-
-    if record.state is LedgerState.STORED and all(store.exists(i.uri) for i in record.images):
-        logger.info("%s: already stored by an earlier run (task %s)", row_id, record.task_id)
-        return _outcome(record, reused=True)
-    if record.state is LedgerState.OUTCOME_UNKNOWN and not resubmit_unknown:
-        raise SubmissionOutcomeUnknownError(
-            f"{row_id}: an earlier submission's outcome is unknown (it may have been billed); "
-            "not resubmitted. Check the Evolink dashboard, or re-run with resubmit_unknown=True"
-        )
-
-    if record.failed_by_request():
-        assert record.error is not None and record.task_id is not None
-        code, message = record.error["code"], record.error.get("message", "")
-        logger.error("%s: failed earlier with %s (%s); change the request to try again", row_id, code, message)
-        raise TaskFailedError(record.task_id, code, message, "request")
-
-    estimated = await _attach_or_submit(record, request, credentials, ledger)
-    await finish_recorded_task(
-        record,
-        ledger,
-        destination,
-        credentials,
-        max_wait_seconds=max_wait_seconds,
-        poll_interval=poll_interval,
-        estimated_time=estimated,
-        storage_options=storage_options,
+    record = await generate_recorded(
+        record, request, client=client_for(credentials), ledger=ledger, options=options,
+        reporter=_reporter(),
     )
-    return _outcome(record, reused=False)
-
-
-async def _attach_or_submit(
-    record: LedgerRecord,
-    request: GenerationRequest,
-    credentials: SeedreamCredentials | None,
-    ledger: TaskLedger,
-) -> float | None:
-    """Keep the recorded task if it is usable, else submit; the task id is saved at once.
-
-    Returns:
-        The new task's estimated time, when one was submitted.
-    """
-    logger = get_run_logger()
-    if record.reattachable():
-        assert record.task_id is not None
-        try:
-            await client_for(credentials).get_task(record.task_id)
-            logger.info("%s: re-attaching to remote task %s", record.row_id, record.task_id)
-            return None
-        except NotFoundError:
-            logger.warning(
-                "%s: recorded task %s is gone; submitting again", record.row_id, record.task_id
-            )
-    try:
-        submitted = await submit_generation(request, credentials, label=record.row_id)
-    except SubmissionOutcomeUnknownError:
-        record.state, record.submitted_at = LedgerState.OUTCOME_UNKNOWN, time.time()
-        record.submissions += 1
-        record.error = {"code": "outcome_unknown", "message": "submission outcome unknown"}
-        await ledger.asave(record)
-        raise
-    record.task_id, record.state = submitted.id, LedgerState.SUBMITTED
-    record.submitted_at, record.submissions = time.time(), record.submissions + 1
-    record.credits, record.error, record.results = submitted.credits, None, []
-    await ledger.asave(record)  # persisted before waiting: a retry or re-run re-attaches
-    return submitted.task_info.estimated_time
-
-
-async def finish_recorded_task(
-    record: LedgerRecord,
-    ledger: TaskLedger,
-    destination: str,
-    credentials: SeedreamCredentials | None,
-    *,
-    max_wait_seconds: float = DEFAULT_MAX_WAIT_SECONDS,
-    poll_interval: float = 3.0,
-    estimated_time: float | None = None,
-    storage_options: dict[str, Any] | None = None,
-) -> LedgerRecord:
-    """Wait for a recorded task and store its images, saving each step in the ledger.
-
-    Used by :func:`generate_images` and by the recovery flow (which never submits).
-
-    Raises:
-        TaskFailedError: the task failed (recorded as such).
-        WaitTimeoutError: the cap ran out (the record stays in flight).
-    """
-    assert record.task_id is not None
-    try:
-        done = await wait_for_generation(
-            record.task_id,
-            credentials,
-            max_wait_seconds=max_wait_seconds,
-            estimated_time=estimated_time,
-            poll_interval=poll_interval,
-            label=record.row_id,
-        )
-    except TaskFailedError as exc:
-        record.state, record.finished_at = LedgerState.FAILED, time.time()
-        record.error = {"code": exc.code, "message": exc.message}
-        await ledger.asave(record)
-        raise
-    record.state, record.finished_at = LedgerState.COMPLETED, time.time()
-    record.results, record.credits = list(done.results), done.credits
-    await ledger.asave(record)
-    record.images = await store_images(
-        done,
-        destination,
-        credentials,
-        name=record.row_id,
-        storage_options=storage_options,
-        label=record.row_id,
-    )
-    record.state = LedgerState.STORED
-    await ledger.asave(record)
-    return record
-
-
-def _outcome(record: LedgerRecord, *, reused: bool) -> GeneratedImages:
-    return GeneratedImages(
-        row_id=record.row_id,
-        task_id=record.task_id,
-        images=record.images,
-        credits=record.credits,
-        submissions=record.submissions,
-        reused=reused,
-    )
+    return GeneratedImages.of(record, reused=False)

@@ -123,7 +123,11 @@ async def test_an_unbilled_failure_gives_its_reservation_back(
 async def test_an_unknown_outcome_counts_against_the_budget(
     seedream_env: RunningSimulator, tmp_path: Path
 ) -> None:
-    """A submission that may have been billed keeps its credits reserved."""
+    """A submission that may have been billed keeps its credits reserved.
+
+    (Changed with the split of the summary's credits: `credits` is what was charged,
+    `credits_at_risk` what may still be; both count against max_credits.)
+    """
     rows = rows_of(
         ("dropped", "a lantern [[sim:drop_after_create]]", 1),
         ("a", "a kite", 1),
@@ -142,7 +146,7 @@ async def test_an_unknown_outcome_counts_against_the_budget(
     assert lines["b"]["error"]["code"] == "budget_exceeded"
     assert "a boat" not in stats["submissions_by_prompt"]
     summary = await summary_of(state)
-    assert summary.credits == 4.0
+    assert (summary.credits, summary.credits_at_risk) == (2.0, 2.0)
     assert billed(seedream_env) <= 4
 
 

@@ -40,10 +40,14 @@ def test_prefect_yaml_registers_the_deployments(server: PrefectServer) -> None:
 
     dataset = server.api("GET", "/deployments/name/seedream-generate-dataset/generate-dataset")
     assert dataset["work_pool_name"] == "seedream-process"
-    assert dataset["entrypoint"] == "flows/dataset_flow.py:generate_dataset"
+    assert dataset["entrypoint"] == "prefect_seedream.flows:generate_dataset"
     schema = dataset["parameter_openapi_schema"]["properties"]
     assert schema["model"]["enum"] == ["doubao-seedream-4.0", "doubao-seedream-4.5"]
     assert all(prop.get("description") for prop in schema.values())
+
+    shard = server.api("GET", "/deployments/name/seedream-generate-shard/generate-shard")
+    assert shard["entrypoint"] == "prefect_seedream.flows:generate_shard"
+    assert shard["work_pool_name"] == "seedream-process"
 
     daily = server.api("GET", "/deployments/name/seedream-daily-content/daily-content")
     [schedule] = daily["schedules"]

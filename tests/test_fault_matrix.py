@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from prefect_seedream.api.client import DEFAULT_MAX_IMAGE_BYTES, RetryPolicy
+from prefect_seedream.api.client import RetryPolicy
+from prefect_seedream.defaults import MAX_IMAGE_BYTES
 from prefect_seedream.api.models import TASK_ERROR_KINDS, TaskErrorKind
 from prefect_seedream.flows import recover_dataset
 from prefect_seedream.simulator import RunningSimulator, SimulatorConfig, running_simulator
@@ -166,9 +167,13 @@ async def test_429_storms_on_submit_and_on_poll_honour_retry_after(
 async def test_submit_429_storm_longer_than_the_clients_attempts(
     seedream_env: RunningSimulator, tmp_path: Path
 ) -> None:
-    """Five 429s: the client gives up after 4 attempts, the task-level retry carries on."""
+    """Five 429s: the client gives up after 4 attempts, the row's retry carries on.
+
+    (Changed with the redesign of rows: the inner submit task's own Prefect retry is gone,
+    so the row's retry, `retries=1`, is the second layer.)
+    """
     fault = "a red fox [[sim:submit_status=429*5]] [[sim:retry_after=0]]"
-    state, lines, stats = await run_case(seedream_env, tmp_path, fault, retries=0)
+    state, lines, stats = await run_case(seedream_env, tmp_path, fault, retries=1)
 
     check_invariants(lines, stats, {fault: 1, CONTROL: 1})
     check_control(lines)
@@ -190,8 +195,9 @@ async def test_submit_429_forever_fails_without_any_task(
     assert line["error"]["code"] == "RateLimitError"
     assert "429" in line["error"]["message"]
     assert line["task_id"] is None
-    # 4 client attempts x 2 submit-task attempts x 2 generate-task attempts, never a task.
-    assert stats["submit_requests"] == 16 + 1
+    # 4 client attempts x 2 attempts of the row (retries=1), never a task. (Was 16: the
+    # inner submit task's Prefect retry doubled it; rows no longer have inner task runs.)
+    assert stats["submit_requests"] == 8 + 1
     await check_state(state, lines)
 
 
@@ -304,8 +310,9 @@ async def test_5xx_on_submit_forever_fails_without_any_task(
         assert line["error"]["code"] == "ServerError"
         assert f"HTTP {status}" in line["error"]["message"]
         assert line["task_id"] is None
-    # 4 client attempts x 2 attempts of the submit task, for each row; never a task.
-    assert stats["submit_requests"] == 8 * 3 + 1
+    # 4 client attempts for each row (retries=0); never a task. (Was 8: the inner submit
+    # task's Prefect retry doubled it; rows no longer have inner task runs.)
+    assert stats["submit_requests"] == 4 * 3 + 1
     await check_state(state, lines)
 
 
@@ -656,7 +663,7 @@ def oversize_sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningSimulator]:
     config = SimulatorConfig(
         latency_seconds=0.3,
         jitter_seconds=0.05,
-        download_max_bytes_oversize=DEFAULT_MAX_IMAGE_BYTES + (1 << 20),
+        download_max_bytes_oversize=MAX_IMAGE_BYTES + (1 << 20),
     )
     with running_simulator(config) as sim:
         monkeypatch.setenv("SEEDREAM_API_KEY", TEST_API_KEY)
@@ -673,7 +680,7 @@ async def test_download_over_the_size_cap(oversize_sim: RunningSimulator, tmp_pa
     line = by_id(lines)["fault"]
     assert line["status"] == "failed", line
     assert line["error"]["code"] == "ImageTooLargeError"
-    assert str(DEFAULT_MAX_IMAGE_BYTES) in line["error"]["message"]
+    assert str(MAX_IMAGE_BYTES) in line["error"]["message"]
     assert _downloads_of(oversize_sim, line["task_id"]) == 1  # not retried
     assert not list((tmp_path / "out").glob("fault*"))
     await check_state(state, lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -52,9 +53,12 @@ def test_block_registers_through_the_collections_entry_point() -> None:
     assert "seedream-credentials" in listing.stdout
 
 
-async def test_run_creates_progress_table_gallery_and_events(
+async def test_run_creates_progress_summary_failures_rows_gallery_and_events(
     seedream_env: RunningSimulator, tmp_path: Path
 ) -> None:
+    """(Changed with the redesign of rows: `seedream-summary` holds the counts, the rows are in
+    `seedream-rows` and the failed ones in `seedream-failures`; per-row events are the
+    failures only by default, `row_events="all"` adds `.submitted` and `.completed`.)"""
     rows = [
         {"id": "sunrise", "prompt": "A sunrise over dunes"},
         {"id": "refused", "prompt": "Refused [[sim:task_error=content_policy_violation]]"},
@@ -64,26 +68,41 @@ async def test_run_creates_progress_table_gallery_and_events(
 
     artifacts = {artifact.key: artifact for artifact in await artifacts_of(run_id)}
 
-    assert {"seedream-progress", "seedream-summary", "seedream-gallery"} <= set(artifacts)
+    assert {"seedream-progress", "seedream-summary", "seedream-failures", "seedream-rows",
+            "seedream-gallery"} <= set(artifacts)
     assert float(artifacts["seedream-progress"].data) == 100.0
-    table = artifacts["seedream-summary"].data
-    assert "sunrise" in table and "content_policy_violation" in table
+    counts = {row["what"]: row["count"] for row in json.loads(artifacts["seedream-summary"].data)}
+    assert (counts["rows succeeded"], counts["rows failed"], counts["rows in all"]) == (1, 1, 2)
+    failures = json.loads(artifacts["seedream-failures"].data)
+    assert [(row["row"], row["status"]) for row in failures] == [("refused", "failed")]
+    assert failures[0]["error"].startswith("content_policy_violation: ")
+    assert failures[0]["task id"].startswith("task-unified-")
+    table = json.loads(artifacts["seedream-rows"].data)
+    assert [row["row"] for row in table] == ["sunrise", "refused"]
+    assert all(row["task id"].startswith("task-unified-") for row in table)
     gallery = artifacts["seedream-gallery"].data
     assert "![sunrise](data:image/jpeg;base64," in gallery
     assert str((tmp_path / "out" / "sunrise-1.png").resolve()) in gallery
 
-    submitted = await events_of_run(run_id, "seedream.generation.submitted", expected=2)
-    assert len(submitted) == 2
-    assert all(e["resource"]["prefect.resource.id"].startswith("seedream.task.task-unified-") for e in submitted)
-    completed = await events_of_run(run_id, "seedream.generation.completed", expected=1)
     failed = await events_of_run(run_id, "seedream.generation.failed", expected=1)
-    assert [e["resource"]["prefect.resource.name"] for e in completed] == ["sunrise"]
     assert [e["resource"]["prefect.resource.name"] for e in failed] == ["refused"]
+    assert failed[0]["resource"]["prefect.resource.id"].startswith("seedream.task.task-unified-")
     assert failed[0]["payload"]["code"] == "content_policy_violation"
+    assert await events_of_run(run_id, "seedream.generation.submitted", expected=1, timeout=3) == []
     [finished] = await events_of_run(run_id, "seedream.dataset.", expected=1)
     assert finished["event"] == "seedream.dataset.failed"
     assert finished["payload"]["output"] == str(tmp_path / "out")
     assert finished["payload"]["failed"] == 1
+
+    every = await run_dataset(
+        write_csv(tmp_path / "d.csv", rows), tmp_path / "out-all", row_events="all"
+    )
+    every_id = flow_run_id_of(every)
+    submitted = await events_of_run(every_id, "seedream.generation.submitted", expected=2)
+    assert len(submitted) == 2
+    assert all(e["resource"]["prefect.resource.id"].startswith("seedream.task.task-unified-") for e in submitted)
+    completed = await events_of_run(every_id, "seedream.generation.completed", expected=1)
+    assert [e["resource"]["prefect.resource.name"] for e in completed] == ["sunrise"]
 
 
 def test_tasks_are_usable_from_a_sync_flow(seedream_env: RunningSimulator, tmp_path: Path) -> None:

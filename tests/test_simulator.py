@@ -5,12 +5,15 @@ from __future__ import annotations
 import ast
 import hashlib
 import io
+import itertools
 import json
 import logging
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +41,7 @@ SUBMIT = "/v1/images/generations"
 TASK_ID = re.compile(r"^task-unified-(\d+)-[a-z0-9]{8}$")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FAST = {"latency_seconds": 0.1, "jitter_seconds": 0.0}
+SUBMIT_ANSWER_STATS = ("submits_hung", "submits_late", "submits_dropped", "submits_undelivered")
 
 
 # -- fixtures and helpers ---------------------------------------------------------------------
@@ -90,6 +94,18 @@ def wait_terminal(client: httpx.Client, task_id: str, timeout: float = 5.0) -> d
                 return task
         assert time.monotonic() < deadline, f"task {task_id} did not finish"
         time.sleep(0.02)
+
+
+def wait_until(condition: Any, timeout: float = 5.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def answer_stats(sim: RunningSimulator) -> dict[str, int]:
+    stats = sim.stats()
+    return {name: stats[name] for name in SUBMIT_ANSWER_STATS}
 
 
 def assert_error(
@@ -224,6 +240,10 @@ INVALID = [
     ({"prompt": "a cat [[sim:no_such_marker]]"}, "prompt"),
     ({"prompt": "a cat [[sim:submit_status=418]]"}, "prompt"),
     ({"prompt": "a cat [[sim:poll_404]] [[sim:poll_404*2]]"}, "prompt"),
+    ({"prompt": "a cat [[sim:submit_hang=1]]"}, "prompt"),
+    ({"prompt": "a cat [[sim:download_delay]]"}, "prompt"),
+    ({"prompt": "a cat [[sim:download_delay=soon]]"}, "prompt"),
+    ({"prompt": "a cat [[sim:download_delay=-1]]"}, "prompt"),
 ]
 INVALID_4_0 = [
     ({"size": "1279x720"}, "size"),
@@ -454,7 +474,13 @@ def test_stats(sim: RunningSimulator, client: httpx.Client) -> None:
     assert stats["polls"] >= 1
     assert stats["downloads"] == 1
     assert stats["active_tasks"] == 0
-    assert stats["submissions_by_prompt"] == {same: 3, other_prompt: 1}
+    assert stats["submissions_by_prompt"] == {same: 3, other_prompt: 1}  # tasks, not requests
+    assert {name: stats[name] for name in SUBMIT_ANSWER_STATS} == {
+        "submits_hung": 0,
+        "submits_late": 0,
+        "submits_dropped": 0,
+        "submits_undelivered": 0,
+    }
     assert stats["per_key"][alpha] == {
         "submit_requests": 4,
         "tasks_created": 3,
@@ -470,6 +496,7 @@ def test_stats(sim: RunningSimulator, client: httpx.Client) -> None:
     stats = sim.stats()
     assert stats["tasks_created"] == 0 and stats["per_key"] == {}
     assert stats["submissions_by_prompt"] == {}
+    assert all(stats[name] == 0 for name in SUBMIT_ANSWER_STATS)
     assert_error(client.get(f"/v1/tasks/{ids[0]}"), 404, "not_found_error")
 
 
@@ -595,19 +622,145 @@ def test_drop_after_create(sim: RunningSimulator, client: httpx.Client) -> None:
     stats = sim.stats()
     assert stats["tasks_created"] == 1
     assert stats["submissions_by_prompt"] == {prompt: 1}
+    assert stats["submits_dropped"] == stats["submits_undelivered"] == 1
     (task_id,) = sim.app_state.tasks  # the task exists and can be polled by id
     assert wait_terminal(client, task_id)["status"] == "completed"
     submit_ok(client, prompt=prompt)  # *1: the second submission answers normally
     assert sim.stats()["submissions_by_prompt"] == {prompt: 2}
+    assert [t["answered"] for t in sim.tasks(prompt)] == [False, True]
+    assert answer_stats(sim)["submits_dropped"] == 1
 
 
 def test_submit_delay(sim: RunningSimulator) -> None:
+    prompt = "x [[sim:submit_delay=0.6]]"
     with (
         make_client(sim, timeout=httpx.Timeout(5, read=0.2)) as c,
         pytest.raises(httpx.ReadTimeout),
     ):
-        c.post(SUBMIT, json=body(prompt="x [[sim:submit_delay=0.6]]"))
+        c.post(SUBMIT, json=body(prompt=prompt))
     assert sim.stats()["tasks_created"] == 1
+    (task,) = sim.tasks(prompt)
+    assert task["answered"] is False  # the answer is still waiting
+    assert answer_stats(sim) == {
+        "submits_hung": 0,
+        "submits_late": 1,
+        "submits_dropped": 0,
+        "submits_undelivered": 0,
+    }
+    # when the delay is over, the client has gone: the answer is counted as undelivered
+    wait_until(lambda: answer_stats(sim)["submits_undelivered"] == 1, what="the late answer")
+    assert sim.tasks(prompt)[0]["answered"] is False
+
+
+def test_a_late_answer_after_reset_is_not_counted(sim: RunningSimulator) -> None:
+    with (
+        make_client(sim, timeout=httpx.Timeout(5, read=0.1)) as c,
+        pytest.raises(httpx.ReadTimeout),
+    ):
+        c.post(SUBMIT, json=body(prompt="x [[sim:submit_delay=0.3]]"))
+    sim.reset()
+    time.sleep(0.4)  # the abandoned answer's delay ends after the reset
+    assert all(value == 0 for value in answer_stats(sim).values())
+
+
+def test_submit_delay_waited_for_is_answered(sim: RunningSimulator, client: httpx.Client) -> None:
+    prompt = "x [[sim:submit_delay=0.2]]"
+    started = time.monotonic()
+    task_id = submit_ok(client, prompt=prompt)["id"]
+    assert time.monotonic() - started >= 0.2
+    assert sim.tasks(prompt)[0] | {"created_at": 0} == {
+        "id": task_id,
+        "prompt": prompt,
+        "status": "completed",
+        "created_at": 0,
+        "answered": True,
+        "polls": 0,
+        "downloads": 0,
+    }
+    assert answer_stats(sim)["submits_late"] == 1
+    assert answer_stats(sim)["submits_undelivered"] == 0
+
+
+def raw_submit(sim: RunningSimulator, prompt: str) -> socket.socket:
+    """Send a submit over a bare socket, so that a test sees every byte (or none) of the answer."""
+    payload = json.dumps(body(prompt=prompt)).encode()
+    head = (
+        f"POST {SUBMIT} HTTP/1.1\r\nHost: {sim.host}\r\nAuthorization: Bearer {KEY}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+    )
+    sock = socket.create_connection((sim.host, sim.port), timeout=5)
+    sock.sendall(head.encode() + payload)
+    return sock
+
+
+def test_submit_hang_sends_no_byte_while_the_task_completes(
+    sim: RunningSimulator, client: httpx.Client
+) -> None:
+    prompt = "a mill [[sim:submit_hang]]"
+    sock = raw_submit(sim, prompt)
+    try:
+        sock.settimeout(0.6)
+        with pytest.raises(TimeoutError):
+            sock.recv(1)  # not a byte, not even a status line
+        assert sim.app_state.holds.clients  # the answer is held
+        (task,) = sim.tasks(prompt)  # how a test learns the id of a task never answered
+        assert TASK_ID.match(task["id"])
+        assert task["answered"] is False
+        assert abs(task["created_at"] - sim.app_state.wall_time()) < 5  # the simulator's clock
+        done = wait_terminal(client, task["id"])  # it runs and completes like any task
+        assert done["status"] == "completed"
+        assert client.get(done["results"][0]).status_code == 200
+        stats = sim.stats()
+        assert stats["tasks_created"] == 1 and stats["submissions_by_prompt"] == {prompt: 1}
+        assert stats["submits_hung"] == stats["submits_undelivered"] == 1
+        assert stats["submits_late"] == stats["submits_dropped"] == 0
+        with pytest.raises(TimeoutError):
+            sock.recv(1)  # still nothing after the task completed
+    finally:
+        sock.close()
+    # the client gave up: the server lets the request go
+    wait_until(lambda: not sim.app_state.holds.clients, what="the hang to end")
+    assert sim.tasks(prompt)[0]["answered"] is False
+    assert sim.tasks(prompt)[0]["downloads"] == 1
+
+
+def test_submit_hang_first_n(sim: RunningSimulator, client: httpx.Client) -> None:
+    prompt = "a dam [[sim:submit_hang*1]]"
+    with make_client(sim, timeout=httpx.Timeout(5, read=0.3)) as impatient:
+        started = time.monotonic()
+        with pytest.raises(httpx.ReadTimeout):
+            impatient.post(SUBMIT, json=body(prompt=prompt))
+        assert time.monotonic() - started >= 0.3
+    second = submit_ok(client, prompt=prompt)  # *1: only the first submission hangs
+    hung, answered = sim.tasks(prompt)
+    assert (hung["answered"], answered["answered"]) == (False, True)
+    assert answered["id"] == second["id"] != hung["id"]
+    assert wait_terminal(client, hung["id"])["status"] == "completed"
+    stats = sim.stats()
+    assert stats["tasks_created"] == 2 and stats["submissions_by_prompt"] == {prompt: 2}
+    assert stats["submits_hung"] == stats["submits_undelivered"] == 1
+    wait_until(lambda: not sim.app_state.holds.clients, what="the hang to end")
+
+
+def test_tasks_listing(sim: RunningSimulator, client: httpx.Client) -> None:
+    first, second = "one [[sim:latency=30]]", "two"
+    ids = [submit_ok(client, prompt=first)["id"] for _ in range(2)]
+    other = submit_ok(client, prompt=second)["id"]
+    listed = sim.tasks(first)
+    assert [t["id"] for t in listed] == ids  # creation order, only this exact prompt
+    assert {t["status"] for t in listed} == {"pending"}
+    assert all(t["answered"] and t["prompt"] == first for t in listed)
+    assert listed[0]["created_at"] <= listed[1]["created_at"] <= sim.app_state.wall_time()
+    assert [t["id"] for t in sim.tasks()] == [*ids, other]
+    assert sim.tasks("one") == [] and sim.tasks("nobody") == []
+    url = wait_terminal(client, other)["results"][0]
+    client.get(url)
+    (done,) = sim.tasks(second)
+    assert done["status"] == "completed" and done["downloads"] == 1 and done["polls"] >= 1
+    sim.app_state.advance_time(86400 + 60)  # results expired: the tasks are gone
+    assert sim.tasks() == []
+    response = httpx.get(f"{sim.base_url}/_sim/tasks", params={"prompt": first})
+    assert response.status_code == 200 and response.json() == {"tasks": []}
 
 
 def test_latency_marker(sim: RunningSimulator, client: httpx.Client) -> None:
@@ -699,11 +852,55 @@ def test_download_expired_marker(client: httpx.Client) -> None:
     )
 
 
+def test_download_delay_pauses_mid_body(client: httpx.Client) -> None:
+    url = completed_url(client, "x [[sim:download_delay=0.8*1]]")
+    arrivals: list[tuple[float, bytes]] = []
+    with client.stream("GET", url) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "image/png"
+        total = int(response.headers["content-length"])
+        for chunk in response.iter_raw():
+            arrivals.append((time.monotonic(), chunk))
+    gaps = [later[0] - earlier[0] for earlier, later in itertools.pairwise(arrivals)]
+    assert gaps and max(gaps) >= 0.6
+    pause_at = gaps.index(max(gaps)) + 1
+    before = b"".join(chunk for _, chunk in arrivals[:pause_at])
+    whole = b"".join(chunk for _, chunk in arrivals)
+    assert len(before) == max(len(PNG_SIGNATURE), total // 2)  # the first half, then the pause
+    assert before.startswith(PNG_SIGNATURE)
+    assert len(whole) == total
+    Image.open(io.BytesIO(whole)).verify()
+    started = time.monotonic()
+    assert client.get(url).content == whole  # *1 per result URL: no pause the second time
+    assert time.monotonic() - started < 0.6
+
+
+def test_download_delay_leaves_a_partial_body(sim: RunningSimulator, client: httpx.Client) -> None:
+    url = completed_url(client, "x [[sim:download_delay=2]]")
+    received = b""
+    with (
+        make_client(sim, timeout=httpx.Timeout(5, read=0.3)) as impatient,
+        pytest.raises(httpx.ReadTimeout),
+        impatient.stream("GET", url) as response,
+    ):
+        total = int(response.headers["content-length"])
+        for chunk in response.iter_raw():
+            received += chunk
+    assert received.startswith(PNG_SIGNATURE)
+    assert len(received) == total // 2  # what a client killed during the pause has on disk
+
+
 def test_marker_parsing() -> None:
     plan = parse_fault_plan("[[sim:task_error=service_error*3]] text [[sim:latency=2.5]]")
     assert plan.task_error is not None and plan.task_error.limit == 3
     assert plan.latency is not None and plan.latency.value == 2.5
     assert parse_fault_plan("[[sim:broken").is_empty  # not a marker: ordinary text
+    plan = parse_fault_plan("[[sim:submit_hang*2]] [[sim:download_delay=1.5*3]]")
+    assert plan.submit_hang is not None and (plan.submit_hang.value, plan.submit_hang.limit) == (
+        True,
+        2,
+    )
+    assert plan.download_delay is not None and plan.download_delay.value == 1.5
 
 
 # -- random faults --------------------------------------------------------------------------
@@ -772,11 +969,164 @@ def test_fault_rate_one_always_fires() -> None:
             assert wait_terminal(c, task_id)["error"]["code"] == "content_policy_violation"
 
 
+def run_answer_script(sim: RunningSimulator, count: int = 12) -> list[str]:
+    """Submit ``count`` prompts; each outcome is read from the server's answer counters."""
+    outcomes: list[str] = []
+    with make_client(sim, timeout=httpx.Timeout(5, read=0.2)) as c:
+        for i in range(count):
+            before = answer_stats(sim)
+            try:
+                c.post(SUBMIT, json=body(prompt=f"answer {i}"))
+                answered = True
+            except httpx.ReadTimeout:
+                answered = False
+            after = answer_stats(sim)
+            if after["submits_hung"] > before["submits_hung"]:
+                assert not answered  # a hung answer never comes
+                outcomes.append("hang")
+            elif after["submits_late"] > before["submits_late"]:
+                outcomes.append("late")
+            else:
+                outcomes.append("ok")
+    stats = sim.stats()
+    assert stats["tasks_created"] == count  # every one of these submissions created its task
+    assert stats["submits_hung"] == outcomes.count("hang")
+    assert stats["submits_late"] == outcomes.count("late")
+    hung = [sim.tasks(f"answer {i}")[0] for i, o in enumerate(outcomes) if o == "hang"]
+    assert not any(task["answered"] for task in hung)
+    return outcomes
+
+
+def test_random_submit_hang_and_late_are_deterministic() -> None:
+    config = SimulatorConfig(
+        **FAST,
+        seed=5,
+        fault_rates={"submit_hang": 0.2, "submit_late": 0.3},
+        late_submit_seconds=0.05,
+    )
+    with running_simulator(config) as sim:
+        first = run_answer_script(sim)
+        sim.reset()  # re-seeds
+        second = run_answer_script(sim)
+    with running_simulator(config) as sim:
+        third = run_answer_script(sim)
+    assert first == second == third
+    assert {"hang", "late", "ok"} <= set(first)
+
+
+def test_late_submit_seconds() -> None:
+    config = SimulatorConfig(**FAST, fault_rates={"submit_late": 1.0}, late_submit_seconds=0.4)
+    with running_simulator(config) as sim, make_client(sim) as c:
+        started = time.monotonic()
+        task_id = submit_ok(c)["id"]
+        assert time.monotonic() - started >= 0.4
+        assert sim.tasks()[0]["id"] == task_id and sim.tasks()[0]["answered"] is True
+        assert answer_stats(sim) == {
+            "submits_hung": 0,
+            "submits_late": 1,
+            "submits_dropped": 0,
+            "submits_undelivered": 0,
+        }
+
+
+def test_zero_rates_draw_no_random_number() -> None:
+    def error_codes(rates: dict[str, float]) -> list[str]:
+        config = SimulatorConfig(**FAST, seed=2, fault_rates=rates)
+        with running_simulator(config) as sim, make_client(sim) as c:
+            ids = [submit_ok(c, prompt=f"zero {i}")["id"] for i in range(12)]
+            sim.app_state.advance_time(1)
+            codes = [c.get(f"/v1/tasks/{i}").json().get("error", {}).get("code", "") for i in ids]
+            assert answer_stats(sim)["submits_hung"] == answer_stats(sim)["submits_late"] == 0
+            return codes
+
+    rates = {"task_service_error": 0.5}
+    baseline = error_codes(rates)
+    assert error_codes({**rates, "submit_hang": 0.0, "submit_late": 0.0}) == baseline
+    assert set(baseline) == {"", "service_error"}
+
+
 def test_config_rejects_unknown_fault_rates() -> None:
     with pytest.raises(ValueError):
         SimulatorConfig(fault_rates={"poll_418": 0.5})
     with pytest.raises(ValueError):
         SimulatorConfig(fault_rates={"poll_500": 1.5})
+    with pytest.raises(ValueError):
+        SimulatorConfig(fault_rates={"submit_hang": 1.5})
+    with pytest.raises(ValueError):
+        SimulatorConfig(fault_rates={"submit_late": -0.1})
+    for seconds in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError):
+            SimulatorConfig(late_submit_seconds=seconds)
+    config = SimulatorConfig(fault_rates={"submit_hang": 0.1, "submit_late": 1.0})
+    assert config.fault_rates == {"submit_hang": 0.1, "submit_late": 1.0}
+    assert config.late_submit_seconds == 5.0
+
+
+# -- held responses and shutdown ------------------------------------------------------------
+
+
+def test_shutdown_is_not_blocked_by_held_responses() -> None:
+    outcomes: dict[str, BaseException | None] = {}
+    partial: list[bytes] = []
+
+    def submit(name: str, prompt: str, base_url: str) -> None:
+        try:
+            httpx.post(
+                f"{base_url}{SUBMIT}",
+                json=body(prompt=prompt),
+                headers={"Authorization": f"Bearer {KEY}"},
+                timeout=30,
+            )
+            outcomes[name] = None
+        except httpx.HTTPError as err:
+            outcomes[name] = err
+
+    def download(url: str) -> None:
+        try:
+            with httpx.stream("GET", url, timeout=30) as response:
+                partial.extend(response.iter_raw())
+            outcomes["download"] = None
+        except httpx.HTTPError as err:
+            outcomes["download"] = err
+
+    server_log = logging.getLogger("uvicorn.error")
+    handler = _Records()
+    server_log.addHandler(handler)
+    try:
+        with running_simulator(SimulatorConfig(**FAST)) as sim:
+            with make_client(sim) as c:
+                url = completed_url(c, "held [[sim:download_delay=30]]")
+            threads = [
+                threading.Thread(target=submit, args=(name, prompt, sim.base_url))
+                for name, prompt in (
+                    ("hang", "h [[sim:submit_hang]]"),
+                    ("late", "l [[sim:submit_delay=30]]"),
+                )
+            ]
+            threads.append(threading.Thread(target=download, args=(url,)))
+            for thread in threads:
+                thread.start()
+            wait_until(lambda: len(sim.app_state.holds.clients) == 2, what="two held submits")
+            wait_until(lambda: len(b"".join(partial)) > 0, what="the first half of the image")
+            holds = sim.app_state.holds
+            started = time.monotonic()
+        shutdown_seconds = time.monotonic() - started
+        for thread in threads:
+            thread.join(timeout=5)
+            assert not thread.is_alive()
+    finally:
+        server_log.removeHandler(handler)
+    # uvicorn alone would wait its 2 s graceful timeout, then cancel the requests with an error
+    assert shutdown_seconds < 1.5
+    assert [r for r in handler.records if r.levelno >= logging.ERROR] == []
+    assert holds.released
+    for name in ("hang", "late"):  # the connection closed without a byte of answer
+        assert isinstance(outcomes[name], httpx.RemoteProtocolError), outcomes[name]
+        assert "without sending a response" in str(outcomes[name])
+    assert isinstance(outcomes["download"], httpx.RemoteProtocolError)  # cut mid-body
+    assert b"".join(partial).startswith(PNG_SIGNATURE)
+    answers = sim.app_state.answers
+    assert (answers.hung, answers.late, answers.undelivered) == (1, 1, 2)
 
 
 # -- packaging, CLI -------------------------------------------------------------------------
@@ -803,6 +1153,7 @@ def test_cli_arguments() -> None:
             "--latency", "0.5", "--jitter", "0", "--ttl", "60", "--max-concurrency", "3",
             "--image-max-side", "0", "--format", "jpeg", "--seed", "3",
             "--api-key", "a", "--api-key", "b", "--fault-rate", "poll_503=0.25",
+            "--fault-rate", "submit_hang=0.1", "--late-submit-seconds", "7.5",
         ]
     )  # fmt: skip
     config = config_from_args(args)
@@ -810,7 +1161,9 @@ def test_cli_arguments() -> None:
     assert config.result_ttl_seconds == 60 and config.max_concurrent_tasks_per_key == 3
     assert config.image_max_side is None and config.image_format == "jpeg"
     assert config.seed == 3 and config.api_keys == {"a", "b"}
-    assert config.fault_rates == {"poll_503": 0.25}
+    assert config.fault_rates == {"poll_503": 0.25, "submit_hang": 0.1}
+    assert config.late_submit_seconds == 7.5
+    assert build_parser().parse_args([]).late_submit_seconds == 5.0
     assert args.port == 8787
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--fault-rate", "nonsense=1"])

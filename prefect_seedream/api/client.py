@@ -46,15 +46,30 @@ from prefect_seedream.api.errors import (
 )
 from prefect_seedream.api.imagetype import sniff_image_type
 from prefect_seedream.api.models import GenerationRequest, GenerationTask
+from prefect_seedream.defaults import (
+    API_KEY_ENV,
+    BASE_URL_ENV,
+    CONNECT_TIMEOUT_SECONDS,
+    DEFAULT_BASE_URL,
+    FIRST_POLL_FLOOR_SECONDS,
+    MAX_CONNECTIONS,
+    MAX_IMAGE_BYTES,
+    MAX_POLL_INTERVAL_SECONDS,
+    MAX_WAIT_SECONDS,
+    POLL_INTERVAL_SECONDS,
+    POOL_TIMEOUT_SECONDS,
+    READ_TIMEOUT_SECONDS,
+    WRITE_TIMEOUT_SECONDS,
+)
 
 logger = logging.getLogger("prefect_seedream.api")
 
-DEFAULT_BASE_URL = "https://api.evolink.ai"
-API_KEY_ENV = "SEEDREAM_API_KEY"
-BASE_URL_ENV = "SEEDREAM_BASE_URL"
-DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=30.0)
-DEFAULT_MAX_WAIT_SECONDS = 900.0
-DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
+DEFAULT_TIMEOUT = httpx.Timeout(
+    connect=CONNECT_TIMEOUT_SECONDS,
+    read=READ_TIMEOUT_SECONDS,
+    write=WRITE_TIMEOUT_SECONDS,
+    pool=POOL_TIMEOUT_SECONDS,
+)
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 
 ProgressCallback = Callable[[GenerationTask], Union[None, Awaitable[None]]]
@@ -87,13 +102,15 @@ class RetryPolicy:
 class PollPolicy:
     """How :meth:`SeedreamClient.wait` polls.
 
-    The first poll comes at the task's ``estimated_time`` (bounded by
-    ``min_interval`` and ``max_interval``); later polls start at ``min_interval``
-    and back off by ``factor`` up to ``max_interval``.
+    The first poll comes at the task's ``estimated_time`` (no sooner than
+    ``first_poll_floor``, no later than ``max_interval``): a task estimated at 2 s is
+    looked at after 2 s, not after ``min_interval``. Later polls start at
+    ``min_interval`` and back off by ``factor`` up to ``max_interval``.
 
     Attributes:
         min_interval: Shortest pause between polls (also the first one when the
             API gives no estimate).
+        first_poll_floor: Earliest first poll when the API gives an estimate.
         max_interval: Longest pause between polls.
         factor: Growth of the pause after each poll.
         max_wait: Wall-clock cap of the whole wait, in seconds.
@@ -102,10 +119,11 @@ class PollPolicy:
         max_consecutive_errors: Transient poll errors tolerated in a row.
     """
 
-    min_interval: float = 3.0
-    max_interval: float = 15.0
+    min_interval: float = POLL_INTERVAL_SECONDS
+    first_poll_floor: float = FIRST_POLL_FLOOR_SECONDS
+    max_interval: float = MAX_POLL_INTERVAL_SECONDS
     factor: float = 1.5
-    max_wait: float = DEFAULT_MAX_WAIT_SECONDS
+    max_wait: float = MAX_WAIT_SECONDS
     not_found_grace: float = 30.0
     max_consecutive_errors: int = 5
 
@@ -113,7 +131,7 @@ class PollPolicy:
         """The pause before the first poll."""
         if not estimated_time:
             return self.min_interval
-        return min(self.max_interval, max(self.min_interval, estimated_time))
+        return min(self.max_interval, max(self.first_poll_floor, estimated_time))
 
 
 @dataclass(frozen=True)
@@ -181,6 +199,11 @@ class SeedreamClient:
         self.poll = poll or PollPolicy()
         self._http = httpx.AsyncClient(
             timeout=timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout),
+            # httpx keeps 20 idle connections by default: with more rows in flight, every
+            # further request would open (and pay for) a new connection.
+            limits=httpx.Limits(
+                max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS
+            ),
             transport=transport,
             follow_redirects=False,
             headers={"User-Agent": "prefect-seedream"},
@@ -291,7 +314,7 @@ class SeedreamClient:
         )
 
     async def download(
-        self, url: str, sink: IO[bytes], *, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+        self, url: str, sink: IO[bytes], *, max_bytes: int = MAX_IMAGE_BYTES
     ) -> DownloadResult:
         """Stream a result image into a binary sink, checking its type and size.
 

@@ -13,7 +13,8 @@ Modules:
     images: deterministic result images.
     state: tasks, counters, statistics and concurrency.
     payloads: task objects as JSON.
-    responses: deliberately broken responses (dropped connections, huge bodies).
+    responses: deliberately broken responses (dropped connections, huge bodies, pauses).
+    holds: responses held open on purpose (hangs, delays) and their release on shutdown.
     app: the routes (:func:`create_app`).
     server: runners (:func:`run_simulator`, :func:`running_simulator`, :func:`main_simulator`).
 

@@ -6,6 +6,7 @@
 | ``GET /v1/tasks/{task_id}`` | Bearer (the creating key only) | query a task |
 | ``GET /files/{task_id}/{index}.{png,jpg}`` | none (like a CDN) | download a result image |
 | ``GET /_sim/stats`` | none | counters, see :meth:`SimulatorState.stats` |
+| ``GET /_sim/tasks[?prompt=P]`` | none | read-only list of live tasks (of prompt P), see :meth:`SimulatorState.task_listing` |
 | ``POST /_sim/reset`` | none | forget all tasks and counters |
 | ``GET /healthz`` | none | ``{"ok": true}`` |
 """
@@ -17,7 +18,7 @@ import json
 import re
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -25,19 +26,27 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from .config import SimulatorConfig
 from .errors import SimulatorHTTPError, error_body, retry_after_suggestion, simulated_error
 from .faults import (
+    CreationFaults,
     FaultAction,
     MarkerError,
     decide_creation_faults,
+    decide_download_delay,
     decide_download_fault,
     decide_poll_fault,
     decide_submit_fault,
     parse_fault_plan,
 )
+from .holds import HeldResponses, client_address
 from .images import CONTENT_TYPES, EXTENSIONS, render_image, served_size
 from .payloads import submit_payload, task_payload
-from .responses import TruncatedResponse, install_log_filter, oversize_body
+from .responses import (
+    PausedBodyResponse,
+    TruncatedResponse,
+    install_log_filter,
+    oversize_body,
+)
 from .rules import validate_generation_request
-from .state import SimTask, SimulatorState, key_id_for
+from .state import SimTask, SimulatorState, SubmitAnswerFault, key_id_for
 
 #: Shape of task ids; anything else is answered with 400 "Invalid task ID format".
 TASK_ID_RE = re.compile(r"^task-unified-[0-9]+-[a-z0-9]+$")
@@ -97,6 +106,75 @@ async def _image_bytes(state: SimulatorState, task: SimTask, index: int) -> byte
         )
         state.images.put(key, data)
     return data
+
+
+async def _client_gone(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _hold_until_gone(request: Request, holds: HeldResponses) -> None:
+    """Wait, sending nothing, until the client disconnects or the server shuts down."""
+    waiters = [
+        asyncio.ensure_future(_client_gone(request)),
+        asyncio.ensure_future(holds.until_released()),
+    ]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+async def _no_answer(request: Request, payload: dict[str, Any]) -> Response:
+    """The end of a held submit: nothing if the client has gone, else a dropped connection.
+
+    When the server shuts down it closes held connections itself, so the client sees the
+    connection close without a byte; the cut answer is only a fallback.
+    """
+    if await request.is_disconnected():
+        return Response(status_code=204)  # never sent: the connection is gone
+    return TruncatedResponse(_json_bytes(payload), "application/json")
+
+
+async def _answer_submit(
+    request: Request, state: SimulatorState, task: SimTask, faults: CreationFaults
+) -> Response:
+    """Answer a submit that created ``task``: hung, delayed, dropped or sent.
+
+    See "The submit answer of a created task" in :mod:`prefect_seedream.simulator.faults`.
+    """
+    payload = submit_payload(task, state.config)
+    client = client_address(request.scope.get("client"))
+    if faults.submit_hang:
+        state.record_answer("hung")
+        state.record_answer("undelivered")
+        with state.holds.hold(client):
+            await _hold_until_gone(request, state.holds)
+        return await _no_answer(request, payload)
+    delay = faults.submit_delay + (state.config.late_submit_seconds if faults.submit_late else 0)
+    if delay > 0:
+        state.record_answer("late")
+        with state.holds.hold(client):
+            waited = await state.holds.sleep(delay)
+        if not waited:
+            _record_if_current(state, task, "undelivered")
+            return await _no_answer(request, payload)
+    if faults.drop_after_create:
+        state.record_answer("dropped")
+        state.record_answer("undelivered")
+        return TruncatedResponse(_json_bytes(payload), "application/json")
+    if await request.is_disconnected():
+        _record_if_current(state, task, "undelivered")
+        return Response(status_code=204)  # never sent: the connection is gone
+    task.answered = True
+    return JSONResponse(payload)
+
+
+def _record_if_current(state: SimulatorState, task: SimTask, fault: SubmitAnswerFault) -> None:
+    """Count an answer's fate after a wait, unless ``POST /_sim/reset`` forgot its task."""
+    if state.tasks.get(task.id) is task:
+        state.record_answer(fault)
 
 
 def create_app(config: SimulatorConfig | None = None) -> FastAPI:
@@ -164,12 +242,7 @@ def create_app(config: SimulatorConfig | None = None) -> FastAPI:
 
         faults = decide_creation_faults(plan, generation.prompt, state.fault_counters, state.dice)
         task = state.create_task(generation, key_id, plan, faults)
-        payload = submit_payload(task, config)
-        if faults.submit_delay > 0:
-            await asyncio.sleep(faults.submit_delay)
-        if faults.drop_after_create:
-            return TruncatedResponse(_json_bytes(payload), "application/json")
-        return JSONResponse(payload)
+        return await _answer_submit(request, state, task, faults)
 
     @app.get("/v1/tasks/{task_id}")
     async def query_task(task_id: str, request: Request) -> Response:
@@ -205,9 +278,8 @@ def create_app(config: SimulatorConfig | None = None) -> FastAPI:
         ):
             raise not_found
         media_type = CONTENT_TYPES[config.image_format]
-        fault = decide_download_fault(
-            task.plan, f"{task.id}/{index}", state.fault_counters, state.dice
-        )
+        url_scope = f"{task.id}/{index}"
+        fault = decide_download_fault(task.plan, url_scope, state.fault_counters, state.dice)
         if fault is not None:
             if fault.kind == "status":
                 raise _fault_error(fault, "Resource not found or expired")
@@ -220,11 +292,22 @@ def create_app(config: SimulatorConfig | None = None) -> FastAPI:
                     oversize_body(config.download_max_bytes_oversize), media_type=media_type
                 )
             return TruncatedResponse(await _image_bytes(state, task, index), media_type)
+        pause = decide_download_delay(task.plan, url_scope, state.fault_counters)
+        if pause > 0:
+            return PausedBodyResponse(
+                await _image_bytes(state, task, index),
+                media_type,
+                lambda: state.holds.sleep(pause),
+            )
         return Response(content=await _image_bytes(state, task, index), media_type=media_type)
 
     @app.get("/_sim/stats")
     async def stats() -> Response:
         return JSONResponse(state.stats())
+
+    @app.get("/_sim/tasks")
+    async def list_tasks(prompt: str | None = Query(default=None)) -> Response:
+        return JSONResponse({"tasks": state.task_listing(prompt)})
 
     @app.post("/_sim/reset")
     async def reset() -> Response:

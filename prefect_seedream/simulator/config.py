@@ -22,6 +22,8 @@ FAULT_RATE_KEYS: frozenset[str] = frozenset(
         "poll_503",
         "poll_429",
         "drop_after_create",
+        "submit_hang",
+        "submit_late",
         "task_service_error",
         "task_content_policy",
         "download_500",
@@ -55,6 +57,8 @@ class SimulatorConfig(BaseModel):
             N seconds") of concurrency-limit 429 answers.
         fault_rates: Probabilities (0..1) of random faults for soak runs, keyed by one of
             :data:`FAULT_RATE_KEYS`.
+        late_submit_seconds: How long the random ``submit_late`` fault delays the answer of a
+            submit whose task was created (finite, >= 0).
         download_max_bytes_oversize: Size in bytes of the body served for the
             ``[[sim:download=oversize]]`` marker.
 
@@ -79,6 +83,7 @@ class SimulatorConfig(BaseModel):
     max_concurrent_tasks_per_key: int | None = Field(default=None, ge=1)
     rate_limit_retry_after: int = Field(default=1, ge=0)
     fault_rates: dict[str, float] = Field(default_factory=dict)
+    late_submit_seconds: float = Field(default=5.0, ge=0.0, allow_inf_nan=False)
     download_max_bytes_oversize: int = Field(default=64 * 1024 * 1024, ge=8)
 
     @field_validator("api_keys")

@@ -21,6 +21,7 @@ every time.
 | ``[[sim:retry_after=R]]`` | seconds in the ``"retry after R seconds"`` ``fallback_suggestion`` of simulated 429/503 answers (default 1) | (not counted) |
 | ``[[sim:drop_after_create]]`` | the task is created, then the connection is dropped mid-response (declared Content-Length larger than the bytes sent); the client sees a transport error, not a status | tasks created with this prompt |
 | ``[[sim:submit_delay=SECONDS]]`` | the task is created, then the submit response is delayed SECONDS | tasks created with this prompt |
+| ``[[sim:submit_hang]]`` | the task is created (counted, and it runs and completes like any other task, so a poll by id finds it), then the submit response is held open without sending a single byte until the client disconnects; when the server shuts down, the connection is closed without an answer | tasks created with this prompt |
 | ``[[sim:latency=SECONDS]]`` | this task's latency (no jitter) instead of the configured one; a huge value never finishes | tasks created with this prompt |
 | ``[[sim:images=K]]`` | generate K images (0..15, capped so that reference images + K <= 15) instead of ``n``; ``credits_used`` follows K | tasks created with this prompt |
 | ``[[sim:extra_fields]]`` | task objects carry unknown extra fields at top level and in ``task_info`` / ``usage`` | tasks created with this prompt |
@@ -32,25 +33,42 @@ every time.
 | ``[[sim:download=not_image]]`` | 200 with the image content type (``image/png`` by default), but the bytes are an HTML error page | downloads of each URL |
 | ``[[sim:download=oversize]]`` | 200, the image content type, a chunked body (no Content-Length) of ``download_max_bytes_oversize`` bytes: a PNG signature, then padding | downloads of each URL |
 | ``[[sim:download=expired]]`` | result URLs answer 404 as if expired | downloads of each URL |
+| ``[[sim:download_delay=SECONDS]]`` | 200 with the full Content-Length; the first half of the image (at least the 8-byte PNG signature) is sent, then the body pauses SECONDS, then the rest is sent (a client killed during the pause leaves a partial image); when the server shuts down during the pause, the connection is dropped | downloads of each URL |
 
 The three poll markers combine in the order ``poll_404``, ``poll_status``, ``poll_malformed``:
 each one, while it fires, consumes its own count, so ``[[sim:poll_404*1]][[sim:poll_status=503*2]]``
-gives 404, 503, 503, then normal answers. Downloads likewise check ``download_status`` before
-``download``.
+gives 404, 503, 503, then normal answers. Downloads likewise check ``download_status``, then
+``download``, then the random download faults; ``download_delay`` only acts on (and is only
+counted by) a download that none of these turned into a fault.
+
+The submit answer of a created task: ``submit_hang`` (marker or random) wins, and nothing is
+sent; otherwise the answer waits ``submit_delay`` plus ``late_submit_seconds`` when the random
+``submit_late`` fired, then ``drop_after_create`` cuts it or it is sent. Markers that fire on
+the same submission are each counted, even when ``submit_hang`` makes the others moot. An
+answer that waits (hang or delay) is registered as held: on server shutdown its connection is
+closed without an answer, so that shutdown never waits for it. ``GET /_sim/stats`` counts these
+answers (``submits_hung``, ``submits_late``, ``submits_dropped``, ``submits_undelivered``) and
+``GET /_sim/tasks`` tells for each task whether its answer was delivered (``answered``).
 
 Random faults
 -------------
 ``SimulatorConfig.fault_rates`` maps a fault name to a probability, decided with a
 ``random.Random`` seeded from ``SimulatorConfig.seed``: ``submit_500``, ``submit_429``,
 ``submit_503`` (no task created), ``drop_after_create``, ``task_service_error``,
-``task_content_policy`` (at task creation), ``poll_500``, ``poll_503``, ``poll_429``,
-``download_500``, ``download_truncated``. A fault whose rate is 0 draws no random number, so a
+``task_content_policy`` (at task creation), ``submit_hang`` (the task is created, its answer
+never comes, as with the marker), ``submit_late`` (the task is created, its answer is delayed
+``SimulatorConfig.late_submit_seconds``, default 5, on top of any ``submit_delay``),
+``poll_500``, ``poll_503``, ``poll_429``, ``download_500``, ``download_truncated``. At creation
+they are drawn in the order task errors, ``drop_after_create``, ``submit_hang``,
+``submit_late``; a random fault is not drawn when a marker already caused the same fault, nor
+``submit_late`` when the answer hangs. A fault whose rate is 0 draws no random number, so a
 configuration without fault rates consumes none, and the same requests in the same order give
 the same faults (``POST /_sim/reset`` re-seeds).
 
 Order of decisions on a submit: authentication, JSON and contract validation (markers only act
-on bodies that pass it), marker syntax, ``submit_status``, random ``submit_*`` faults, the
-per-key concurrency limit, then the task is created with its creation-time faults.
+on bodies that pass it), marker syntax, ``submit_status``, random ``submit_500`` /
+``submit_429`` / ``submit_503``, the per-key concurrency limit, then the task is created with its creation-time faults, then its
+answer is hung, delayed, dropped or sent.
 """
 
 from __future__ import annotations
@@ -124,6 +142,7 @@ class FaultPlan:
     retry_after: Marker[int] | None = None
     drop_after_create: Marker[bool] | None = None
     submit_delay: Marker[float] | None = None
+    submit_hang: Marker[bool] | None = None
     latency: Marker[float] | None = None
     images: Marker[int] | None = None
     extra_fields: Marker[bool] | None = None
@@ -132,6 +151,7 @@ class FaultPlan:
     poll_malformed: Marker[bool] | None = None
     download_status: Marker[int] | None = None
     download: Marker[str] | None = None
+    download_delay: Marker[float] | None = None
 
     @property
     def is_empty(self) -> bool:
@@ -144,9 +164,11 @@ class FaultPlan:
         return self.retry_after.value if self.retry_after is not None else 1
 
 
-_FLAG_KEYS = frozenset({"drop_after_create", "extra_fields", "poll_404", "poll_malformed"})
+_FLAG_KEYS = frozenset(
+    {"drop_after_create", "submit_hang", "extra_fields", "poll_404", "poll_malformed"}
+)
 _STATUS_KEYS = frozenset({"submit_status", "poll_status", "download_status"})
-_SECONDS_KEYS = frozenset({"submit_delay", "latency"})
+_SECONDS_KEYS = frozenset({"submit_delay", "latency", "download_delay"})
 KNOWN_MARKERS: frozenset[str] = frozenset(f.name for f in fields(FaultPlan))
 
 
@@ -335,7 +357,10 @@ class CreationFaults:
         images: Number of images to generate instead of ``n``, or ``None``.
         extra_fields: Whether task objects carry unknown extra fields.
         drop_after_create: Whether the submit connection is dropped mid-response.
-        submit_delay: Seconds to wait before answering the submit.
+        submit_delay: Seconds to wait before answering the submit (``submit_delay`` marker).
+        submit_hang: Whether the submit answer is never sent (marker or random fault).
+        submit_late: Whether the random ``submit_late`` fault delays the answer by
+            ``SimulatorConfig.late_submit_seconds`` (on top of ``submit_delay``).
 
     Examples:
         >>> CreationFaults().error_code is None
@@ -348,6 +373,8 @@ class CreationFaults:
     extra_fields: bool = False
     drop_after_create: bool = False
     submit_delay: float = 0.0
+    submit_hang: bool = False
+    submit_late: bool = False
 
 
 _RANDOM_TASK_ERRORS: dict[str, str] = {
@@ -390,6 +417,13 @@ def decide_creation_faults(
         >>> faults = decide_creation_faults(plan, "p", FaultCounters(), FaultDice({}, 0))
         >>> (faults.error_code, faults.images)
         ('service_error', 2)
+        >>> plan = parse_fault_plan("p [[sim:submit_hang*1]]")
+        >>> counters, dice = FaultCounters(), FaultDice({}, 0)
+        >>> [decide_creation_faults(plan, "p", counters, dice).submit_hang for _ in range(2)]
+        [True, False]
+        >>> late = FaultDice({"submit_late": 1.0}, 0)
+        >>> decide_creation_faults(FaultPlan(), "p", counters, late).submit_late
+        True
     """
     error_code: str | None = None
     if counters.take(prompt, "task_error", plan.task_error):
@@ -419,7 +453,9 @@ def decide_creation_faults(
         and counters.take(prompt, "submit_delay", plan.submit_delay)
         else 0.0
     )
-    return CreationFaults(error_code, latency, images, extra_fields, drop, delay)
+    hang = counters.take(prompt, "submit_hang", plan.submit_hang) or dice.roll("submit_hang")
+    late = not hang and dice.roll("submit_late")
+    return CreationFaults(error_code, latency, images, extra_fields, drop, delay, hang, late)
 
 
 def decide_poll_fault(
@@ -474,3 +510,21 @@ def decide_download_fault(
     if dice.roll("download_truncated"):
         return FaultAction("truncated", None, retry_after, "download_truncated")
     return None
+
+
+def decide_download_delay(plan: FaultPlan, url_scope: str, counters: FaultCounters) -> float:
+    """Seconds a fault-free download pauses mid-body (``download_delay`` marker), else 0.
+
+    Examples:
+        >>> plan = parse_fault_plan("p [[sim:download_delay=1.5*1]]")
+        >>> counters = FaultCounters()
+        >>> [decide_download_delay(plan, "t/0", counters) for _ in range(2)]
+        [1.5, 0.0]
+        >>> decide_download_delay(plan, "t/1", counters)  # counted per result URL
+        1.5
+    """
+    if plan.download_delay is None or not counters.take(
+        url_scope, "download_delay", plan.download_delay
+    ):
+        return 0.0
+    return plan.download_delay.value

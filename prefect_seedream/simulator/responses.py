@@ -1,4 +1,5 @@
-"""ASGI responses that misbehave on purpose: cut bodies, dropped connections, huge streams.
+"""ASGI responses that misbehave on purpose: cut bodies, dropped connections, huge streams,
+bodies that pause halfway.
 
 A :class:`TruncatedResponse` declares a ``Content-Length`` larger than the bytes it sends,
 then raises :class:`SimulatedConnectionDrop`; the ASGI server (uvicorn) reacts to an exception
@@ -10,7 +11,7 @@ transport error (``httpx.RemoteProtocolError``), never a status code.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -63,6 +64,57 @@ class TruncatedResponse(Response):
             }
         )
         raise SimulatedConnectionDrop("simulated connection drop")
+
+
+def pause_split(size: int) -> int:
+    """Bytes a :class:`PausedBodyResponse` sends before its pause: half, at least 8, never all.
+
+    Examples:
+        >>> pause_split(1000), pause_split(10), pause_split(1)
+        (500, 8, 0)
+    """
+    return min(max(len(PNG_SIGNATURE), size // 2), max(0, size - 1))
+
+
+class PausedBodyResponse(Response):
+    """Send the headers (full ``Content-Length``) and the first part of the body, pause, then
+    send the rest.
+
+    Args:
+        content: The complete body.
+        media_type: ``Content-Type`` of the response.
+        pause: Called between the two parts; returns ``True`` once the pause is over, or
+            ``False`` if it was cut short (server shutdown): then the connection is dropped
+            (:class:`SimulatedConnectionDrop`) instead of sending the rest.
+
+    Examples:
+        >>> async def no_pause() -> bool:
+        ...     return True
+        >>> PausedBodyResponse(b"0123456789abcdef", "image/png", no_pause).split
+        8
+    """
+
+    def __init__(
+        self, content: bytes, media_type: str, pause: Callable[[], Awaitable[bool]]
+    ) -> None:
+        super().__init__(content=content, media_type=media_type)
+        self.pause = pause
+        self.split = pause_split(len(content))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": self.status_code,
+                "headers": self.raw_headers,
+            }
+        )
+        await send(
+            {"type": "http.response.body", "body": self.body[: self.split], "more_body": True}
+        )
+        if not await self.pause():
+            raise SimulatedConnectionDrop("simulated connection drop (server shutting down)")
+        await send({"type": "http.response.body", "body": self.body[self.split :]})
 
 
 async def oversize_body(total_bytes: int) -> AsyncIterator[bytes]:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -17,6 +18,7 @@ from fastapi import FastAPI
 
 from .app import create_app, get_state
 from .config import FAULT_RATE_KEYS, SimulatorConfig
+from .holds import ClientAddress, HeldResponses
 from .state import SimulatorState
 
 DEFAULT_PORT = 8787
@@ -33,16 +35,63 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _uvicorn_server(app: FastAPI, log_level: str) -> uvicorn.Server:
-    return uvicorn.Server(
-        uvicorn.Config(
-            app,
-            log_level=log_level,
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=2,
-        )
+def _close_held_connections(connections: Iterable[object], held: frozenset[ClientAddress]) -> int:
+    """Close the transports of uvicorn connections whose client has a held response.
+
+    Reads uvicorn's protocol objects (``client``, ``transport``) defensively: with another
+    server or version nothing is closed, and held submits end with a cut answer instead.
+
+    Returns:
+        The number of connections closed.
+    """
+    closed = 0
+    for connection in list(connections):
+        client = getattr(connection, "client", None)
+        transport = getattr(connection, "transport", None)
+        if (
+            client is not None
+            and tuple(client) in held
+            and isinstance(transport, asyncio.BaseTransport)
+        ):
+            transport.close()
+            closed += 1
+    return closed
+
+
+class SimulatorServer(uvicorn.Server):
+    """A uvicorn server that releases the simulator's held responses when it shuts down.
+
+    uvicorn's graceful shutdown waits (up to ``timeout_graceful_shutdown``, 2 s here) for open
+    requests. Before it starts, this server closes the connections of held submits (hung or
+    delayed: the client sees the connection close without an answer) and ends every held
+    wait (:meth:`HeldResponses.release`: paused downloads drop their connection), so the
+    shutdown waits for none of them.
+
+    Args:
+        config: uvicorn's configuration.
+        holds: The held responses of the app being served.
+    """
+
+    def __init__(self, config: uvicorn.Config, holds: HeldResponses) -> None:
+        super().__init__(config)
+        self.holds = holds
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Release held responses, then shut down like uvicorn."""
+        _close_held_connections(self.server_state.connections, self.holds.clients)
+        self.holds.release()
+        await super().shutdown(sockets=sockets)
+
+
+def _uvicorn_server(app: FastAPI, log_level: str) -> SimulatorServer:
+    config = uvicorn.Config(
+        app,
+        log_level=log_level,
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=2,
     )
+    return SimulatorServer(config, get_state(app).holds)
 
 
 def _url_host(host: str) -> str:
@@ -116,6 +165,14 @@ class RunningSimulator:
     def reset(self) -> None:
         """``POST /_sim/reset``: forget every task and counter."""
         self._client.post("/_sim/reset").raise_for_status()
+
+    def tasks(self, prompt: str | None = None) -> list[dict[str, Any]]:
+        """``GET /_sim/tasks``: the live tasks, of one exact prompt text if given."""
+        params = {"prompt": prompt} if prompt is not None else None
+        response = self._client.get("/_sim/tasks", params=params)
+        response.raise_for_status()
+        tasks: list[dict[str, Any]] = response.json()["tasks"]
+        return tasks
 
     def close(self) -> None:
         """Release the HTTP client used by :meth:`stats` and :meth:`reset`."""
@@ -228,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=P",
         help="random fault probability (repeatable), e.g. poll_503=0.05",
     )
+    parser.add_argument(
+        "--late-submit-seconds",
+        type=float,
+        default=5.0,
+        help="delay of answers hit by the random submit_late fault (default 5)",
+    )
     parser.add_argument("--log-level", default="warning", help="uvicorn log level")
     return parser
 
@@ -251,6 +314,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         result_ttl_seconds=args.ttl,
         max_concurrent_tasks_per_key=args.max_concurrency,
         fault_rates=dict(args.fault_rate),
+        late_submit_seconds=args.late_submit_seconds,
     )
 
 

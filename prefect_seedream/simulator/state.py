@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from .config import SimulatorConfig
 from .faults import CreationFaults, FaultCounters, FaultDice, FaultPlan
+from .holds import HeldResponses
 from .images import ImageCache
 from .rules import MAX_IMAGES_TOTAL, GenerationRequest, ModelRules
 
@@ -60,6 +61,10 @@ class SimTask:
         plan: The prompt's fault markers.
         polls: Number of polls of this task so far.
         downloads: Number of downloads of this task's results so far.
+        created_unix: :meth:`SimulatorState.wall_time` at creation (float seconds).
+        answered: Whether the submit's 200 answer (with the task id) was sent on a connection
+            that was still open; ``False`` while a delayed answer waits, and for hung, dropped
+            and abandoned answers.
 
     Examples:
         >>> from prefect_seedream.simulator.rules import validate_generation_request
@@ -86,6 +91,8 @@ class SimTask:
     plan: FaultPlan
     polls: int = 0
     downloads: int = 0
+    created_unix: float = 0.0
+    answered: bool = False
 
     @property
     def finishes_at(self) -> float:
@@ -135,6 +142,37 @@ class KeyCounters:
         return asdict(self)
 
 
+SubmitAnswerFault = Literal["hung", "late", "dropped", "undelivered"]
+
+
+@dataclass
+class SubmitAnswerCounters:
+    """What happened to the answers of submits that created a task (``submits_*`` stats).
+
+    Attributes:
+        hung: Answers held open by ``submit_hang`` (marker or random); never sent.
+        late: Answers delayed by ``submit_delay`` or the random ``submit_late`` (counted when
+            the delay starts, whether or not the answer is delivered in the end).
+        dropped: Answers cut by ``drop_after_create`` (marker or random).
+        undelivered: Tasks created whose 200 answer was not sent on an open connection:
+            hung, dropped, delayed answers whose client had gone (or that a shutdown ended),
+            and answers to a client that disconnected before them.
+
+    Examples:
+        >>> SubmitAnswerCounters(hung=1).as_dict()["submits_hung"]
+        1
+    """
+
+    hung: int = 0
+    late: int = 0
+    dropped: int = 0
+    undelivered: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters as a JSON-ready dict, keys prefixed with ``submits_``."""
+        return {f"submits_{name}": value for name, value in asdict(self).items()}
+
+
 class SimulatorState:
     """Everything a simulator remembers; reset by :meth:`reset` (``POST /_sim/reset``).
 
@@ -156,6 +194,8 @@ class SimulatorState:
         self.totals = KeyCounters()
         self.per_key: dict[str, KeyCounters] = {}
         self.submissions_by_prompt: dict[str, int] = {}
+        self.answers = SubmitAnswerCounters()
+        self.holds = HeldResponses()
         self.time_offset = 0.0
         self._jitter_rng = random.Random(config.seed)
 
@@ -199,6 +239,10 @@ class SimulatorState:
         """Count an authenticated poll."""
         self.totals.polls += 1
         self.key_counters(key_id).polls += 1
+
+    def record_answer(self, fault: SubmitAnswerFault) -> None:
+        """Count a submit answer that was hung, delayed, dropped or not delivered."""
+        setattr(self.answers, fault, getattr(self.answers, fault) + 1)
 
     def record_download(self, task: SimTask | None) -> None:
         """Count a download, attributed to the key that created the task (if known)."""
@@ -249,7 +293,8 @@ class SimulatorState:
             The new task.
         """
         self.prune()
-        created = int(self.wall_time())
+        wall_time = self.wall_time()
+        created = int(wall_time)
         latency = faults.latency if faults.latency is not None else self._draw_latency()
         images = faults.images if faults.images is not None else request.n
         images = min(images, MAX_IMAGES_TOTAL - len(request.image_urls))
@@ -268,6 +313,7 @@ class SimulatorState:
             error_code=faults.error_code,
             extra_fields=faults.extra_fields,
             plan=plan,
+            created_unix=wall_time,
         )
         self.tasks[task.id] = task
         counters = self.key_counters(key_id)
@@ -288,6 +334,36 @@ class SimulatorState:
             return None
         return task
 
+    def task_listing(self, prompt: str | None = None) -> list[dict[str, Any]]:
+        """The ``GET /_sim/tasks`` entries: live tasks in creation order, optionally of one prompt.
+
+        Args:
+            prompt: Exact prompt text (markers included); ``None`` lists every task.
+
+        Returns:
+            One dict per task that has not expired: ``id``, ``prompt``, ``status``,
+            ``created_at`` (Unix time, float), ``answered``, ``polls`` and ``downloads``.
+
+        Examples:
+            >>> SimulatorState(SimulatorConfig()).task_listing("a cat")
+            []
+        """
+        now = self.now()
+        ttl = self.config.result_ttl_seconds
+        return [
+            {
+                "id": task.id,
+                "prompt": task.prompt,
+                "status": task.status_at(now)[0],
+                "created_at": task.created_unix,
+                "answered": task.answered,
+                "polls": task.polls,
+                "downloads": task.downloads,
+            }
+            for task in self.tasks.values()
+            if (prompt is None or task.prompt == prompt) and not task.is_expired(now, ttl)
+        ]
+
     def prune(self) -> None:
         """Forget tasks whose results have expired."""
         now = self.now()
@@ -302,11 +378,15 @@ class SimulatorState:
 
         Returns:
             ``submit_requests``, ``tasks_created``, ``polls``, ``downloads``,
-            ``peak_concurrent_tasks``, ``active_tasks``, ``submissions_by_prompt`` and
-            ``per_key`` (keyed by :func:`key_id_for`, never by the raw key).
+            ``peak_concurrent_tasks``, ``active_tasks``, the :class:`SubmitAnswerCounters`
+            (``submits_hung``, ``submits_late``, ``submits_dropped``, ``submits_undelivered``),
+            ``submissions_by_prompt`` (tasks *created* per exact prompt text; rejected submit
+            requests are not counted) and ``per_key`` (keyed by :func:`key_id_for`, never by
+            the raw key).
         """
         body: dict[str, Any] = self.totals.as_dict()
         body["active_tasks"] = self.active_tasks()
+        body.update(self.answers.as_dict())
         body["submissions_by_prompt"] = dict(self.submissions_by_prompt)
         body["per_key"] = {key: c.as_dict() for key, c in sorted(self.per_key.items())}
         return body
@@ -320,4 +400,5 @@ class SimulatorState:
         self.totals = KeyCounters()
         self.per_key.clear()
         self.submissions_by_prompt.clear()
+        self.answers = SubmitAnswerCounters()
         self._jitter_rng = random.Random(self.config.seed)

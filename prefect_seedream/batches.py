@@ -1,0 +1,197 @@
+"""Rows in batches: one Prefect task run per batch of consecutive rows.
+
+A Prefect task run costs a few milliseconds of the flow's CPU and tens of milliseconds of the
+server's (its states travel as events that the server's task-run recorder writes to its
+database, see ``benchmarks/README.md``). One per row is what makes a big dataset slow, and
+what overwhelms a default ``prefect server start``. So a dataset of up to
+``ONE_TASK_RUN_PER_ROW_UP_TO`` rows runs one task run per row, named after the row
+(``row-<id>``), and a bigger one runs batches of consecutive rows (``rows-<first>-<last>``),
+about ``TARGET_TASK_RUNS`` of them, at most ``MAX_ROWS_PER_TASK`` rows each.
+
+Rows of every batch in progress share the run's concurrency: a batch is a unit of
+observation (a task run with its logs, its state and, for big runs, a table of its rows),
+not a unit of scheduling; a slow row never holds up the rows of later batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import acreate_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed, Failed, State
+from prefect.utilities.annotations import quote
+
+from prefect_seedream.artifacts import row_table
+from prefect_seedream.dataset import DatasetRow
+from prefect_seedream.defaults import MAX_ROWS_PER_TASK, ONE_TASK_RUN_PER_ROW_UP_TO, TARGET_TASK_RUNS
+from prefect_seedream.manifest import ROW_STATUSES, RunLine
+from prefect_seedream.parts import RunParts
+from prefect_seedream.runner import RowRunner
+
+
+def rows_per_task_for(total_rows: int, requested: int | None = None) -> int:
+    """How many rows one task run handles.
+
+    Examples:
+        >>> rows_per_task_for(14), rows_per_task_for(1000), rows_per_task_for(10_000)
+        (1, 20, 200)
+        >>> rows_per_task_for(10_000, requested=1)
+        1
+    """
+    if requested is not None:
+        return max(1, requested)
+    if total_rows <= ONE_TASK_RUN_PER_ROW_UP_TO:
+        return 1
+    return min(MAX_ROWS_PER_TASK, math.ceil(total_rows / TARGET_TASK_RUNS))
+
+
+@dataclass
+class RowBatch:
+    """Consecutive rows handled by one task run.
+
+    Attributes:
+        rows: The rows, in input order.
+    """
+
+    rows: list[DatasetRow] = field(default_factory=list)
+
+    @property
+    def first(self) -> int:
+        """Number of the first row."""
+        return self.rows[0].number
+
+    @property
+    def last(self) -> int:
+        """Number of the last row."""
+        return self.rows[-1].number
+
+    @property
+    def label(self) -> str:
+        """The task run's name: the row's id for one row, the row range for a batch."""
+        if len(self.rows) == 1:
+            return f"row-{self.rows[0].row_id}"[:100]
+        return f"rows-{self.first}-{self.last}"
+
+
+def batches_of(rows: Iterable[DatasetRow], size: int) -> Iterator[RowBatch]:
+    """Group a stream of rows into batches of ``size`` consecutive rows."""
+    batch = RowBatch()
+    for row in rows:
+        batch.rows.append(row)
+        if len(batch.rows) == size:
+            yield batch
+            batch = RowBatch()
+    if batch.rows:
+        yield batch
+
+
+def _counts(items: list[RunLine]) -> dict[str, int]:
+    counts = dict.fromkeys(ROW_STATUSES, 0)
+    for item in items:
+        counts[item.line.status] += 1
+    return counts
+
+
+@task(
+    name="generate-rows",
+    task_run_name="{label}",
+    description="Generate and store the images of a batch of consecutive dataset rows.",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+async def generate_rows(
+    label: str, batch: RowBatch, runner: RowRunner, parts: RunParts, table: bool = False
+) -> State:
+    """Run a batch of rows and write their part of the manifest.
+
+    The task run ends Completed when every row succeeded, else Failed with the counts
+    (a failed row never stops the others); its rows' lines are in the run's part file.
+
+    Args:
+        label: The task run's name.
+        batch: The rows.
+        runner: Runs each row.
+        parts: Where the batch's lines go.
+        table: Also attach a table of the batch's rows to the task run (big runs).
+
+    Examples:
+        ```python
+        state = await generate_rows(batch.label, quote(batch), quote(runner), quote(parts),
+                                    return_state=True)
+        ```
+    """
+    reporter = runner.reporter_for(get_run_logger(), verbose=len(batch.rows) == 1)
+    items = list(await asyncio.gather(*(runner.run(row, reporter) for row in batch.rows)))
+    await asyncio.to_thread(parts.write, batch.first, batch.last, items)
+    counts = _counts(items)
+    summary = ", ".join(f"{count} {status.replace('_', ' ')}" for status, count in counts.items() if count)
+    message = f"rows {batch.first}-{batch.last}: {summary}" if len(items) > 1 else f"{summary}"
+    if table:
+        await acreate_table_artifact(
+            row_table(item.line for item in items), description=f"Rows {batch.first} to {batch.last}: {summary}"
+        )
+    if counts["succeeded"] == len(items):
+        return Completed(message=message)
+    return Failed(message=message)
+
+
+async def run_batches(
+    rows: Iterable[DatasetRow],
+    *,
+    runner: RowRunner,
+    parts: RunParts,
+    rows_per_task: int,
+    max_concurrency: int,
+    tables: bool,
+    before_batch: Callable[[], None] = lambda: None,
+) -> None:
+    """Run every batch of a row stream, keeping enough batches going to fill the concurrency.
+
+    Only the batches in progress are in memory: ``ceil(max_concurrency / rows_per_task) + 1``
+    of them, so that rows are always queued for every free slot while a batch finishes its
+    last rows.
+
+    Args:
+        rows: The rows, streamed.
+        runner: Runs each row.
+        parts: Where each batch's lines go.
+        rows_per_task: Rows per batch.
+        max_concurrency: The run's concurrency.
+        tables: Attach a table of its rows to each batch's task run.
+        before_batch: Called before each batch starts (raises to stop the run).
+    """
+    most_active = max(2, math.ceil(max_concurrency / rows_per_task) + 1)
+    active: set[asyncio.Task[Any]] = set()
+    try:
+        for batch in batches_of(rows, rows_per_task):
+            while len(active) >= most_active:
+                done, active = await asyncio.wait(active, return_when=asyncio.FIRST_COMPLETED)
+                _log_crashed_batches(done)
+            before_batch()
+            active.add(asyncio.create_task(generate_rows(
+                batch.label, quote(batch), quote(runner), quote(parts), table=tables,
+                return_state=True,
+            )))
+        if active:
+            done, _ = await asyncio.wait(active)
+            _log_crashed_batches(done)
+    except BaseException:
+        for pending in active:
+            pending.cancel()
+        await asyncio.gather(*active, return_exceptions=True)
+        raise
+
+
+def _log_crashed_batches(done: set[asyncio.Task[Any]]) -> None:
+    """A batch's task run returns its state; an exception here is the engine's, not a row's."""
+    for finished in done:
+        error = finished.exception()
+        if error is not None:
+            logging.getLogger("prefect_seedream").error("a batch stopped: %r", error)

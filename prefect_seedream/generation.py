@@ -1,0 +1,348 @@
+"""The steps of one generation as plain async functions: submit, wait, store.
+
+The four public tasks (:mod:`prefect_seedream.tasks`) and the dataset flow's rows are built on
+these same functions. They know no Prefect task: a caller decides how a step is observed
+(a :class:`StepReporter` says which log lines and events it emits), so a dataset of 10,000
+rows costs no task run, event or INFO line per step, while a task used on its own logs and
+emits everything.
+
+:func:`generate_recorded` runs one attempt of a ledger-backed generation: it follows the
+record's :meth:`~prefect_seedream.ledger.LedgerRecord.next_step`, saves the write-ahead intent
+before submitting, saves the task id before waiting, and saves the stored images last.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from typing import Any
+
+from prefect_seedream.api.client import PollPolicy, SeedreamClient
+from prefect_seedream.api.errors import (
+    NotFoundError,
+    SeedreamAPIError,
+    SeedreamConnectionError,
+    SubmissionOutcomeUnknownError,
+    TaskFailedError,
+)
+from prefect_seedream.api.models import GenerationRequest, GenerationTask, TaskStatus
+from prefect_seedream.defaults import (
+    MAX_IMAGE_BYTES,
+    MAX_POLL_INTERVAL_SECONDS,
+    MAX_WAIT_SECONDS,
+    POLL_INTERVAL_SECONDS,
+    RowEvents,
+)
+from prefect_seedream.events import emit_generation_event
+from prefect_seedream.ledger import LedgerRecord, LedgerState, NextStep, TaskLedger
+from prefect_seedream.storage import ImageStore, StoredImage, safe_stem
+
+
+@dataclass(frozen=True)
+class WaitOptions:
+    """How long and how often to poll a task.
+
+    Attributes:
+        max_wait_seconds: Wall-clock cap of the wait.
+        poll_interval: Shortest pause between polls (the first comes at the task's estimate).
+        max_poll_interval: Longest pause between polls.
+    """
+
+    max_wait_seconds: float = MAX_WAIT_SECONDS
+    poll_interval: float = POLL_INTERVAL_SECONDS
+    max_poll_interval: float = MAX_POLL_INTERVAL_SECONDS
+
+    def policy(self, *, not_found_grace: float | None = None) -> PollPolicy:
+        """The client's poll policy for these options."""
+        policy = PollPolicy(
+            min_interval=self.poll_interval,
+            max_interval=max(self.poll_interval, self.max_poll_interval),
+            max_wait=self.max_wait_seconds,
+        )
+        return policy if not_found_grace is None else replace(policy, not_found_grace=not_found_grace)
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Options of a ledger-backed generation (:func:`generate_recorded`).
+
+    Attributes:
+        wait: How to wait for the task.
+        resubmit_unknown: Submit again after an earlier submission whose outcome is unknown.
+        max_bytes: Size cap per image.
+    """
+
+    wait: WaitOptions = WaitOptions()
+    resubmit_unknown: bool = False
+    max_bytes: int = MAX_IMAGE_BYTES
+
+
+class StepReporter:
+    """What the steps of a generation tell the world: log lines and Prefect events.
+
+    Args:
+        logger: Where log lines go (a Prefect run logger, usually).
+        level: Level of the step lines (submitted, state changes, stored): INFO for a task
+            used on its own, DEBUG for the rows of a dataset run.
+        failure_level: Level of the line naming a failed task and the API's message
+            (a dataset run logs its failed rows itself, with a cap).
+        events: Which ``seedream.generation.*`` events to emit: ``all``, ``failures``
+            (a failed task only) or ``none``.
+
+    Examples:
+        ```python
+        reporter = StepReporter(get_run_logger(), level=logging.DEBUG, events="failures")
+        ```
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger | logging.LoggerAdapter[Any],
+        *,
+        level: int = logging.INFO,
+        failure_level: int = logging.ERROR,
+        events: RowEvents = "all",
+    ) -> None:
+        self.logger = logger
+        self.level = level
+        self.failure_level = failure_level
+        self.events = events
+
+    def submitted(self, label: str, request: GenerationRequest, task: GenerationTask) -> None:
+        """A submission was answered with a task."""
+        self.logger.log(
+            self.level,
+            "Submitted %s: remote task %s (%s, n=%d, %s credits reserved)",
+            label, task.id, request.model, request.n,
+            task.usage.credits_reserved if task.usage else "?",
+        )
+        if self.events == "all":
+            emit_generation_event(
+                "submitted", task.id, label=label, model=request.model,
+                payload={"n": request.n, "credits_reserved": task.credits},
+            )
+
+    def reattached(self, label: str, task_id: str) -> None:
+        """A run waits for a task an earlier run submitted."""
+        self.logger.log(self.level, "%s: re-attaching to remote task %s", label, task_id)
+
+    def status_changed(self, label: str, task_id: str, status: TaskStatus) -> None:
+        """A poll saw a new status."""
+        self.logger.log(self.level, "%s: remote task %s is %s", label, task_id, status.value)
+
+    def failed(self, label: str, task: GenerationTask, code: str, message: str) -> None:
+        """The task ended failed; the API's own message is logged."""
+        self.logger.log(
+            self.failure_level, "%s: remote task %s failed with %s: %s", label, task.id, code, message
+        )
+        if self.events in ("all", "failures"):
+            emit_generation_event(
+                "failed", task.id, label=label, model=task.model,
+                payload={"code": code, "message": message},
+            )
+
+    def completed(self, label: str, task: GenerationTask) -> None:
+        """The task completed."""
+        if self.events == "all":
+            emit_generation_event(
+                "completed", task.id, label=label, model=task.model,
+                payload={"images": len(task.results), "credits": task.credits},
+            )
+
+    def stored(self, label: str, count: int, destination: str) -> None:
+        """The task's images are stored."""
+        self.logger.log(self.level, "%s: stored %d image(s) in %s", label, count, destination)
+
+
+async def submit_request(
+    client: SeedreamClient, request: GenerationRequest, reporter: StepReporter, label: str
+) -> GenerationTask:
+    """Submit one generation; the client retries only what provably created no task."""
+    task = await client.submit(request)
+    reporter.submitted(label, request, task)
+    return task
+
+
+async def wait_for_task(
+    client: SeedreamClient,
+    task_id: str,
+    reporter: StepReporter,
+    label: str,
+    *,
+    options: WaitOptions = WaitOptions(),
+    estimated_time: float | None = None,
+    not_found_grace: float | None = None,
+) -> GenerationTask:
+    """Poll a task until it is terminal; log each state change once; raise if it failed.
+
+    Raises:
+        TaskFailedError: the task failed (``kind`` says whose fault), after it was reported.
+        WaitTimeoutError: the cap ran out; the task may still finish.
+        NotFoundError: the API does not know the task (after ``not_found_grace`` seconds).
+    """
+    seen: list[TaskStatus] = []
+
+    def on_progress(update: GenerationTask) -> None:
+        if not seen or seen[-1] is not update.status:
+            seen.append(update.status)
+            reporter.status_changed(label, task_id, update.status)
+
+    done = await client.wait(
+        task_id,
+        max_wait=options.max_wait_seconds,
+        estimated_time=estimated_time,
+        on_progress=on_progress,
+        poll=options.policy(not_found_grace=not_found_grace),
+    )
+    if done.status is not TaskStatus.COMPLETED:
+        code = done.error.code if done.error else done.status.value
+        message = done.error.message if done.error else ""
+        reporter.failed(label, done, code, message)
+        done.raise_for_failure()
+    reporter.completed(label, done)
+    return done
+
+
+async def store_task_images(
+    client: SeedreamClient,
+    store: ImageStore,
+    task: GenerationTask,
+    stem: str,
+    *,
+    max_bytes: int = MAX_IMAGE_BYTES,
+    thumbnails: bool = True,
+) -> list[StoredImage]:
+    """Download, verify and store every result of a completed task as ``<stem>-<i>.<ext>``."""
+    return await store.save_results(
+        client, task.results, safe_stem(stem), max_bytes=max_bytes, thumbnails=thumbnails
+    )
+
+
+def next_step_of(record: LedgerRecord, store: ImageStore, *, resubmit_unknown: bool) -> NextStep:
+    """What to do with a row now, checking that a stored row's files are still there."""
+    images_present = record.state is LedgerState.STORED and all(
+        store.exists(image.uri) for image in record.images
+    )
+    return record.next_step(images_present=images_present, resubmit_unknown=resubmit_unknown)
+
+
+async def generate_recorded(
+    record: LedgerRecord,
+    request: GenerationRequest | None,
+    *,
+    client: SeedreamClient,
+    ledger: TaskLedger,
+    options: GenerationOptions,
+    reporter: StepReporter,
+    thumbnails: bool = True,
+) -> LedgerRecord:
+    """One attempt at a row: reuse, re-attach or submit, then wait and store.
+
+    Every change of the record is saved before the step that depends on it: the intent
+    before the submission is sent, the task id before waiting, the images last.
+
+    Args:
+        record: The row's ledger record (changed in place, and saved).
+        request: The row's request; None to collect a recorded task only, never submitting
+            (the recovery flow): a gone task then raises ``NotFoundError``.
+        client: The API client.
+        ledger: The ledger the record belongs to (its store receives the images).
+        options: Wait, resubmission and size options.
+        reporter: Which log lines and events the steps emit.
+        thumbnails: Also make gallery thumbnails of the images.
+
+    Raises:
+        SubmissionOutcomeUnknownError: an earlier or this submission may have been billed.
+        TaskFailedError: the task failed (or failed earlier through the request's fault).
+        SeedreamError: anything else that stopped the attempt; ``retryable`` says if
+            another attempt may help.
+    """
+    store = ledger.store
+    step = next_step_of(record, store, resubmit_unknown=options.resubmit_unknown)
+    label = record.row_id
+    if step is NextStep.REUSE:
+        return record
+    if step is NextStep.REFUSE_UNKNOWN:
+        raise SubmissionOutcomeUnknownError(
+            f"{label}: an earlier submission's outcome is unknown (it may have been billed); "
+            "not resubmitted. Check the Evolink dashboard, or re-run with resubmit_unknown=True"
+        )
+    if step is NextStep.REPEAT_FAILURE:
+        assert record.error is not None and record.task_id is not None
+        raise TaskFailedError(
+            record.task_id, record.error["code"], record.error.get("message", ""), "request"
+        )
+
+    estimated_time: float | None = None
+    done: GenerationTask | None = None
+    if step is NextStep.REATTACH:
+        assert record.task_id is not None
+        reporter.reattached(label, record.task_id)
+        try:  # a task submitted long ago: a 404 means it is gone, not "not visible yet"
+            done = await _wait_recorded(record, client, ledger, reporter, options, not_found_grace=0)
+        except NotFoundError:
+            record.task_gone()
+            await ledger.asave(record)
+            if request is None:
+                raise
+    if done is None:
+        if request is None:
+            raise NotFoundError(404, f"{label}: no task in flight to collect ({record.state.value})")
+        estimated_time = await _submit_recorded(record, request, client, ledger, reporter)
+        done = await _wait_recorded(record, client, ledger, reporter, options, estimated_time=estimated_time)
+    record.task_completed(done)
+    images = await store_task_images(
+        client, store, done, label, max_bytes=options.max_bytes, thumbnails=thumbnails
+    )
+    reporter.stored(label, len(images), store.destination)
+    record.images_stored(images)
+    await ledger.asave(record)
+    return record
+
+
+async def _submit_recorded(
+    record: LedgerRecord,
+    request: GenerationRequest,
+    client: SeedreamClient,
+    ledger: TaskLedger,
+    reporter: StepReporter,
+) -> float | None:
+    """Write the intent, submit, record the answer; returns the task's estimated time."""
+    record.begin_submission(request.reserved_credits)
+    await ledger.asave(record)  # durable before a byte is sent
+    try:
+        task = await submit_request(client, request, reporter, record.row_id)
+    except SubmissionOutcomeUnknownError:
+        record.submission_lost()
+        await ledger.asave(record)
+        raise
+    except (SeedreamAPIError, SeedreamConnectionError) as exc:  # answered, or never sent
+        record.submission_refused(type(exc).__name__, str(exc))
+        await ledger.asave(record)
+        raise
+    record.submitted(task)
+    await ledger.asave(record)  # durable before waiting: a retry or a re-run re-attaches
+    return task.task_info.estimated_time
+
+
+async def _wait_recorded(
+    record: LedgerRecord,
+    client: SeedreamClient,
+    ledger: TaskLedger,
+    reporter: StepReporter,
+    options: GenerationOptions,
+    *,
+    estimated_time: float | None = None,
+    not_found_grace: float | None = None,
+) -> GenerationTask:
+    """Wait for the recorded task; a failed task is recorded (and raised)."""
+    assert record.task_id is not None
+    try:
+        return await wait_for_task(
+            client, record.task_id, reporter, record.row_id, options=options.wait,
+            estimated_time=estimated_time, not_found_grace=not_found_grace,
+        )
+    except TaskFailedError as exc:
+        record.task_failed(exc.code, exc.message)
+        await ledger.asave(record)
+        raise

@@ -1,0 +1,96 @@
+"""Building a row's manifest line: from the dataset row and what the ledger says of it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prefect_seedream.dataset import DatasetRow, InvalidRow, RowDefaults, ValidRow, iter_rows
+from prefect_seedream.ledger import LedgerRecord, TaskLedger
+from prefect_seedream.manifest import ManifestError, ManifestImage, ManifestLine, RowStatus, RunLine
+from prefect_seedream.storage import StoredImage
+
+
+def manifest_images(images: list[StoredImage]) -> list[ManifestImage]:
+    """Stored images as the manifest lists them."""
+    return [ManifestImage(uri=i.uri, width=i.width, height=i.height, bytes=i.bytes) for i in images]
+
+
+def line_for(row: DatasetRow, status: RowStatus, **fields: Any) -> ManifestLine:
+    """A manifest line for a row, with its request's parameters.
+
+    Examples:
+        >>> from prefect_seedream.dataset import InvalidRow
+        >>> line = line_for(InvalidRow(3, "row-3", "x", "prompt is missing", {}), "failed")
+        >>> line.row_id, line.row_number, line.status
+        ('row-3', 3, 'failed')
+    """
+    if isinstance(row, ValidRow):
+        request = row.request
+        parameters = request.model_dump(include={"size", "n", "prompt_priority", "image_urls"})
+        parameters["image_urls"] = list(request.image_urls)
+        return ManifestLine(
+            row_id=row.row_id,
+            row_number=row.number,
+            prompt=request.prompt,
+            model=request.model,
+            parameters=parameters,
+            status=status,
+            **fields,
+        )
+    return ManifestLine(
+        row_id=row.row_id,
+        row_number=row.number,
+        prompt=row.prompt,
+        model=row.parameters.get("model"),
+        parameters={k: v for k, v in row.parameters.items() if k != "model"},
+        status=status,
+        **fields,
+    )
+
+
+def invalid_line(row: InvalidRow) -> ManifestLine:
+    """The line of a row that cannot be submitted."""
+    return line_for(row, "failed", error=ManifestError(code="invalid_row", message=row.reason))
+
+
+def line_from_record(
+    row: ValidRow, record: LedgerRecord | None, *, reused: bool = False, **fields: Any
+) -> ManifestLine:
+    """The manifest line that a row's ledger record stands for."""
+    if record is None:
+        return line_for(
+            row,
+            "skipped",
+            error=ManifestError(code="not_started", message="the run stopped before this row was submitted"),
+            **fields,
+        )
+    status, error = record.status()
+    return line_for(
+        row,
+        status,
+        task_id=record.task_id,
+        images=manifest_images(record.images),
+        credits=record.credits if status != "failed" else None,
+        submissions=record.submissions,
+        reused=reused,
+        error=error,
+        **fields,
+    )
+
+
+def lines_from_ledger(
+    dataset: str, ledger: TaskLedger, defaults: RowDefaults, first: int = 1, last: int | None = None
+) -> Iterator[RunLine]:
+    """The lines of rows ``first..last`` as the ledger tells them (a stopped run's rows).
+
+    Rows with stored images are ``succeeded``, rows with a recorded task still running are
+    ``in_flight``, rows whose submission had no recorded answer ``outcome_unknown``, rows
+    never submitted ``skipped``, invalid rows ``failed``. Nothing is charged to any run.
+    """
+    for row in iter_rows(dataset, defaults, first, last):
+        if isinstance(row, InvalidRow):
+            yield RunLine(line=invalid_line(row))
+        else:
+            record = ledger.load(ledger.key_for(row.row_id, row.request))
+            yield RunLine(line=line_from_record(row, record))

@@ -1,0 +1,150 @@
+"""Part files of a run's manifest, and merging them into ``manifest.jsonl``.
+
+A run (or each shard of a sharded run) handles rows in batches of consecutive rows. When a
+batch is done, its lines are written to one part file, named by the batch's row range:
+``.seedream/runs/<run id>/part-<first>-<last>.jsonl``. Memory stays flat in the number of
+rows: only the batches in progress are held. At the end, the parts are concatenated in row
+order into ``manifest.jsonl``; a range without a part (a shard that crashed, a run stopped
+early) is filled from the ledger, so the manifest always has exactly one line per input row.
+Parts also tell progress: listing the folder says which rows are done, on any store.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from prefect_seedream.manifest import MANIFEST_NAME, RunLine, iter_manifest
+from prefect_seedream.storage import PRIVATE_DIR, ImageStore
+
+RUNS_DIR = f"{PRIVATE_DIR}/runs"
+_PART = re.compile(r"part-(\d+)-(\d+)\.jsonl$")
+
+#: Fills the lines of the rows ``first..last`` (both included; ``last`` None: to the end of
+#: the dataset) that no part has.
+GapFiller = Callable[[int, "int | None"], Iterable[RunLine]]
+
+
+@dataclass(frozen=True, order=True)
+class PartName:
+    """The row range one part file covers (row numbers, both ends included)."""
+
+    first: int
+    last: int
+
+    @property
+    def file_name(self) -> str:
+        """The part's file name.
+
+        Examples:
+            >>> PartName(1, 20).file_name
+            'part-0000000001-0000000020.jsonl'
+        """
+        return f"part-{self.first:010d}-{self.last:010d}.jsonl"
+
+    @property
+    def rows(self) -> int:
+        """How many rows the part covers."""
+        return self.last - self.first + 1
+
+
+class RunParts:
+    """The part files of one run in one output.
+
+    Args:
+        store: The run's output.
+        run_id: The run's id (the flow run id of the run that owns the output).
+
+    Examples:
+        ```python
+        parts = RunParts(ImageStore("output"), run_id)
+        parts.write(1, 20, lines)
+        parts.merge(total_rows=20, fill_gap=lambda first, last: [])
+        ```
+    """
+
+    def __init__(self, store: ImageStore, run_id: str) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.folder = f"{RUNS_DIR}/{run_id}"
+
+    def write(self, first: int, last: int, lines: list[RunLine]) -> None:
+        """Write the lines of rows ``first..last`` (any order; they are sorted by row)."""
+        ordered = sorted(lines, key=lambda item: item.line.row_number)
+        text = "".join(item.model_dump_json() + "\n" for item in ordered)
+        self.store.write_text(f"{self.folder}/{PartName(first, last).file_name}", text)
+
+    def names(self) -> list[PartName]:
+        """The parts written so far, in row order."""
+        found = []
+        for path in self.store.list(self.folder):
+            match = _PART.search(path)
+            if match:
+                found.append(PartName(int(match.group(1)), int(match.group(2))))
+        return sorted(found)
+
+    def rows_done(self) -> int:
+        """How many rows the written parts cover (progress of a run, read from any process)."""
+        return sum(part.rows for part in self.names())
+
+    def lines(self, part: PartName) -> Iterator[RunLine]:
+        """The lines of one part."""
+        text = self.store.read_text(f"{self.folder}/{part.file_name}") or ""
+        for raw in text.splitlines():
+            if raw.strip():
+                yield RunLine.model_validate_json(raw)
+
+    def merge(
+        self, total_rows: int | None, fill_gap: GapFiller, on_line: Callable[[RunLine], None]
+    ) -> str:
+        """Write ``manifest.jsonl``: every row 1..``total_rows`` once, in row order.
+
+        Lines of an earlier manifest whose row id is not in this dataset (a run over
+        another dataset into the same output) are kept after this run's lines. The
+        manifest appears at once, complete (see :meth:`ImageStore.open_atomic`).
+
+        Args:
+            total_rows: Rows in the dataset (None: unknown, the gap filler reads to its end).
+            fill_gap: Lines for a row range no part covers.
+            on_line: Called with each of this run's lines as it is written (the summary).
+
+        Returns:
+            The manifest's URI.
+        """
+        ids: set[str] = set()
+        with self.store.open_atomic(MANIFEST_NAME) as out:
+            for item in self._all_lines(total_rows, fill_gap):
+                ids.add(item.line.row_id)
+                on_line(item)
+                out.write(item.line.model_dump_json().encode("utf-8") + b"\n")
+            for kept in iter_manifest(self.store):
+                if kept.get("row_id") not in ids:
+                    out.write(_json_line(kept))
+        return self.store.uri_for(self.store.path_for(MANIFEST_NAME))
+
+    def remove(self) -> None:
+        """Delete the run's parts (once merged)."""
+        self.store.remove_tree(self.folder)
+
+    def _all_lines(self, total_rows: int | None, fill_gap: GapFiller) -> Iterator[RunLine]:
+        expected = 1
+        for part in self.names():
+            if part.first < expected:  # overlaps what was written: a bug, never hide it
+                raise RuntimeError(f"part {part.file_name} overlaps rows already merged")
+            if part.first > expected:
+                yield from fill_gap(expected, part.first - 1)
+            yield from self.lines(part)
+            expected = part.last + 1
+        if total_rows is None or expected <= total_rows:
+            yield from fill_gap(expected, total_rows)
+
+
+def clear_runs(store: ImageStore) -> None:
+    """Remove the parts that earlier (killed) runs left behind."""
+    store.remove_tree(RUNS_DIR)
+
+
+def _json_line(value: dict[str, object]) -> bytes:
+    return (json.dumps(value, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")

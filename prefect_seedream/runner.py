@@ -1,0 +1,248 @@
+"""Runs the rows of a dataset run, one coroutine per row: budget, concurrency, retries, outcome.
+
+A row costs no Prefect task run, event or INFO line of its own: its steps are plain calls
+(:func:`prefect_seedream.generation.generate_recorded`), its retries an ``asyncio.sleep``
+that gives its concurrency slot back meanwhile, its failure one WARNING line (for the first
+``FAILURES_LOGGED`` of a run) and, when ``row_events`` asks for it, one event. Every outcome,
+a bug included, becomes the row's manifest line: nothing is silently lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from prefect_seedream.api.client import SeedreamClient
+from prefect_seedream.api.errors import (
+    SeedreamAPIError,
+    SeedreamError,
+    SubmissionOutcomeUnknownError,
+    TaskFailedError,
+    WaitTimeoutError,
+)
+from prefect_seedream.artifacts import Gallery
+from prefect_seedream.budget import CreditBudget
+from prefect_seedream.dataset import DatasetRow, InvalidRow, ValidRow
+from prefect_seedream.defaults import FAILURES_LOGGED, RETRY_JITTER_FACTOR, RowEvents
+from prefect_seedream.generation import GenerationOptions, StepReporter, generate_recorded, next_step_of
+from prefect_seedream.ledger import Charge, LedgerRecord, NextStep, TaskLedger
+from prefect_seedream.lines import invalid_line, line_for, line_from_record
+from prefect_seedream.manifest import ManifestError, RunLine
+from prefect_seedream.slots import SlotPool
+
+
+@dataclass(frozen=True)
+class RetryOptions:
+    """How a row is retried after a failure worth retrying (429, 5xx, service-side failure).
+
+    Attributes:
+        retries: Retries after the first attempt.
+        delay_seconds: First delay; doubled at each retry.
+        jitter_factor: Each delay is multiplied by a random factor in [1 - f, 1 + f].
+    """
+
+    retries: int = 0
+    delay_seconds: float = 0.0
+    jitter_factor: float = RETRY_JITTER_FACTOR
+
+    def delay(self, retry: int, error: SeedreamError) -> float:
+        """Seconds before retry number ``retry`` (1-based); never less than the API asked."""
+        base = self.delay_seconds * 2 ** (retry - 1)
+        jittered = base * random.uniform(1 - self.jitter_factor, 1 + self.jitter_factor)
+        hint = error.retry_after if isinstance(error, SeedreamAPIError) else None
+        return max(jittered, hint or 0.0)
+
+
+def is_worth_retrying(error: SeedreamError) -> bool:
+    """Whether another attempt at the row may succeed and cannot pay twice."""
+    return error.retryable and not isinstance(error, SubmissionOutcomeUnknownError)
+
+
+class RowLimiter:
+    """At most ``max_concurrency`` rows in flight in this process, and, optionally, one slot
+    of a global concurrency limit per row (shared by every run and worker).
+
+    Examples:
+        ```python
+        limiter = RowLimiter(8)
+        async with limiter.hold():
+            ...
+        ```
+    """
+
+    def __init__(self, max_concurrency: int, slots: SlotPool | None = None) -> None:
+        self._semaphore = asyncio.Semaphore(max_concurrency)
+        self.slots = slots
+
+    @asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        """Hold the right to have one generation in flight."""
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(self._semaphore)
+            if self.slots is not None:
+                await stack.enter_async_context(self.slots.slot())
+            yield
+
+
+class FailureLog:
+    """Logs failed rows one by one up to a cap, then only counts them.
+
+    Examples:
+        >>> import logging
+        >>> log = FailureLog(limit=1)
+        >>> log.limit, log.unlogged
+        (1, 0)
+    """
+
+    def __init__(self, limit: int = FAILURES_LOGGED) -> None:
+        self.limit = limit
+        self.logged = 0
+        self.unlogged = 0
+
+    def record(self, logger: logging.Logger | logging.LoggerAdapter[Any], item: RunLine) -> None:
+        """Log a row that did not succeed (or count it, past the cap)."""
+        line = item.line
+        if line.status == "succeeded":
+            return
+        if self.logged >= self.limit:
+            self.unlogged += 1
+            return
+        self.logged += 1
+        error = line.error or ManifestError(code=line.status, message="")
+        task = f" (task {line.task_id})" if line.task_id else ""
+        logger.warning(
+            "Row %s (line %d) %s%s: %s: %s",
+            line.row_id, line.row_number, line.status.replace("_", " "), task, error.code, error.message,
+        )
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _code_of(error: SeedreamError) -> str:
+    return "wait_timeout" if isinstance(error, WaitTimeoutError) else type(error).__name__
+
+
+class RowRunner:
+    """Runs rows: the ledger decides what a row needs, the budget and the limiter whether
+    it may go, retries are local, and the outcome is a :class:`RunLine`.
+
+    Args:
+        ledger: The output's ledger (its store receives the images).
+        client: The API client shared by every row.
+        budget: The run's credit budget.
+        limiter: Concurrency of this run (and a global limit's slots).
+        generation: Wait and resubmission options.
+        retry: Row retries.
+        row_events: Which ``seedream.generation.*`` events rows emit.
+        gallery: Thumbnails for the gallery artifact (made for its first images only).
+        on_row: Called with each finished row (progress).
+    """
+
+    def __init__(
+        self,
+        *,
+        ledger: TaskLedger,
+        client: SeedreamClient,
+        budget: CreditBudget,
+        limiter: RowLimiter,
+        generation: GenerationOptions,
+        retry: RetryOptions,
+        row_events: RowEvents,
+        gallery: Gallery,
+        on_row: Callable[[RunLine], None] = lambda item: None,
+    ) -> None:
+        self.ledger = ledger
+        self.client = client
+        self.budget = budget
+        self.limiter = limiter
+        self.generation = generation
+        self.retry = retry
+        self.row_events = row_events
+        self.gallery = gallery
+        self.on_row = on_row
+        self.failures = FailureLog()
+
+    def reporter_for(
+        self, logger: logging.Logger | logging.LoggerAdapter[Any], *, verbose: bool
+    ) -> StepReporter:
+        """How rows report to a task run's logger: each step at INFO when ``verbose`` (a task
+        run of one row), at DEBUG otherwise; failures are logged by the runner, capped."""
+        return StepReporter(
+            logger, level=logging.INFO if verbose else logging.DEBUG,
+            failure_level=logging.DEBUG, events=self.row_events,
+        )
+
+    async def run(self, row: DatasetRow, reporter: StepReporter) -> RunLine:
+        """Run one row to its outcome; never raises for a row's own failure."""
+        item = await self._outcome(row, reporter)
+        self.failures.record(reporter.logger, item)
+        self.on_row(item)
+        return item
+
+    async def _outcome(self, row: DatasetRow, reporter: StepReporter) -> RunLine:
+        if isinstance(row, InvalidRow):
+            return RunLine(line=invalid_line(row))
+        record = await self.ledger.arecord_for(row.row_id, row.request)
+        step = next_step_of(record, self.ledger.store, resubmit_unknown=self.generation.resubmit_unknown)
+        if step is NextStep.REUSE:  # stored by an earlier run: no API call, nothing paid
+            return RunLine(line=line_from_record(row, record, reused=True))
+        if step in (NextStep.REFUSE_UNKNOWN, NextStep.REPEAT_FAILURE):
+            # An unknown outcome may have been billed: its reservation counts against the budget.
+            at_risk = record.charge().at_risk
+            self.budget.settle(reserved=0.0, spent=at_risk)
+            return RunLine(line=line_from_record(row, record), at_risk=at_risk)
+        reserve = row.request.reserved_credits if step is NextStep.SUBMIT else 0.0
+        if not self.budget.try_reserve(reserve):
+            message = (
+                f"reserving {reserve:g} credits would pass max_credits={self.budget.limit:g} "
+                f"({self.budget.spent:g} spent, {self.budget.reserved:g} reserved)"
+            )
+            return RunLine(line=line_for(row, "skipped", error=ManifestError(code="budget_exceeded", message=message)))
+        started, started_at = time.monotonic(), _now()
+        submissions_before = record.submissions
+        try:
+            await self._attempts(row, record, reporter)
+        finally:
+            charge = record.charge() if record.submissions > submissions_before else Charge()
+            self.budget.settle(reserved=reserve, spent=charge.total)
+        line = line_from_record(
+            row, record, started_at=started_at, finished_at=_now(),
+            duration_seconds=round(time.monotonic() - started, 3),
+        )
+        if line.status == "succeeded":
+            for image in record.images:
+                self.gallery.add(row.row_id, image)
+        return RunLine(line=line, spent=charge.spent, at_risk=charge.at_risk)
+
+    async def _attempts(self, row: ValidRow, record: LedgerRecord, reporter: StepReporter) -> None:
+        """Attempt the row, retrying what is worth it; the outcome is left in the record."""
+        retry = 0
+        while True:
+            try:
+                async with self.limiter.hold():
+                    await generate_recorded(
+                        record, row.request, client=self.client, ledger=self.ledger,
+                        options=self.generation, reporter=reporter,
+                        thumbnails=self.gallery.wants_more(),
+                    )
+                return
+            except SeedreamError as exc:
+                if not isinstance(exc, (TaskFailedError, SubmissionOutcomeUnknownError)):
+                    record.note_error(_code_of(exc), str(exc))  # else the transition said why
+                if not is_worth_retrying(exc) or retry >= self.retry.retries:
+                    return
+                retry += 1
+                await asyncio.sleep(self.retry.delay(retry, exc))  # no slot is held meanwhile
+            except Exception as exc:  # a bug must not lose the row: record it and go on
+                logging.getLogger("prefect_seedream").exception("row %s: unexpected error", row.row_id)
+                record.note_error("internal_error", f"{type(exc).__name__}: {exc}")
+                return

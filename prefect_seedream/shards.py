@@ -1,0 +1,159 @@
+"""Sharded runs: one dataset as K shard flow runs on a work pool, followed by their parent.
+
+The parent (:func:`prefect_seedream.flows.generate_dataset` with ``shards`` > 1) splits the
+dataset into K row ranges (the dataset is streamed: a range is two row numbers), starts each
+as a flow run of the shard deployment with ``run_deployment`` (a child of the parent in the
+UI), and follows them: progress is read from the part files the shards write into the shared
+output, which works on any store and costs the Prefect server nothing. A shard that crashes
+(its worker died) is started once more on its range: it re-attaches to its tasks in flight
+and skips its stored rows, so no row is submitted twice. When every shard is final, the
+parent merges the parts into the manifest, filling any row no shard finished from the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+from uuid import UUID
+
+from prefect import get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.deployments import run_deployment
+
+from prefect_seedream.artifacts import Gallery, ProgressArtifact
+from prefect_seedream.credentials import SeedreamCredentials
+from prefect_seedream.defaults import SHARD_POLL_SECONDS
+from prefect_seedream.execution import RowRange, RunSettings
+from prefect_seedream.parts import RunParts
+
+#: States after which a shard will not change any more.
+FINAL = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
+#: A crashed shard is started again this many times.
+SHARD_RETRIES = 1
+
+
+def split_rows(total_rows: int, shards: int) -> list[RowRange]:
+    """K row ranges of (nearly) equal size covering rows 1..total_rows.
+
+    Examples:
+        >>> [(r.first, r.last) for r in split_rows(10, 3)]
+        [(1, 4), (5, 7), (8, 10)]
+    """
+    shards = max(1, min(shards, total_rows))
+    size, extra = divmod(total_rows, shards)
+    ranges, first = [], 1
+    for index in range(shards):
+        last = first + size - 1 + (1 if index < extra else 0)
+        ranges.append(RowRange(first, last))
+        first = last + 1
+    return ranges
+
+
+def credentials_parameter(credentials: SeedreamCredentials | None) -> Any:
+    """A saved block is passed by reference (its secret never travels in parameters);
+    an unsaved one, or none, leaves each worker to its own environment."""
+    block_id = getattr(credentials, "_block_document_id", None)
+    return {"$ref": {"block_document_id": str(block_id)}} if block_id else None
+
+
+async def ensure_shard_deployment(deployment: str, work_pool: str) -> None:
+    """Create (or update) the shard deployment on a work pool, from the installed package."""
+    from prefect.deployments.runner import EntrypointType
+
+    from prefect_seedream.flows import generate_shard
+
+    name = deployment.split("/", 1)[-1]
+    runner_deployment = await generate_shard.ato_deployment(
+        name=name, work_pool_name=work_pool, entrypoint_type=EntrypointType.MODULE_PATH,
+        tags=["seedream", "shard"],
+    )
+    await runner_deployment.apply(work_pool_name=work_pool)
+
+
+async def run_shards(
+    settings: RunSettings,
+    parameters: Mapping[str, Any],
+    credentials: SeedreamCredentials | None,
+    *,
+    rows: int,
+    shards: int,
+    run_id: str,
+    deployment: str,
+    work_pool: str | None,
+    parts: RunParts,
+    progress: ProgressArtifact,
+    output: str,
+) -> Gallery:
+    """Start a shard flow run per row range and follow them until every one is final.
+
+    Returns:
+        An empty gallery: the parent makes its gallery from the merged manifest.
+    """
+    logger = get_run_logger()
+    if work_pool:
+        await ensure_shard_deployment(deployment, work_pool)
+    ranges = split_rows(rows, shards)
+    concurrency_limit = settings.concurrency_limit[1] if settings.concurrency_limit else None
+
+    async def start(index: int, rows_range: RowRange, attempt: int) -> FlowRun:
+        options = dict(parameters)
+        if options.get("max_credits") is not None:  # each shard gets its rows' share
+            options["max_credits"] = options["max_credits"] * rows_range.rows / rows
+        run = await run_deployment(
+            name=deployment,
+            parameters={
+                "dataset": settings.dataset, "output": output,
+                "first_row": rows_range.first, "last_row": rows_range.last,
+                "run_id": run_id, "total_rows": rows, "options": options,
+                "credentials": credentials_parameter(credentials),
+                "concurrency_limit": concurrency_limit,
+            },
+            flow_run_name=f"shard-{index + 1}-of-{len(ranges)}-rows-{rows_range.first}-{rows_range.last}"
+            + (f"-retry-{attempt}" if attempt else ""),
+            timeout=0,
+            as_subflow=True,
+        )
+        logger.info(
+            "Shard %d of %d (rows %d-%d) is flow run %s", index + 1, len(ranges),
+            rows_range.first, rows_range.last, run.name,
+        )
+        return run
+
+    runs: dict[int, FlowRun] = {i: await start(i, r, 0) for i, r in enumerate(ranges)}
+    attempts = dict.fromkeys(runs, 0)
+    async with get_client() as client:
+        while True:
+            await asyncio.sleep(SHARD_POLL_SECONDS)
+            progress.set_done(await asyncio.to_thread(parts.rows_done))
+            current = await _read_runs(client, [run.id for run in runs.values()])
+            for index, run in list(runs.items()):
+                state = current.get(run.id)
+                if state is None or state.state_type not in FINAL:
+                    continue
+                if state.state_type is StateType.CRASHED and attempts[index] < SHARD_RETRIES:
+                    attempts[index] += 1
+                    logger.warning(
+                        "Shard %d (rows %d-%d) crashed (%s); starting it again: it re-attaches to its "
+                        "tasks in flight and skips its stored rows", index + 1, ranges[index].first,
+                        ranges[index].last, state.state.message if state.state else "",
+                    )
+                    runs[index] = await start(index, ranges[index], attempts[index])
+            if all(
+                (found := current.get(run.id)) is not None and found.state_type in FINAL
+                for run in runs.values()
+            ):
+                break
+    for index, run in runs.items():
+        final = current[run.id]
+        logger.info("Shard %d ended %s: %s", index + 1, final.state_type.value,
+                    final.state.message if final.state else "")
+    return Gallery()
+
+
+async def _read_runs(client: Any, ids: list[UUID]) -> dict[UUID, FlowRun]:
+    found = await client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+    return {run.id: run for run in found}
+

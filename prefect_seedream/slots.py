@@ -1,0 +1,302 @@
+"""Slots of a Prefect global concurrency limit, leased in chunks and shared by a run's rows.
+
+Prefect's own ``concurrency()`` context manager costs, per use, an acquisition call, a lease
+renewal thread, a release call and two events. For a row that takes a few seconds that is
+most of its Prefect overhead. A :class:`SlotPool` leases slots from the server in chunks
+(``POST /v2/concurrency_limits/increment-with-lease``) and hands them to rows locally: a row
+that finishes gives its slot straight to the next waiting row, with no API call, so a steady
+run makes no slot calls at all. The server still bounds the total across every run and
+worker: a row only runs on a slot leased from it, so the limit is never exceeded.
+
+* A chunk is at most a quarter of the run's own concurrency (so that the tail of a run gives
+  slots back gradually); a request the server refuses (423: not enough free slots) is halved
+  before it is tried again, down to one slot, so free slots are taken even when a big
+  request would not fit.
+* A lease whose slots all sit unused for ``linger`` seconds with no row waiting is released.
+* Leases are renewed by one task for the whole pool (every third of their duration). If the
+  process dies, the server reclaims its leases when they expire (``SLOT_LEASE_SECONDS``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import httpx
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+
+from prefect_seedream.defaults import SLOT_LEASE_SECONDS, SLOT_LINGER_SECONDS
+
+logger = logging.getLogger("prefect_seedream.slots")
+
+#: Longest pause before asking again for slots the server refused (its own Retry-After can
+#: be 30 s when slots are held long, which would leave freed slots idle that long).
+MAX_DENIED_PAUSE_SECONDS = 2.0
+
+
+@dataclass
+class _Lease:
+    lease_id: UUID
+    slots: int
+    in_use: int = 0
+    lost: bool = False
+
+    @property
+    def free(self) -> int:
+        return 0 if self.lost else self.slots - self.in_use
+
+
+@dataclass
+class SlotStats:
+    """What a pool did, for benchmarks and logs.
+
+    Attributes:
+        acquisitions: Leases granted by the server.
+        denials: Requests the server refused (423) because too few slots were free.
+        releases: Leases given back.
+        peak_held: Most slots leased at once.
+        idle_slot_seconds: Slot-seconds leased but unused while no row was waiting.
+        starved_seconds: Seconds during which rows waited for slots the server had not granted.
+    """
+
+    acquisitions: int = 0
+    denials: int = 0
+    releases: int = 0
+    peak_held: int = 0
+    idle_slot_seconds: float = 0.0
+    starved_seconds: float = 0.0
+    _since: float = field(default_factory=time.monotonic, repr=False)
+
+
+class SlotPool:
+    """Local tokens backed by leased slots of one Prefect global concurrency limit.
+
+    Args:
+        name: The global concurrency limit's name (it must exist).
+        limit: Its limit (a request is never bigger).
+        max_slots: Most slots this pool holds (the run's own concurrency).
+        holder: Who holds the slots, shown by the server (the flow run).
+        lease_seconds: Duration of each lease (Prefect's minimum is 60 s).
+        linger: Seconds an unused lease is kept for a row that may come.
+
+    Examples:
+        ```python
+        async with SlotPool("evolink", limit=50, max_slots=16) as pool:
+            async with pool.slot():
+                ...  # one generation in flight
+        ```
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        limit: int,
+        max_slots: int,
+        holder: ConcurrencyLeaseHolder | None = None,
+        lease_seconds: float = SLOT_LEASE_SECONDS,
+        linger: float = SLOT_LINGER_SECONDS,
+    ) -> None:
+        self.name = name
+        self.limit = max(1, limit)
+        self.max_slots = max(1, min(max_slots, self.limit))
+        self.chunk = max(1, math.ceil(self.max_slots / 4))
+        self.holder = holder
+        self.lease_seconds = lease_seconds
+        self.linger = linger
+        self.stats = SlotStats()
+        self._leases: list[_Lease] = []
+        self._waiters: deque[asyncio.Future[_Lease]] = deque()
+        self._client: PrefectClient | None = None
+        self._grower: asyncio.Task[None] | None = None
+        self._renewer: asyncio.Task[None] | None = None
+        self._releasers: set[asyncio.Task[None]] = set()
+        self._request = self.chunk
+
+    async def __aenter__(self) -> SlotPool:
+        self._client = get_client()
+        await self._client.__aenter__()
+        self._renewer = asyncio.create_task(self._renew_forever())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def held(self) -> int:
+        """Slots leased now."""
+        return sum(lease.slots for lease in self._leases if not lease.lost)
+
+    @property
+    def in_use(self) -> int:
+        """Slots rows are using now."""
+        return sum(lease.in_use for lease in self._leases)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one slot for the duration of the block."""
+        lease = await self._take()
+        try:
+            yield
+        finally:
+            self._give(lease)
+
+    async def close(self) -> None:
+        """Give every lease back and stop renewing."""
+        self._account()
+        for task in (self._grower, self._renewer, *self._releasers):
+            if task is not None:
+                task.cancel()
+        for waiter in self._waiters:
+            waiter.cancel()
+        self._waiters.clear()
+        leases, self._leases = self._leases, []
+        if self._client is not None:
+            for lease in leases:
+                await self._release(lease)
+            await self._client.__aexit__(None, None, None)
+            self._client = None
+
+    # -- tokens ----------------------------------------------------------------------------
+
+    async def _take(self) -> _Lease:
+        lease = self._lease_with_room()
+        if lease is not None:
+            self._account()
+            lease.in_use += 1
+            return lease
+        waiter: asyncio.Future[_Lease] = asyncio.get_running_loop().create_future()
+        self._account()
+        self._waiters.append(waiter)
+        if self._grower is None or self._grower.done():
+            self._grower = asyncio.create_task(self._grow())
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            elif waiter.done() and not waiter.cancelled():
+                self._give(waiter.result())  # granted as we were cancelled: hand it on
+            raise
+
+    def _give(self, lease: _Lease) -> None:
+        self._account()
+        lease.in_use -= 1
+        while self._waiters and lease.free > 0:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                lease.in_use += 1
+                waiter.set_result(lease)
+                return
+        if lease.in_use == 0:
+            self._release_soon(lease)
+
+    def _release_soon(self, lease: _Lease) -> None:
+        task = asyncio.create_task(self._release_when_idle(lease))
+        self._releasers.add(task)
+        task.add_done_callback(self._releasers.discard)
+
+    def _lease_with_room(self) -> _Lease | None:
+        """The fullest lease with a free slot, so that emptier ones drain and go back."""
+        candidates = [lease for lease in self._leases if lease.free > 0]
+        return max(candidates, key=lambda lease: lease.in_use) if candidates else None
+
+    def _account(self) -> None:
+        """Integrate idle and starved time up to now (called at every change)."""
+        now = time.monotonic()
+        elapsed = now - self.stats._since
+        self.stats._since = now
+        if self._waiters:
+            self.stats.starved_seconds += elapsed
+        else:
+            self.stats.idle_slot_seconds += elapsed * max(0, self.held - self.in_use)
+
+    # -- the server --------------------------------------------------------------------------
+
+    async def _grow(self) -> None:
+        """Lease more slots while rows wait and this pool may hold more."""
+        assert self._client is not None
+        while self._waiters:
+            room = self.max_slots - self.held
+            if room <= 0:
+                return  # rows wait for a slot to be given back
+            want = max(1, min(len(self._waiters), room, self._request))
+            try:
+                response = await self._client.increment_concurrency_slots_with_lease(
+                    names=[self.name], slots=want, mode="concurrency",
+                    lease_duration=self.lease_seconds, holder=self.holder,
+                )
+            except httpx.HTTPStatusError as exc:
+                if exc.response.status_code != 423:
+                    self._fail_waiters(exc)
+                    return
+                self.stats.denials += 1
+                self._request = max(1, want // 2)
+                hint = float(exc.response.headers.get("Retry-After") or 1.0)
+                await asyncio.sleep(min(hint, MAX_DENIED_PAUSE_SECONDS) * random.uniform(0.5, 1.0))
+                continue
+            except Exception as exc:  # the server is unreachable: the rows cannot run safely
+                self._fail_waiters(exc)
+                return
+            body: dict[str, Any] = response.json()
+            if not body.get("limits"):
+                self._fail_waiters(RuntimeError(f"global concurrency limit {self.name!r} does not exist"))
+                return
+            self._account()
+            lease = _Lease(UUID(body["lease_id"]), want)
+            self._leases.append(lease)
+            self.stats.acquisitions += 1
+            self.stats.peak_held = max(self.stats.peak_held, self.held)
+            self._request = min(self.chunk, want * 2)
+            while self._waiters and lease.free > 0:
+                waiter = self._waiters.popleft()
+                if not waiter.done():
+                    lease.in_use += 1
+                    waiter.set_result(lease)
+            if lease.in_use == 0:  # the rows that asked were cancelled meanwhile
+                self._release_soon(lease)
+
+    def _fail_waiters(self, error: BaseException) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(error)
+
+    async def _release_when_idle(self, lease: _Lease) -> None:
+        await asyncio.sleep(self.linger)
+        if lease.in_use == 0 and not self._waiters and lease in self._leases:
+            self._account()
+            self._leases.remove(lease)
+            await self._release(lease)
+
+    async def _release(self, lease: _Lease) -> None:
+        assert self._client is not None
+        try:
+            await self._client.release_concurrency_slots_with_lease(lease.lease_id)
+            self.stats.releases += 1
+        except Exception as exc:  # the server reclaims it when the lease expires
+            logger.warning("could not release %d slot(s) of %s: %s", lease.slots, self.name, exc)
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            assert self._client is not None
+            for lease in list(self._leases):
+                try:
+                    await self._client.renew_concurrency_lease(lease.lease_id, self.lease_seconds)
+                except httpx.HTTPStatusError as exc:
+                    if exc.response.status_code == 404:  # expired: the server took the slots back
+                        lease.lost = True
+                        logger.warning("a lease of %d slot(s) of %s expired", lease.slots, self.name)
+                except Exception as exc:
+                    logger.warning("could not renew a lease of %s: %s", self.name, exc)

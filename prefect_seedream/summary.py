@@ -1,0 +1,101 @@
+"""What a dataset run did: counts by outcome, images, credits (the flow's result)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from prefect_seedream.manifest import RowStatus, RunLine
+
+RESUBMIT_UNKNOWN_HINT = (
+    "check the Evolink dashboard, then re-run with --resubmit-unknown "
+    "(resubmit_unknown=True) to submit them again"
+)
+RECOVER_HINT = "collect them with `prefect-seedream recover OUTPUT` (flow seedream-recover-dataset)"
+
+
+class DatasetRunSummary(BaseModel):
+    """What a dataset run did (the flow's result). Its counts are the manifest's.
+
+    Attributes:
+        rows: Input rows (each has one manifest line).
+        succeeded: Rows with stored images (``reused`` of them stored by an earlier run).
+        failed: Rows that failed (``invalid`` of them invalid rows).
+        outcome_unknown: Rows whose submission may have been billed with no answer recorded.
+        in_flight: Rows whose remote task was still running when the run stopped waiting.
+        skipped: Rows not submitted (budget reached, or the run stopped first).
+        images: Images stored for this run's rows.
+        credits: Credits this run was charged.
+        credits_at_risk: Credits this run reserved that may still be charged (tasks in
+            flight, submissions whose outcome is unknown).
+        estimated_credits: The most the dataset can cost (every valid row's pre-charge).
+        dry_run: True when nothing was submitted on purpose.
+        manifest: The manifest's URI.
+    """
+
+    rows: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    invalid: int = 0
+    outcome_unknown: int = 0
+    in_flight: int = 0
+    skipped: int = 0
+    reused: int = 0
+    images: int = 0
+    credits: float = 0.0
+    credits_at_risk: float = 0.0
+    estimated_credits: float = 0.0
+    dry_run: bool = False
+    manifest: str | None = None
+
+    def add(self, item: RunLine) -> None:
+        """Count one row's outcome (as written to the manifest).
+
+        Examples:
+            >>> from prefect_seedream.manifest import ManifestLine
+            >>> summary = DatasetRunSummary()
+            >>> summary.add(RunLine(line=ManifestLine(row_id="a", row_number=1, prompt="x",
+            ...     model=None, status="succeeded"), spent=2.0))
+            >>> summary.rows, summary.succeeded, summary.credits
+            (1, 1, 2.0)
+        """
+        line = item.line
+        self.rows += 1
+        self._count(line.status)
+        if line.error is not None and line.error.code == "invalid_row":
+            self.invalid += 1
+        self.images += len(line.images)
+        self.reused += line.reused
+        self.credits = round(self.credits + item.spent, 6)
+        self.credits_at_risk = round(self.credits_at_risk + item.at_risk, 6)
+
+    def _count(self, status: RowStatus) -> None:
+        setattr(self, status, getattr(self, status) + 1)
+
+    @property
+    def not_succeeded(self) -> int:
+        """Rows that did not end with stored images."""
+        return self.rows - self.succeeded
+
+    def next_steps(self) -> list[str]:
+        """What the user should run next, one hint per kind of unfinished row."""
+        hints = []
+        if self.outcome_unknown:
+            hints.append(f"{self.outcome_unknown} outcome unknown: {RESUBMIT_UNKNOWN_HINT}")
+        if self.in_flight:
+            hints.append(f"{self.in_flight} in flight: {RECOVER_HINT}")
+        return hints
+
+    def message(self) -> str:
+        """One line for the flow run's state."""
+        parts = [f"{self.succeeded} of {self.rows} rows succeeded"]
+        for status in ("failed", "outcome_unknown", "in_flight", "skipped"):
+            if getattr(self, status):
+                parts.append(f"{getattr(self, status)} {status.replace('_', ' ')}")
+        text = ", ".join(parts) + f"; {self.images} images, {self.credits:g} credits"
+        if self.credits_at_risk:
+            text += f" (+{self.credits_at_risk:g} reserved, may be charged)"
+        if self.manifest:
+            text += f"; see {self.manifest}"
+        for hint in self.next_steps():
+            text += f". {hint}"
+        return text

@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: run test test-fast bench soak simulator clean
+.PHONY: run test test-fast bench compare soak simulator stack-up stack-down clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,7 @@ run: $(VENV)/.core
 
 test: $(VENV)/.dev
 	@bash .ci/install-browser.sh || { [ -z "$$CI" ] && echo "warning: chromium could not be installed (needs root and apt); the browser tests will be skipped"; }
+	@bash .ci/install-postgres.sh || { [ -z "$$CI" ] && echo "warning: PostgreSQL could not be installed (needs root and apt); the scale-out tests will be skipped"; }
 	$(BIN)/pytest -q -m "slow or not slow"
 
 test-fast: $(VENV)/.dev
@@ -32,11 +33,22 @@ test-fast: $(VENV)/.dev
 bench: $(VENV)/.core
 	$(BIN)/python benchmarks/dataset_benchmark.py --rows 200 --latency 2 --concurrency 16
 
+compare: $(VENV)/.core
+	$(BIN)/python benchmarks/compare.py --rows 1000 --concurrency 50 --latency 2
+
 soak: $(VENV)/.core
 	$(BIN)/python benchmarks/soak.py --rows 3000
 
 simulator: $(VENV)/.core
 	$(BIN)/prefect-seedream simulator --port 8787
+
+# The scale-out stack: PostgreSQL, a Prefect server on it, a process work pool, 2 workers.
+stack-up: $(VENV)/.core
+	@bash .ci/install-postgres.sh
+	$(BIN)/python -m deployments.stack up --workers $(or $(WORKERS),2) --deploy all
+
+stack-down:
+	$(BIN)/python -m deployments.stack down
 
 clean:
 	rm -rf $(VENV) output test-artifacts .pytest_cache

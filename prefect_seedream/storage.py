@@ -193,8 +193,14 @@ class ImageStore:
             return None
 
     def list(self, relative: str) -> list[str]:
-        """Full paths of the files in a folder below the destination (empty if missing)."""
+        """Full paths of the files in a folder below the destination (empty if missing).
+
+        Listings are read afresh: other processes (shards, other runs) write here too, and
+        object-store filesystems cache listings.
+        """
         path = self.path_for(relative)
+        if not self.is_local:
+            self.fs.invalidate_cache(path)
         try:
             return sorted(self.fs.ls(path, detail=False))
         except FileNotFoundError:

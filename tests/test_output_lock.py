@@ -1,0 +1,150 @@
+"""One live run per output: the lock of a local folder and of an object store (moto's S3)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from prefect_seedream.output_lock import OutputLock, OutputLockedError, check_held_by, current_holder
+from prefect_seedream.simulator import RunningSimulator
+from prefect_seedream.storage import ImageStore
+from tests.helpers import manifest, run_dataset, summary_of, write_csv
+
+
+def test_a_second_lock_on_a_local_folder_fails_fast_and_names_the_holder(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "out")
+    first = OutputLock(store, run_id="run-a")
+    first.acquire()
+    try:
+        with pytest.raises(OutputLockedError) as info:
+            OutputLock(ImageStore(tmp_path / "out"), run_id="run-b").acquire()
+        assert "run run-a" in str(info.value) and f"pid {os.getpid()}" in str(info.value)
+        assert current_holder(store).run_id == "run-a"
+        check_held_by(store, "run-a")
+        with pytest.raises(OutputLockedError, match="run the parent flow again"):
+            check_held_by(store, "run-b")
+    finally:
+        first.release()
+    second = OutputLock(store, run_id="run-b")
+    second.acquire()
+    second.release()
+    assert current_holder(store) is None
+
+
+def test_a_killed_holder_never_blocks_the_next_run(tmp_path: Path) -> None:
+    """SIGKILL a process that holds the lock: the kernel releases it at once."""
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import time
+            from prefect_seedream.output_lock import OutputLock
+            from prefect_seedream.storage import ImageStore
+            lock = OutputLock(ImageStore({str(out)!r}), run_id="doomed")
+            lock.acquire()
+            print("held", flush=True)
+            time.sleep(600)
+        """)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputLockedError, match="doomed"):
+            OutputLock(ImageStore(out), run_id="next").acquire()
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+        lock = OutputLock(ImageStore(out), run_id="next")
+        lock.acquire()  # immediately: no timeout to wait out
+        lock.release()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+
+
+async def test_two_dataset_runs_on_one_output_at_once(
+    prefect_api: None, seedream_env: RunningSimulator, tmp_path: Path
+) -> None:
+    """A second `prefect-seedream run` on a held output fails before any submission, with a
+    clear message and exit code 2; the first run is untouched."""
+    from prefect.settings import PREFECT_API_URL
+
+    rows = [{"id": f"r{i}", "prompt": f"A lantern number {i} [[sim:latency=4]]"} for i in range(4)]
+    dataset = write_csv(tmp_path / "d.csv", rows)
+    output = tmp_path / "out"
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "SEEDREAM_API_KEY": "sk-test",
+           "SEEDREAM_BASE_URL": seedream_env.base_url}
+    cli = Path(sys.executable).with_name("prefect-seedream")
+
+    async def second_while_the_first_runs() -> subprocess.CompletedProcess[str]:
+        while len(seedream_env.stats().get("submissions_by_prompt", {})) < 4:
+            await asyncio.sleep(0.05)
+        return await asyncio.to_thread(
+            subprocess.run, [str(cli), "run", str(dataset), "--output", str(output)],
+            env=env, capture_output=True, text=True, timeout=300,
+        )
+
+    first, second = await asyncio.gather(run_dataset(dataset, output), second_while_the_first_runs())
+
+    assert first.is_completed(), first.message
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert f"output {output} is in use by run {first.state_details.flow_run_id}" in second.stderr
+    assert seedream_env.stats()["tasks_created"] == 4  # the second run submitted nothing
+    assert [line["status"] for line in manifest(output)] == ["succeeded"] * 4
+    assert (await summary_of(first)).succeeded == 4
+
+
+@pytest.fixture
+def s3_store(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
+    from moto.server import ThreadedMotoServer
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    options = {"client_kwargs": {"endpoint_url": f"http://{host}:{port}"}, "key": "testing", "secret": "testing"}
+    try:
+        import s3fs
+
+        s3fs.S3FileSystem(**options).makedirs("locks", exist_ok=True)
+        yield options
+    finally:
+        server.stop()
+
+
+def test_an_s3_output_lease_is_exclusive_and_lapses_when_its_run_is_gone(s3_store: dict) -> None:
+    """Conditional creates (If-None-Match) make one winner; a lease not renewed lapses."""
+    store = ImageStore("s3://locks/out", s3_store)
+    first = OutputLock(store, run_id="run-a", ttl=2.0)
+    first.acquire()
+    with pytest.raises(OutputLockedError) as info:
+        OutputLock(ImageStore("s3://locks/out", s3_store), run_id="run-b", ttl=2.0).acquire()
+    assert "run run-a" in str(info.value) and "lapses in" in str(info.value)
+    first._renew()  # a live holder renews without trouble
+
+    time.sleep(2.5)  # run-a "was killed": no heartbeat for longer than the TTL
+    second = OutputLock(ImageStore("s3://locks/out", s3_store), run_id="run-b", ttl=2.0)
+    second.acquire()
+    assert current_holder(store) is not None and current_holder(store).run_id == "run-b"
+    with pytest.raises(OutputLockedError, match="taken over"):
+        first._renew()  # the old holder finds out, and its run stops before its next batch
+    second.release()
+    third = OutputLock(ImageStore("s3://locks/out", s3_store), run_id="run-c", ttl=2.0)
+    third.acquire()
+    third.release()
+
+
+def test_a_conditional_create_has_exactly_one_winner(s3_store: dict) -> None:
+    store = ImageStore("s3://locks/race", s3_store)
+    results = [store.create_exclusive("lease.json", f"writer {i}") for i in range(5)]
+    assert results == [True, False, False, False, False]
+    assert store.read_text("lease.json") == "writer 0"

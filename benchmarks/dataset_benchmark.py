@@ -51,7 +51,7 @@ from _proc import (
     write_dataset,
 )
 
-from prefect_seedream.cli import EMBEDDED_SERVER_SETTINGS  # imports no Prefect
+from prefect_seedream.embedded_server import EMBEDDED_SERVER_SETTINGS  # imports no Prefect
 
 API_KEY = "sk-benchmark"
 

@@ -15,11 +15,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from prefect_seedream.api import *  # noqa: F403
-from prefect_seedream.api import __all__ as _api_all
-
 __version__ = "0.1.0"
 
+#: Names of the Prefect layer, by module. Everything else public comes from the API layer
+#: (``prefect_seedream.api``). Nothing is imported until it is used: ``import
+#: prefect_seedream.defaults`` costs nothing, which lets the command line start its
+#: Prefect server before loading any library.
 _LAZY: dict[str, str] = {
     "SeedreamCredentials": "prefect_seedream.credentials",
     "submit_generation": "prefect_seedream.tasks",
@@ -32,9 +33,8 @@ _LAZY: dict[str, str] = {
     "recover_dataset": "prefect_seedream.flows",
 }
 
-__all__ = [*_api_all, *_LAZY, "__version__"]
-
 if TYPE_CHECKING:
+    from prefect_seedream.api import *  # noqa: F403
     from prefect_seedream.credentials import SeedreamCredentials
     from prefect_seedream.flows import generate_dataset, generate_shard, recover_dataset
     from prefect_seedream.storage import StoredImage
@@ -46,15 +46,24 @@ if TYPE_CHECKING:
     )
 
 
+def _api_names() -> list[str]:
+    return list(importlib.import_module("prefect_seedream.api").__all__)
+
+
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
+    if name == "__all__":
+        value: Any = [*_api_names(), *_LAZY, "__version__"]
+    elif name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    elif name[:1].isupper() and name in _api_names():  # the API layer's names are capitalised;
+        # a lower-case name is a submodule being imported (`from prefect_seedream import tasks`)
+        value = getattr(importlib.import_module("prefect_seedream.api"), name)
+    else:
         raise AttributeError(f"module 'prefect_seedream' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
     # `prefect block register -m prefect_seedream` finds blocks through dir().
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(__getattr__("__all__")))

@@ -9,66 +9,58 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import shlex
 import sys
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, get_args
 
 from prefect_seedream import defaults as d
 
-#: Settings of the embedded (temporary) Prefect server that `run` starts when no
-#: PREFECT_API_URL is set. It serves one run, so the services that schedule, expire or
-#: clean up deployment runs have nothing to do; the event persister's and task-run
-#: recorder's batches are raised (measured in benchmarks/: they keep up with any burst).
-EMBEDDED_SERVER_SETTINGS = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
-    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "100",
-    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "200",
-    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_READ_BATCH_SIZE": "100",
-    "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
-    "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false",
-    "PREFECT_SERVER_SERVICES_FOREMAN_ENABLED": "false",
-    "PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_ENABLED": "false",
-    "PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_ENABLED": "false",
-}
-
-
 def _configure_prefect(verbose: bool) -> None:
-    """Tune the embedded server and keep Prefect's console quiet (the UI gets every line)."""
-    if not os.environ.get("PREFECT_API_URL"):
-        for name, value in EMBEDDED_SERVER_SETTINGS.items():
-            os.environ.setdefault(name, value)
+    """Keep Prefect's console quiet (the UI gets every line); heartbeats for started servers.
+
+    A started server may crash runs whose heartbeats stop (the zombie automation of
+    ``deployments/stack.py``): Prefect's default heartbeat, every 180 s, is slower than such
+    an automation's window, so a run started from here says it is alive every 30 s.
+    """
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if os.environ.get("PREFECT_API_URL"):
+        os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
 
-def _start_embedded_server_early() -> threading.Thread | None:
-    """Start Prefect's temporary server in the background, while the rest is imported.
+@contextmanager
+def _prefect_api(start: bool = True) -> Iterator[Callable[[], None]]:
+    """The Prefect API the command talks to: ``PREFECT_API_URL``, or a temporary server
+    started now (see :mod:`prefect_seedream.embedded_server`); yields "wait until ready"."""
+    if os.environ.get("PREFECT_API_URL") or not start:
+        yield lambda: None
+        return
+    from prefect_seedream.embedded_server import EmbeddedServer
 
-    The server takes seconds to start (most of it importing its own code, in its own
-    process); the flow would otherwise start it only when it first calls the API. The flow
-    finds this same server: Prefect keeps one temporary server per process.
-    """
-    if os.environ.get("PREFECT_API_URL"):
-        return None
-
-    def start() -> None:
-        from prefect.server.api.server import SubprocessASGIServer
-
+    with EmbeddedServer() as server:
         try:
-            SubprocessASGIServer().start()
-        except Exception:  # the flow starts it (and reports the error) when it needs it
-            pass
+            yield server.wait_ready
+        finally:
+            _drain_prefect_workers()
 
-    thread = threading.Thread(target=start, name="prefect-server-start", daemon=True)
-    thread.start()
-    return thread
+
+def _drain_prefect_workers() -> None:
+    """Send the log lines and events Prefect still holds, before their server goes away."""
+    if "prefect" not in sys.modules:
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=10)
+        except Exception:  # nothing started, or already stopped
+            pass
 
 
 @contextmanager
@@ -194,8 +186,7 @@ def _print_summary(args: argparse.Namespace, summary: Any, state: Any) -> None:
         print(f"  {_next_steps(args, summary)[0]}")
 
 
-def _run(args: argparse.Namespace) -> int:
-    server = _start_embedded_server_early() if not args.dry_run else None
+def _run(args: argparse.Namespace, api_ready: Callable[[], None]) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from prefect_seedream.dataset import DatasetError
@@ -203,8 +194,7 @@ def _run(args: argparse.Namespace) -> int:
     from prefect_seedream.output_lock import OutputLockedError
     from prefect_seedream.progress import listening
 
-    if server is not None:
-        server.join()
+    api_ready()
     with _api_or_simulator(args), Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[failed]} not succeeded"), TimeElapsedColumn(),
@@ -239,9 +229,10 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if state.is_completed() else 1
 
 
-def _recover(args: argparse.Namespace) -> int:
+def _recover(args: argparse.Namespace, api_ready: Callable[[], None]) -> int:
     from prefect_seedream.flows import recover_dataset
 
+    api_ready()
     with _api_or_simulator(args):
         state = asyncio.run(recover_dataset(
             args.output, credentials=_credentials(args), max_wait_seconds=args.max_wait,
@@ -258,12 +249,29 @@ def main(argv: list[str] | None = None) -> int:
         from prefect_seedream.simulator import main_simulator
 
         return main_simulator(argv[1:])
-    args = build_parser().parse_args(argv)
-    _configure_prefect(args.verbose)
-    if args.command == "run":
-        return _run(args)
-    return _recover(args)
+    # The Prefect server (when one is needed) starts first: it boots while the rest loads.
+    needs_api = argv[:1] in (["run"], ["recover"]) and not {"-h", "--help"} & set(argv)
+    with _prefect_api(start=needs_api) as api_ready:
+        args = build_parser().parse_args(argv)
+        _configure_prefect(args.verbose)
+        if args.command == "run":
+            return _run(args, api_ready)
+        return _recover(args, api_ready)
+
+
+def console_main() -> None:
+    """The ``prefect-seedream`` console script: :func:`main`, then a quick exit.
+
+    Once the command is done (the server stopped, Prefect's logs and events sent, the summary
+    printed), tearing down the interpreter's modules and objects takes more than half a second
+    of a Prefect process's life; nothing is left to save, so the process ends at once.
+    """
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    console_main()

@@ -9,7 +9,10 @@ a machine is lost) is marked Crashed by the zombie automation once its heartbeat
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +45,8 @@ pytestmark = [
 ]
 
 DEPLOYMENT = "seedream-generate-dataset/generate-dataset"
+SHARD_DEPLOYMENT = "seedream-generate-shard/generate-shard"
+CLI = Path(sys.executable).with_name("prefect-seedream")
 LIMIT = "seedream-stack-test"
 #: Shorter than the default 90 s to keep the module near 3 minutes; still 2 heartbeats (30 s).
 ZOMBIE_AFTER = 60
@@ -60,7 +65,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, simulator: RunningSimulator)
     env = {"SEEDREAM_API_KEY": API_KEY, "SEEDREAM_BASE_URL": simulator.base_url}
     with running_stack(
         tmp_path_factory.mktemp("stack"), workers=2, limits={LIMIT: 3},
-        deploy=["generate-dataset"], env=env, zombie_after=ZOMBIE_AFTER,
+        deploy=["generate-dataset", "generate-shard"], env=env, zombie_after=ZOMBIE_AFTER,
     ) as running:  # fmt: skip
         yield running
 
@@ -124,7 +129,7 @@ async def _state_in_postgres(stack: Stack, flow_run_id: str) -> str | None:
 def test_a_deployment_run_completes_on_a_worker_of_the_stack(stack: Stack, tmp_path: Path) -> None:
     info = status(stack.dir)
     assert info["running"], info
-    assert info["deployments"] == [DEPLOYMENT]
+    assert info["deployments"] == [DEPLOYMENT, SHARD_DEPLOYMENT]
     state_text = (stack.dir / "state.json").read_text()
     assert stack.postgres.password_file.read_text().strip() not in state_text
     assert API_KEY not in state_text
@@ -198,3 +203,112 @@ def test_a_flow_run_whose_worker_dies_ends_crashed(stack: Stack, tmp_path: Path)
     assert last_heartbeat <= killed_at
     # Crashed one window after the last heartbeat (the triggers service checks every 5 s).
     assert ZOMBIE_AFTER - 1 <= crashed_at - last_heartbeat <= ZOMBIE_AFTER + 20
+
+
+# -- sharded runs ---------------------------------------------------------------------------
+
+
+def _shard_runs(stack: Stack, since: str) -> list[dict[str, Any]]:
+    """The shard flow runs created after ``since`` (an ISO time), oldest first."""
+    runs = stack.api("POST", "/flow_runs/filter", {
+        "flows": {"name": {"any_": ["seedream-generate-shard"]}},
+        "sort": "EXPECTED_START_TIME_ASC", "limit": 50,
+    })  # fmt: skip
+    return [run for run in runs if _epoch(run["created"]) >= _epoch(since)]
+
+
+def _now_iso(stack: Stack) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat()
+
+
+def _manifest(output: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (output / "manifest.jsonl").read_text().splitlines()]
+
+
+def _run_sharded(stack: Stack, simulator: RunningSimulator, dataset: Path, output: Path,
+                 *extra: str) -> subprocess.Popen[str]:
+    env = stack.client_env({"SEEDREAM_API_KEY": API_KEY, "SEEDREAM_BASE_URL": simulator.base_url})
+    return subprocess.Popen(
+        [str(CLI), "run", str(dataset), "--output", str(output), "--retry-delay", "0.1", *extra],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+@pytest.mark.timeout(420)
+def test_a_sharded_run_spreads_over_the_workers_under_one_limit(
+    stack: Stack, simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """3 shards on 2 workers, a global limit of 3 across them, one merged manifest."""
+    ensure_concurrency_limit(stack, "seedream-shared", 3)
+    rows = {f"s{i:02d}": f"Shard row number {i} [[sim:latency=1]]" for i in range(24)}
+    dataset = _write_csv(tmp_path / "rows.csv", rows)
+    output = tmp_path / "out"
+    since = _now_iso(stack)
+    peak_before = simulator.stats()["peak_concurrent_tasks"]
+
+    run = _run_sharded(stack, simulator, dataset, output, "--shards", "3", "--max-concurrency", "4",
+                       "--concurrency-limit", "seedream-shared")
+    out, _ = run.communicate(timeout=360)
+
+    assert run.returncode == 0, out
+    assert "Succeeded:  24" in out, out
+    lines = _manifest(output)
+    assert [line["row_id"] for line in lines] == list(rows)  # one line per row, input order
+    assert all(line["status"] == "succeeded" for line in lines)
+    by_prompt = simulator.stats()["submissions_by_prompt"]
+    assert all(by_prompt[prompt] == 1 for prompt in rows.values())  # every row exactly once
+    # 3 shards x 4 rows could be 12 in flight; the shared limit held them to 3.
+    assert peak_before <= 3 and simulator.stats()["peak_concurrent_tasks"] <= 3
+    shards = _shard_runs(stack, since)
+    assert len(shards) == 3 and all(r["state"]["type"] == "COMPLETED" for r in shards)
+    assert {r["work_pool_name"] for r in shards} == {stack.pool}
+    assert sorted(r["parameters"]["first_row"] for r in shards) == [1, 9, 17]
+    # The work really spread: each worker's log names at least one shard run.
+    logs = [(stack.logs / f"worker-{i}.log").read_text() for i in sorted(stack.workers)]
+    assert all(any(r["id"] in log for r in shards) for log in logs), "a worker ran no shard"
+
+
+@pytest.mark.timeout(600)
+def test_losing_a_worker_mid_shard_loses_nothing(
+    stack: Stack, simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """SIGKILL the worker (and its flow run) of a shard whose rows are all in flight: the
+    shard ends Crashed, the other goes on, the parent starts the crashed shard again, which
+    re-attaches to the tasks in flight: every row stored, none submitted twice."""
+    rows = {f"k{i:02d}": f"A lost worker, row {i} [[sim:latency=20]]" for i in range(8)}
+    dataset = _write_csv(tmp_path / "rows.csv", rows)
+    output = tmp_path / "out"
+    since = _now_iso(stack)
+    run = _run_sharded(stack, simulator, dataset, output, "--shards", "2", "--max-concurrency", "4")
+
+    deadline = time.monotonic() + 180
+    victim: dict[str, Any] | None = None
+    while victim is None:
+        assert run.poll() is None, run.communicate()[0]
+        assert time.monotonic() < deadline, "the first shard never had all its rows in flight"
+        for shard in _shard_runs(stack, since):
+            records = [json.loads(p.read_text()) for p in (output / ".seedream" / "tasks").glob("*.json")]
+            mine = [r for r in records if r["row_id"] in list(rows)[:4]]
+            if (shard["parameters"]["first_row"] == 1 and len(mine) == 4
+                    and all(r["state"] == "submitted" for r in mine)
+                    and _heartbeats(stack, shard["id"]) and worker_of_flow_run(stack, shard["id"])):
+                victim = shard
+        time.sleep(1)
+    index = worker_of_flow_run(stack, victim["id"])
+    assert index is not None
+    kill_worker(stack, index)
+    start_worker(stack, index)
+
+    out, _ = run.communicate(timeout=ZOMBIE_AFTER + 300)
+    assert run.returncode == 0, out
+    crashed = stack.api("GET", f"/flow_runs/{victim['id']}")
+    assert crashed["state"]["type"] == "CRASHED", crashed["state"]
+    retries = [r for r in _shard_runs(stack, since) if r["name"].endswith("-retry-1")]
+    assert len(retries) == 1 and retries[0]["state"]["type"] == "COMPLETED", retries
+    by_prompt = simulator.stats()["submissions_by_prompt"]
+    assert all(by_prompt[prompt] == 1 for prompt in rows.values()), by_prompt
+    lines = _manifest(output)
+    assert [line["row_id"] for line in lines] == list(rows)
+    assert all(line["status"] == "succeeded" for line in lines), lines

@@ -52,13 +52,14 @@ from prefect_seedream.defaults import (
     CONNECT_TIMEOUT_SECONDS,
     DEFAULT_BASE_URL,
     FIRST_POLL_FLOOR_SECONDS,
-    MAX_CONNECTIONS,
+    API_CONNECTIONS,
     MAX_IMAGE_BYTES,
     MAX_POLL_INTERVAL_SECONDS,
     MAX_WAIT_SECONDS,
     POLL_INTERVAL_SECONDS,
     POOL_TIMEOUT_SECONDS,
     READ_TIMEOUT_SECONDS,
+    RESULT_CONNECTIONS,
     WRITE_TIMEOUT_SECONDS,
 )
 
@@ -197,16 +198,23 @@ class SeedreamClient:
         self.base_url = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
         self.retry = retry or RetryPolicy()
         self.poll = poll or PollPolicy()
-        self._http = httpx.AsyncClient(
-            timeout=timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout),
-            # httpx keeps 20 idle connections by default: with more rows in flight, every
-            # further request would open (and pay for) a new connection.
-            limits=httpx.Limits(
-                max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS
-            ),
-            transport=transport,
-            follow_redirects=False,
+        # Two pools: the API's (with the key) and the result hosts' (never the key), each
+        # sized for what it serves (see defaults.API_CONNECTIONS), all kept alive.
+        common: dict[str, Any] = {
+            "timeout": timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout),
+            "transport": transport,
+            "follow_redirects": False,
+        }
+        self._api = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers={"User-Agent": "prefect-seedream", "Authorization": f"Bearer {key}"},
+            limits=httpx.Limits(max_connections=API_CONNECTIONS, max_keepalive_connections=API_CONNECTIONS),
+            **common,
+        )
+        self._results = httpx.AsyncClient(
             headers={"User-Agent": "prefect-seedream"},
+            limits=httpx.Limits(max_connections=RESULT_CONNECTIONS, max_keepalive_connections=RESULT_CONNECTIONS),
+            **common,
         )
 
     def __repr__(self) -> str:
@@ -219,8 +227,9 @@ class SeedreamClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._http.aclose()
+        """Close the connection pools."""
+        await self._api.aclose()
+        await self._results.aclose()
 
     # -- calls -------------------------------------------------------------
 
@@ -352,7 +361,7 @@ class SeedreamClient:
 
     async def _download_once(self, url: str, sink: IO[bytes], max_bytes: int) -> DownloadResult:
         try:
-            async with self._http.stream("GET", url) as response:
+            async with self._results.stream("GET", url) as response:
                 if response.status_code in (403, 404, 410):
                     raise ResultExpiredError(url, f"HTTP {response.status_code}: expired or gone")
                 if response.status_code >= 400:
@@ -407,12 +416,7 @@ class SeedreamClient:
         while True:
             attempt += 1
             try:
-                response = await self._http.request(
-                    method,
-                    self.base_url + path,
-                    json=json_body,
-                    headers={"Authorization": f"Bearer {self._api_key}"},
-                )
+                response = await self._api.request(method, path, json=json_body)
             except _NOT_SENT as exc:
                 error: SeedreamError = SeedreamConnectionError(
                     f"cannot reach {self.base_url}: {type(exc).__name__}: {self._scrub(str(exc))}"

@@ -122,6 +122,11 @@ DEFAULT_HEARTBEAT = 30
 MIN_HEARTBEAT = 30
 #: ``PREFECT_WORKER_QUERY_SECONDS`` (Prefect's default, 10 s, delays every run by up to 10 s).
 DEFAULT_WORKER_POLL = 5
+#: A process worker takes every scheduled run it finds when it polls: without a limit, the
+#: first worker to poll takes all the shards of a run. One flow run per worker spreads them,
+#: as one worker per machine would; keep more workers than runs started on them that wait
+#: for shards (a dataset run from the UI does, while its shards run on other workers).
+DEFAULT_WORKER_LIMIT = 1
 
 DB_NAME = "prefect"
 DB_ROLE = "prefect"
@@ -386,6 +391,8 @@ class Stack:
         postgres: The PostgreSQL cluster.
         heartbeat_seconds: ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` of the workers.
         zombie_after: ``within`` of the zombie automation, seconds.
+        worker_limit: Most flow runs one worker runs at once (``prefect worker start
+            --limit``); 0: no limit.
         server: The ``prefect server start`` process.
         workers: Worker processes by index (1..K).
         deployments: Deployments created from prefect.yaml (``flow/deployment``).
@@ -403,6 +410,7 @@ class Stack:
     heartbeat_seconds: int = DEFAULT_HEARTBEAT
     zombie_after: int = DEFAULT_ZOMBIE_AFTER
     worker_poll_seconds: int = DEFAULT_WORKER_POLL
+    worker_limit: int = DEFAULT_WORKER_LIMIT
     server: ProcessInfo | None = None
     workers: dict[int, ProcessInfo] = field(default_factory=dict)
     deployments: list[str] = field(default_factory=list)
@@ -501,6 +509,7 @@ class Stack:
             heartbeat_seconds=int(data["heartbeat_seconds"]),
             zombie_after=int(data["zombie_after"]),
             worker_poll_seconds=int(data.get("worker_poll_seconds", DEFAULT_WORKER_POLL)),
+            worker_limit=int(data.get("worker_limit", DEFAULT_WORKER_LIMIT)),
             server=ProcessInfo(**data["server"]) if data.get("server") else None,
             workers={int(i): ProcessInfo(**w) for i, w in data.get("workers", {}).items()},
             deployments=list(data.get("deployments", [])),
@@ -1008,6 +1017,8 @@ def _spawn_worker(stack: Stack, index: int) -> float:
         raise StackError(f"worker {index} runs already (pid {previous.pid})")  # type: ignore[union-attr]
     argv = [str(VENV_BIN / "prefect"), "worker", "start", "--pool", stack.pool,
             "--name", stack.worker_name(index)]  # fmt: skip
+    if stack.worker_limit:
+        argv += ["--limit", str(stack.worker_limit)]
     started = time.time()
     stack.workers[index] = _spawn(
         argv, _worker_env(stack), stack.logs / f"worker-{index}.log", REPO
@@ -1159,6 +1170,7 @@ def up(
     zombie_after: int = DEFAULT_ZOMBIE_AFTER,
     heartbeat: int = DEFAULT_HEARTBEAT,
     worker_poll: int = DEFAULT_WORKER_POLL,
+    worker_limit: int = DEFAULT_WORKER_LIMIT,
 ) -> Stack:
     """Bring the whole stack up; on any failure, tear down what was started and raise.
 
@@ -1177,6 +1189,7 @@ def up(
         zombie_after: Seconds without a heartbeat after which a flow run is marked Crashed.
         heartbeat: ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` of the workers' flow runs (>= 30).
         worker_poll: ``PREFECT_WORKER_QUERY_SECONDS`` of the workers.
+        worker_limit: Most flow runs one worker runs at once (0: no limit).
 
     Returns:
         The running :class:`Stack` (also saved in ``state.json``).
@@ -1209,6 +1222,7 @@ def up(
     stack = Stack(
         dir=root, name=name, pool=pool, api_port=api_port or free_port(), postgres=pg,
         heartbeat_seconds=heartbeat, zombie_after=zombie_after, worker_poll_seconds=worker_poll,
+        worker_limit=worker_limit,
         started_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         worker_env=dict(env or {}),
     )  # fmt: skip
@@ -1429,6 +1443,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="PREFECT_FLOWS_HEARTBEAT_FREQUENCY of the workers (>= 30)")  # fmt: skip
     p_up.add_argument("--worker-poll", type=int, default=DEFAULT_WORKER_POLL, metavar="SECONDS",
                       help="PREFECT_WORKER_QUERY_SECONDS of the workers")  # fmt: skip
+    p_up.add_argument("--worker-limit", type=int, default=DEFAULT_WORKER_LIMIT, metavar="N",
+                      help="most flow runs per worker at once (0: no limit; default 1, so that "
+                      "a run's shards spread over the workers)")  # fmt: skip
     p_down = sub.add_parser("down", help="stop everything (idempotent)")
     p_down.add_argument("--dir", default=DEFAULT_DIR)
     p_down.add_argument("--purge", action="store_true", help="also delete the directory")
@@ -1468,7 +1485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 deploy_names=args.deploy, env=_key_values(args.env, "--env"),
                 server_env=_key_values(args.server_env, "--server-env"),
                 zombie_after=args.zombie_after, heartbeat=args.heartbeat,
-                worker_poll=args.worker_poll,
+                worker_poll=args.worker_poll, worker_limit=args.worker_limit,
             )  # fmt: skip
             print(f"export PREFECT_API_URL={stack.api_url}")
             # Flows run outside the workers must heartbeat as often, or get crashed.

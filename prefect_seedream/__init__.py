@@ -34,7 +34,7 @@ _LAZY: dict[str, str] = {
 }
 
 if TYPE_CHECKING:
-    from prefect_seedream.api import *  # noqa: F403
+    from prefect_seedream.api import *
     from prefect_seedream.credentials import SeedreamCredentials
     from prefect_seedream.flows import generate_dataset, generate_shard, recover_dataset
     from prefect_seedream.storage import StoredImage

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -38,7 +39,7 @@ from prefect_seedream.defaults import (
     PROGRESS_UPDATE_SECONDS,
     ROWS_TABLE_LIMIT,
 )
-from prefect_seedream.manifest import ROW_STATUSES, ManifestLine
+from prefect_seedream.manifest import ROW_STATUSES, ManifestImage, ManifestLine
 from prefect_seedream.storage import StoredImage
 from prefect_seedream.summary import DatasetRunSummary
 
@@ -133,11 +134,15 @@ class RunTables:
         self.rows: list[ManifestLine] = []
         self.failures: list[ManifestLine] = []
         self.failures_total = 0
+        #: The first lines with images (enough for a gallery made from the manifest).
+        self.gallery_lines: list[ManifestLine] = []
 
     def add(self, line: ManifestLine) -> None:
         """See one line of the manifest."""
         if self.keeps_every_row:
             self.rows.append(line)
+        if line.images and len(self.gallery_lines) < GALLERY_LIMIT:
+            self.gallery_lines.append(line)
         if line.status != "succeeded":
             self.failures_total += 1
             if len(self.failures) < FAILED_ROWS_SHOWN:
@@ -191,7 +196,7 @@ class Gallery:
     def __init__(self, limit: int = GALLERY_LIMIT) -> None:
         self.limit = limit
         self.total = 0
-        self.shown: list[tuple[str, StoredImage]] = []
+        self.shown: list[tuple[str, GalleryImage]] = []
 
     def wants_more(self) -> bool:
         """True while thumbnails are still needed (so that the rest skip making one)."""
@@ -201,7 +206,13 @@ class Gallery:
         """Count an image; keep it (with its thumbnail) only while under the limit."""
         self.total += 1
         if len(self.shown) < self.limit and image.thumbnail:
-            self.shown.append((row_id, image))
+            self.shown.append((row_id, GalleryImage(image.uri, image.width, image.height, image.thumbnail)))
+
+    def add_thumbnail(self, row_id: str, image: ManifestImage, thumbnail: str) -> None:
+        """Show a stored image listed by the manifest, with a thumbnail made afterwards."""
+        self.total += 1
+        if len(self.shown) < self.limit:
+            self.shown.append((row_id, GalleryImage(image.uri, image.width, image.height, thumbnail)))
 
     def markdown(self) -> str:
         """Markdown with an embedded thumbnail per kept image and its storage location."""
@@ -216,7 +227,17 @@ class Gallery:
         )
 
 
-def gallery_markdown(images: Iterable[tuple[str, StoredImage]], total: int) -> str:
+@dataclass(frozen=True)
+class GalleryImage:
+    """What the gallery shows of an image: where it is, its size and a ``data:`` thumbnail."""
+
+    uri: str
+    width: int
+    height: int
+    thumbnail: str
+
+
+def gallery_markdown(images: Iterable[tuple[str, GalleryImage]], total: int) -> str:
     """Markdown with an embedded thumbnail per image and its storage location."""
     cells: list[str] = []
     for row_id, image in images:

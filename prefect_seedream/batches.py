@@ -30,7 +30,11 @@ from prefect.utilities.annotations import quote
 
 from prefect_seedream.artifacts import row_table
 from prefect_seedream.dataset import DatasetRow
-from prefect_seedream.defaults import MAX_ROWS_PER_TASK, ONE_TASK_RUN_PER_ROW_UP_TO, TARGET_TASK_RUNS
+from prefect_seedream.defaults import (
+    MAX_ROWS_PER_TASK,
+    ONE_TASK_RUN_PER_ROW_UP_TO,
+    TARGET_TASK_RUNS,
+)
 from prefect_seedream.manifest import ROW_STATUSES, RunLine
 from prefect_seedream.parts import RunParts
 from prefect_seedream.runner import RowRunner

@@ -15,9 +15,11 @@ import shlex
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, get_args
 
 from prefect_seedream import defaults as d
+
 
 def _configure_prefect(verbose: bool) -> None:
     """Keep Prefect's console quiet (the UI gets every line); heartbeats for started servers.
@@ -33,18 +35,26 @@ def _configure_prefect(verbose: bool) -> None:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
 
+@dataclass
+class _PrefectAPI:
+    """The Prefect API a command talks to."""
+
+    embedded: bool
+    ready: Callable[[], None] = lambda: None
+
+
 @contextmanager
-def _prefect_api(start: bool = True) -> Iterator[Callable[[], None]]:
-    """The Prefect API the command talks to: ``PREFECT_API_URL``, or a temporary server
-    started now (see :mod:`prefect_seedream.embedded_server`); yields "wait until ready"."""
+def _prefect_api(start: bool = True) -> Iterator[_PrefectAPI]:
+    """``PREFECT_API_URL``, or a temporary server started now (see
+    :mod:`prefect_seedream.embedded_server`)."""
     if os.environ.get("PREFECT_API_URL") or not start:
-        yield lambda: None
+        yield _PrefectAPI(embedded=False)
         return
     from prefect_seedream.embedded_server import EmbeddedServer
 
     with EmbeddedServer() as server:
         try:
-            yield server.wait_ready
+            yield _PrefectAPI(embedded=True, ready=server.wait_ready)
         finally:
             _drain_prefect_workers()
 
@@ -186,7 +196,7 @@ def _print_summary(args: argparse.Namespace, summary: Any, state: Any) -> None:
         print(f"  {_next_steps(args, summary)[0]}")
 
 
-def _run(args: argparse.Namespace, api_ready: Callable[[], None]) -> int:
+def _run(args: argparse.Namespace, api: _PrefectAPI) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from prefect_seedream.dataset import DatasetError
@@ -194,7 +204,14 @@ def _run(args: argparse.Namespace, api_ready: Callable[[], None]) -> int:
     from prefect_seedream.output_lock import OutputLockedError
     from prefect_seedream.progress import listening
 
-    api_ready()
+    if args.shards > 1 and api.embedded:
+        print(
+            "error: --shards needs a Prefect server with workers on a work pool: set "
+            "PREFECT_API_URL (see the README's \"Scaling out\": make stack-up)",
+            file=sys.stderr,
+        )
+        return 2
+    api.ready()
     with _api_or_simulator(args), Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[failed]} not succeeded"), TimeElapsedColumn(),
@@ -229,10 +246,10 @@ def _run(args: argparse.Namespace, api_ready: Callable[[], None]) -> int:
     return 0 if state.is_completed() else 1
 
 
-def _recover(args: argparse.Namespace, api_ready: Callable[[], None]) -> int:
+def _recover(args: argparse.Namespace, api: _PrefectAPI) -> int:
     from prefect_seedream.flows import recover_dataset
 
-    api_ready()
+    api.ready()
     with _api_or_simulator(args):
         state = asyncio.run(recover_dataset(
             args.output, credentials=_credentials(args), max_wait_seconds=args.max_wait,
@@ -251,12 +268,12 @@ def main(argv: list[str] | None = None) -> int:
         return main_simulator(argv[1:])
     # The Prefect server (when one is needed) starts first: it boots while the rest loads.
     needs_api = argv[:1] in (["run"], ["recover"]) and not {"-h", "--help"} & set(argv)
-    with _prefect_api(start=needs_api) as api_ready:
+    with _prefect_api(start=needs_api) as api:
         args = build_parser().parse_args(argv)
         _configure_prefect(args.verbose)
         if args.command == "run":
-            return _run(args, api_ready)
-        return _recover(args, api_ready)
+            return _run(args, api)
+        return _recover(args, api)
 
 
 def console_main() -> None:

@@ -7,7 +7,8 @@ dataset flow and for the shard flow.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,13 +19,14 @@ from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 
 from prefect_seedream.artifacts import Gallery
-from prefect_seedream.batches import run_batches
 from prefect_seedream.budget import CreditBudget
 from prefect_seedream.clients import client_for, close_clients
 from prefect_seedream.credentials import SeedreamCredentials
-from prefect_seedream.dataset import RowDefaults, iter_rows
-from prefect_seedream.defaults import ROW_EVENTS, RowEvents
-from prefect_seedream.generation import GenerationOptions
+from prefect_seedream.api.models import GenerationRequest
+from prefect_seedream.batches import rows_per_task_for, run_batches
+from prefect_seedream.dataset import InvalidRow, RowDefaults, iter_rows
+from prefect_seedream.defaults import FAILURES_LOGGED, ROW_EVENTS, RowEvents
+from prefect_seedream.generation import GenerationOptions, WaitOptions
 from prefect_seedream.ledger import TaskLedger
 from prefect_seedream.manifest import RunLine
 from prefect_seedream.parts import RunParts
@@ -77,6 +79,87 @@ class RunSettings:
     row_events: RowEvents = ROW_EVENTS
     tables: bool = False
     storage_options: dict[str, Any] | None = field(default=None, hash=False)
+
+
+#: Parameters of a dataset run that shape how its rows run (a shard gets them as they are).
+ROW_PARAMETERS = (
+    "model", "size", "n", "prompt_priority", "max_concurrency", "concurrency_limit_name",
+    "max_credits", "max_wait_seconds", "poll_interval", "retries", "retry_delay_seconds",
+    "resubmit_unknown", "storage_options", "rows_per_task", "row_events",
+)
+
+
+def row_defaults(model: str, size: str | None, n: int, prompt_priority: str | None) -> RowDefaults:
+    """Check the flow-level request parameters together, before anything is read or spent."""
+    GenerationRequest(model=model, prompt="parameter check", size=size, n=n, prompt_priority=prompt_priority)
+    return RowDefaults(model=model, size=size, n=n, prompt_priority=prompt_priority)
+
+
+def settings_from(
+    dataset: str,
+    parameters: Mapping[str, Any],
+    credentials: SeedreamCredentials | None,
+    *,
+    total_rows: int,
+    concurrency_limit: int | None,
+) -> RunSettings:
+    """Turn a dataset run's parameters (or a shard's copy of them) into :class:`RunSettings`.
+
+    Args:
+        dataset: The dataset.
+        parameters: The values of :data:`ROW_PARAMETERS`.
+        credentials: The API's credentials.
+        total_rows: Rows of the whole dataset (they choose the rows per task run).
+        concurrency_limit: The global concurrency limit's value, when one is named.
+    """
+    p = parameters
+    rows_per_task = rows_per_task_for(total_rows, p["rows_per_task"])
+    limit_name = p["concurrency_limit_name"]
+    return RunSettings(
+        dataset=dataset,
+        defaults=row_defaults(p["model"], p["size"], p["n"], p["prompt_priority"]),
+        credentials=credentials,
+        max_concurrency=p["max_concurrency"],
+        concurrency_limit=(limit_name, concurrency_limit) if limit_name and concurrency_limit else None,
+        max_credits=p["max_credits"],
+        generation=GenerationOptions(
+            wait=WaitOptions(p["max_wait_seconds"], p["poll_interval"]),
+            resubmit_unknown=p["resubmit_unknown"],
+        ),
+        retry=RetryOptions(p["retries"], p["retry_delay_seconds"]),
+        rows_per_task=rows_per_task,
+        row_events=p["row_events"],
+        tables=rows_per_task > 1,
+        storage_options=p["storage_options"],
+    )
+
+
+def scan_dataset(dataset: str, defaults: RowDefaults) -> DatasetScan:
+    """Pass 1: validate every row (streamed) and estimate the credits; spends nothing."""
+    logger = get_run_logger()
+    scan = DatasetScan()
+    for row in iter_rows(dataset, defaults):
+        scan.rows += 1
+        if isinstance(row, InvalidRow):
+            scan.invalid += 1
+            if scan.invalid <= FAILURES_LOGGED:
+                logger.warning("Row %s (line %d) is invalid: %s", row.row_id, row.number, row.reason)
+        else:
+            scan.estimated_credits += row.request.reserved_credits
+    logger.info(
+        "Dataset %s: %d rows, %d invalid; at most %g credits",
+        dataset, scan.rows, scan.invalid, scan.estimated_credits,
+    )
+    return scan
+
+
+@dataclass
+class DatasetScan:
+    """What pass 1 found: rows, invalid rows, the most the valid ones can cost."""
+
+    rows: int = 0
+    invalid: int = 0
+    estimated_credits: float = 0.0
 
 
 async def read_concurrency_limit(name: str) -> int:
@@ -143,5 +226,20 @@ async def execute_rows(
     finally:
         if slots is not None:
             await slots.close()
+            _log_slot_stats(slots)
         await close_clients()
     return gallery
+
+
+def _log_slot_stats(slots: SlotPool) -> None:
+    """One line on how the run used its global concurrency limit (benchmarks read it)."""
+    stats = slots.stats
+    get_run_logger().info(
+        "Concurrency limit %s: %d lease(s) taken, %d refused (limit full), %d given back; "
+        "at most %d slot(s) held; %.1f slot-seconds held idle; rows waited %.1f s for slots "
+        "[slot-stats %s]",
+        slots.name, stats.acquisitions, stats.denials, stats.releases, stats.peak_held,
+        stats.idle_slot_seconds, stats.starved_seconds,
+        json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in stats.__dict__.items()
+                    if not k.startswith("_")}),
+    )

@@ -13,6 +13,7 @@ again.
 
 
 import asyncio
+import math
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -22,12 +23,10 @@ from prefect.states import Completed, Failed, State
 from pydantic import Field
 
 from prefect_seedream.api.errors import SeedreamError
-from prefect_seedream.api.models import DEFAULT_MODEL, GenerationRequest, SeedreamModel
+from prefect_seedream.api.models import DEFAULT_MODEL, SeedreamModel
 from prefect_seedream.artifacts import Gallery, ProgressArtifact, RunTables
-from prefect_seedream.batches import rows_per_task_for
 from prefect_seedream.clients import client_for, close_clients
 from prefect_seedream.credentials import SeedreamCredentials, resolve_credentials
-from prefect_seedream.dataset import InvalidRow, RowDefaults, iter_rows
 from prefect_seedream.defaults import (
     DEFAULT_N,
     DEFAULT_PROMPT_PRIORITY,
@@ -45,94 +44,33 @@ from prefect_seedream.defaults import (
     SizePreset,
 )
 from prefect_seedream.events import emit_dataset_event
-from prefect_seedream.execution import RowRange, RunSettings, execute_rows, read_concurrency_limit
-from prefect_seedream.generation import GenerationOptions, StepReporter, WaitOptions, generate_recorded
+from prefect_seedream.execution import (
+    ROW_PARAMETERS,
+    RowRange,
+    execute_rows,
+    read_concurrency_limit,
+    row_defaults,
+    scan_dataset,
+    settings_from,
+)
+from prefect_seedream.generation import (
+    GenerationOptions,
+    StepReporter,
+    WaitOptions,
+    generate_recorded,
+)
 from prefect_seedream.hooks import record_stopped_run, write_manifest
 from prefect_seedream.ledger import LedgerRecord, NextStep, TaskLedger
-from prefect_seedream.lines import line_from_record
 from prefect_seedream.output_lock import OutputLock, check_held_by
 from prefect_seedream.parts import RunParts, clear_runs
 from prefect_seedream.progress import RunProgress, notify_total
-from prefect_seedream.runner import RetryOptions
-from prefect_seedream.shards import run_shards
+from prefect_seedream.shards import check_shard_deployment, run_shards
 from prefect_seedream.storage import ImageStore
 from prefect_seedream.summary import DatasetRunSummary
 
-#: Parameters of a dataset run that shape how its rows run (a shard gets them as they are).
-ROW_PARAMETERS = (
-    "model", "size", "n", "prompt_priority", "max_concurrency", "concurrency_limit_name",
-    "max_credits", "max_wait_seconds", "poll_interval", "retries", "retry_delay_seconds",
-    "resubmit_unknown", "storage_options", "rows_per_task", "row_events",
-)
-
-
-def _defaults(model: str, size: str | None, n: int, prompt_priority: str | None) -> RowDefaults:
-    """Check the flow-level parameters together before anything is read or spent."""
-    GenerationRequest(model=model, prompt="parameter check", size=size, n=n, prompt_priority=prompt_priority)
-    return RowDefaults(model=model, size=size, n=n, prompt_priority=prompt_priority)
-
-
-def settings_from(
-    dataset: str,
-    parameters: Mapping[str, Any],
-    credentials: SeedreamCredentials | None,
-    *,
-    total_rows: int,
-    concurrency_limit: int | None,
-    share: float = 1.0,
-) -> RunSettings:
-    """Turn a dataset run's parameters (or a shard's copy of them) into :class:`RunSettings`.
-
-    Args:
-        dataset: The dataset.
-        parameters: The values of :data:`ROW_PARAMETERS`.
-        credentials: The API's credentials.
-        total_rows: Rows of the whole dataset (they choose the rows per task run).
-        concurrency_limit: The global concurrency limit's value, when one is named.
-        share: This process's share of the rows (a shard's budget is that share of it).
-    """
-    p = parameters
-    max_credits = p["max_credits"]
-    retry_delay = p["retry_delay_seconds"]
-    return RunSettings(
-        dataset=dataset,
-        defaults=_defaults(p["model"], p["size"], p["n"], p["prompt_priority"]),
-        credentials=credentials,
-        max_concurrency=p["max_concurrency"],
-        concurrency_limit=(p["concurrency_limit_name"], concurrency_limit)
-        if p["concurrency_limit_name"] and concurrency_limit
-        else None,
-        max_credits=max_credits * share if max_credits is not None else None,
-        generation=GenerationOptions(
-            wait=WaitOptions(p["max_wait_seconds"], p["poll_interval"]),
-            resubmit_unknown=p["resubmit_unknown"],
-        ),
-        retry=RetryOptions(p["retries"], retry_delay, jitter_factor=0.5 if retry_delay else 0.0),
-        rows_per_task=rows_per_task_for(total_rows, p["rows_per_task"]),
-        row_events=p["row_events"],
-        tables=rows_per_task_for(total_rows, p["rows_per_task"]) > 1,
-        storage_options=p["storage_options"],
-    )
-
-
-def scan_dataset(dataset: str, defaults: RowDefaults, summary: DatasetRunSummary) -> None:
-    """Pass 1: validate every row and estimate the credits; spends nothing."""
-    logger = get_run_logger()
-    invalid = 0
-    for row in iter_rows(dataset, defaults):
-        summary.rows += 1
-        if isinstance(row, InvalidRow):
-            invalid += 1
-            if invalid <= 100:
-                logger.warning("Row %s (line %d) is invalid: %s", row.row_id, row.number, row.reason)
-        else:
-            summary.estimated_credits += row.request.reserved_credits
-    summary.invalid = invalid
-    logger.info(
-        "Dataset %s: %d rows, %d invalid; at most %g credits",
-        dataset, summary.rows, invalid, summary.estimated_credits,
-    )
-
+#: More task runs than this in one run is what a default `prefect server start` cannot record
+#: as fast as they come (measured, see the README's "Scale and cost").
+TASK_RUNS_A_SERVER_KEEPS_UP_WITH = 2000
 
 @flow(
     name="seedream-generate-dataset",
@@ -221,17 +159,17 @@ async def generate_dataset(
     """
     logger = get_run_logger()
     parameters = {name: value for name, value in locals().items() if name in ROW_PARAMETERS}
-    _defaults(model, size, n, prompt_priority)
+    defaults = row_defaults(model, size, n, prompt_priority)
     if credentials is None:
         resolve_credentials(None)  # fail now, not per row, when there is no key
     limit = None
     if concurrency_limit_name and not dry_run:
         limit = await read_concurrency_limit(concurrency_limit_name)
+    if shards > 1 and not dry_run:
+        await check_shard_deployment(shard_deployment, work_pool)
 
-    summary = DatasetRunSummary(dry_run=dry_run)
-    scan = DatasetRunSummary()
-    scan_dataset(dataset, _defaults(model, size, n, prompt_priority), scan)
-    summary.estimated_credits = scan.estimated_credits
+    scan = scan_dataset(dataset, defaults)
+    summary = DatasetRunSummary(dry_run=dry_run, estimated_credits=scan.estimated_credits)
     notify_total(scan.rows)
     if dry_run:
         summary.rows, summary.invalid = scan.rows, scan.invalid
@@ -247,13 +185,23 @@ async def generate_dataset(
         parts = RunParts(store, run_id)
         artifact = await ProgressArtifact.create(total=scan.rows)
         progress = RunProgress(scan.rows, artifact, logger)
+        task_runs = math.ceil(scan.rows / settings.rows_per_task)
         logger.info(
-            "Running %d rows: %d per task run, at most %d at once%s",
-            scan.rows, settings.rows_per_task, max_concurrency,
+            "Running %d rows: %d per task run (%d task runs), at most %d at once%s",
+            scan.rows, settings.rows_per_task, task_runs, max_concurrency,
             f", in {shards} shards" if shards > 1 else "",
         )
+        if task_runs > TASK_RUNS_A_SERVER_KEEPS_UP_WITH:
+            logger.warning(
+                "%d task runs for one run: a Prefect server with default settings (SQLite) "
+                "records about 65 task runs a second and drops events beyond a queue of "
+                "10,000, leaving runs stuck in the UI. Leave rows_per_task unset (about 50 "
+                "task runs whatever the size), or see the README's \"Scale and cost\" for the "
+                "server settings that raise it.", task_runs,
+            )
         if shards > 1:
-            gallery = await run_shards(
+            gallery = Gallery()  # made from the manifest at the end
+            await run_shards(
                 settings, parameters, credentials, rows=scan.rows, shards=shards, run_id=run_id,
                 deployment=shard_deployment, work_pool=work_pool, parts=parts, progress=artifact,
                 output=output,
@@ -291,22 +239,13 @@ def _clear_leftovers(store: ImageStore) -> None:
 async def _publish_gallery(gallery: Gallery, tables: RunTables, store: ImageStore) -> None:
     """The gallery of this process's images, or (sharded runs) of the manifest's first ones."""
     if not gallery.shown:
-        for line in tables.rows:
+        for line in tables.gallery_lines:
             for image in line.images:
                 if gallery.wants_more():
                     thumbnail = await store.call(store.thumbnail_of, image.uri)
                     if thumbnail:
-                        gallery.add(line.row_id, _image_with(image, thumbnail))
+                        gallery.add_thumbnail(line.row_id, image, thumbnail)
     await gallery.publish()
-
-
-def _image_with(image: Any, thumbnail: str) -> Any:
-    from prefect_seedream.storage import StoredImage
-
-    return StoredImage(
-        uri=image.uri, width=image.width, height=image.height, bytes=image.bytes,
-        format=image.uri.rsplit(".", 1)[-1], source_url="", thumbnail=thumbnail,
-    )
 
 
 generate_dataset.on_cancellation_hooks.append(record_stopped_run)
@@ -454,27 +393,6 @@ async def recover_dataset(
             await asyncio.gather(*(collect(record) for record in pending))
         finally:
             await close_clients()
-        stored = await asyncio.to_thread(_update_manifest, store, collected)
+        stored = await asyncio.to_thread(update_manifest_lines, store, collected)
     message = f"collected {stored} of {len(pending)} in-flight task(s) in {output}"
     return Completed(message=message) if stored == len(pending) else Failed(message=message)
-
-
-def _update_manifest(store: ImageStore, records: Mapping[str, LedgerRecord]) -> int:
-    """Rewrite the manifest lines of recovered rows (streamed); returns how many were stored."""
-    from prefect_seedream.manifest import MANIFEST_NAME, ManifestLine, iter_manifest
-
-    if store.read_text(MANIFEST_NAME) is None:
-        return sum(record.state.value == "stored" for record in records.values())
-    with store.open_atomic(f"{MANIFEST_NAME}") as out:
-        for raw in iter_manifest(store):
-            line = ManifestLine.model_validate(raw)
-            record = records.get(line.task_id or "")
-            if record is not None:
-                status, error = record.status()
-                line.status, line.error = status, error
-                if status == "succeeded":
-                    from prefect_seedream.lines import manifest_images
-
-                    line.images, line.credits = manifest_images(record.images), record.credits
-            out.write(line.model_dump_json().encode("utf-8") + b"\n")
-    return sum(record.state.value == "stored" for record in records.values())

@@ -27,6 +27,7 @@ from prefect_seedream.api.errors import (
 )
 from prefect_seedream.api.models import GenerationRequest, GenerationTask, TaskStatus
 from prefect_seedream.defaults import (
+    FIRST_POLL_FLOOR_SECONDS,
     MAX_IMAGE_BYTES,
     MAX_POLL_INTERVAL_SECONDS,
     MAX_WAIT_SECONDS,
@@ -278,8 +279,12 @@ async def generate_recorded(
     if step is NextStep.REATTACH:
         assert record.task_id is not None
         reporter.reattached(label, record.task_id)
-        try:  # a task submitted long ago: a 404 means it is gone, not "not visible yet"
-            done = await _wait_recorded(record, client, ledger, reporter, options, not_found_grace=0)
+        try:  # submitted by an earlier attempt or run: look at once (its estimate has passed
+            # or is unknown); a 404 now means it is gone, not "not visible yet"
+            done = await _wait_recorded(
+                record, client, ledger, reporter, options,
+                estimated_time=FIRST_POLL_FLOOR_SECONDS, not_found_grace=0,
+            )
         except NotFoundError:
             record.task_gone()
             await ledger.asave(record)

@@ -33,7 +33,12 @@ from enum import Enum
 
 from pydantic import BaseModel, Field
 
-from prefect_seedream.api.models import GenerationRequest, GenerationTask, TaskErrorKind, classify_task_error
+from prefect_seedream.api.models import (
+    GenerationRequest,
+    GenerationTask,
+    TaskErrorKind,
+    classify_task_error,
+)
 from prefect_seedream.defaults import REATTACH_WINDOW_SECONDS
 from prefect_seedream.manifest import ManifestError, RowStatus
 from prefect_seedream.storage import PRIVATE_DIR, ImageStore, StoredImage, safe_stem

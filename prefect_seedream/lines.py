@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from prefect_seedream.dataset import DatasetRow, InvalidRow, RowDefaults, ValidRow, iter_rows
-from prefect_seedream.ledger import LedgerRecord, TaskLedger
-from prefect_seedream.manifest import ManifestError, ManifestImage, ManifestLine, RowStatus, RunLine
-from prefect_seedream.storage import StoredImage
+from prefect_seedream.ledger import LedgerRecord, LedgerState, TaskLedger
+from prefect_seedream.manifest import (
+    MANIFEST_NAME,
+    ManifestError,
+    ManifestImage,
+    ManifestLine,
+    RowStatus,
+    RunLine,
+    iter_manifest,
+)
+from prefect_seedream.storage import ImageStore, StoredImage
 
 
 def manifest_images(images: list[StoredImage]) -> list[ManifestImage]:
@@ -94,3 +102,22 @@ def lines_from_ledger(
         else:
             record = ledger.load(ledger.key_for(row.row_id, row.request))
             yield RunLine(line=line_from_record(row, record))
+
+
+def update_manifest_lines(store: ImageStore, records: Mapping[str, LedgerRecord]) -> int:
+    """Rewrite the manifest lines of rows whose records changed (keyed by task id), streamed.
+
+    Returns:
+        How many of the records are stored.
+    """
+    if store.exists(store.path_for(MANIFEST_NAME)):
+        with store.open_atomic(MANIFEST_NAME) as out:
+            for raw in iter_manifest(store):
+                line = ManifestLine.model_validate(raw)
+                record = records.get(line.task_id or "")
+                if record is not None:
+                    line.status, line.error = record.status()
+                    if line.status == "succeeded":
+                        line.images, line.credits = manifest_images(record.images), record.credits
+                out.write(line.model_dump_json().encode("utf-8") + b"\n")
+    return sum(record.state is LedgerState.STORED for record in records.values())

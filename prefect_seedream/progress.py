@@ -38,13 +38,13 @@ def listening(listener: RowListener, on_total: TotalListener | None = None) -> I
 
 def notify_total(rows: int) -> None:
     """Tell every listener how many rows the dataset has."""
-    for listener in list(_total_listeners):
+    for listener in _total_listeners:
         listener(rows)
 
 
 def notify(line: ManifestLine) -> None:
     """Tell every listener that a row finished."""
-    for listener in list(_listeners):
+    for listener in _listeners:
         listener(line)
 
 

@@ -31,7 +31,12 @@ from prefect_seedream.artifacts import Gallery
 from prefect_seedream.budget import CreditBudget
 from prefect_seedream.dataset import DatasetRow, InvalidRow, ValidRow
 from prefect_seedream.defaults import FAILURES_LOGGED, RETRY_JITTER_FACTOR, RowEvents
-from prefect_seedream.generation import GenerationOptions, StepReporter, generate_recorded, next_step_of
+from prefect_seedream.generation import (
+    GenerationOptions,
+    StepReporter,
+    generate_recorded,
+    next_step_of,
+)
 from prefect_seedream.ledger import Charge, LedgerRecord, NextStep, TaskLedger
 from prefect_seedream.lines import invalid_line, line_for, line_from_record
 from prefect_seedream.manifest import ManifestError, RunLine
@@ -127,6 +132,29 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+class RowClock:
+    """When a row started (it first held a concurrency slot) and how long it took since."""
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+        self.started_at: str | None = None
+
+    def start(self) -> None:
+        """Mark the start, the first time only (a retry does not restart the clock)."""
+        if self.started is None:
+            self.started, self.started_at = time.monotonic(), _now()
+
+    def fields(self) -> dict[str, Any]:
+        """The manifest line's ``started_at``, ``finished_at`` and ``duration_seconds``."""
+        if self.started is None:
+            return {}
+        return {
+            "started_at": self.started_at,
+            "finished_at": _now(),
+            "duration_seconds": round(time.monotonic() - self.started, 3),
+        }
+
+
 def _code_of(error: SeedreamError) -> str:
     return "wait_timeout" if isinstance(error, WaitTimeoutError) else type(error).__name__
 
@@ -200,49 +228,60 @@ class RowRunner:
             at_risk = record.charge().at_risk
             self.budget.settle(reserved=0.0, spent=at_risk)
             return RunLine(line=line_from_record(row, record), at_risk=at_risk)
+        # Reserved when the row gets its slot, not while it is queued: rows queued in later
+        # batches must not take the budget from rows that will run first.
         reserve = row.request.reserved_credits if step is NextStep.SUBMIT else 0.0
-        if not self.budget.try_reserve(reserve):
+        submissions_before = record.submissions
+        clock = RowClock()
+        try:
+            admitted = await self._attempts(row, record, reporter, clock, reserve)
+        finally:
+            charge = record.charge() if record.submissions > submissions_before else Charge()
+            if clock.started is not None:
+                self.budget.settle(reserved=reserve, spent=charge.total)
+        if not admitted:
             message = (
                 f"reserving {reserve:g} credits would pass max_credits={self.budget.limit:g} "
                 f"({self.budget.spent:g} spent, {self.budget.reserved:g} reserved)"
             )
             return RunLine(line=line_for(row, "skipped", error=ManifestError(code="budget_exceeded", message=message)))
-        started, started_at = time.monotonic(), _now()
-        submissions_before = record.submissions
-        try:
-            await self._attempts(row, record, reporter)
-        finally:
-            charge = record.charge() if record.submissions > submissions_before else Charge()
-            self.budget.settle(reserved=reserve, spent=charge.total)
-        line = line_from_record(
-            row, record, started_at=started_at, finished_at=_now(),
-            duration_seconds=round(time.monotonic() - started, 3),
-        )
+        line = line_from_record(row, record, **clock.fields())
         if line.status == "succeeded":
             for image in record.images:
                 self.gallery.add(row.row_id, image)
         return RunLine(line=line, spent=charge.spent, at_risk=charge.at_risk)
 
-    async def _attempts(self, row: ValidRow, record: LedgerRecord, reporter: StepReporter) -> None:
-        """Attempt the row, retrying what is worth it; the outcome is left in the record."""
+    async def _attempts(
+        self, row: ValidRow, record: LedgerRecord, reporter: StepReporter, clock: RowClock,
+        reserve: float,
+    ) -> bool:
+        """Attempt the row, retrying what is worth it; the outcome is left in the record.
+
+        Returns:
+            False when the budget could not take the row's reservation (nothing was sent).
+        """
         retry = 0
         while True:
             try:
                 async with self.limiter.hold():
+                    if clock.started is None:
+                        if not self.budget.try_reserve(reserve):
+                            return False
+                        clock.start()
                     await generate_recorded(
                         record, row.request, client=self.client, ledger=self.ledger,
                         options=self.generation, reporter=reporter,
                         thumbnails=self.gallery.wants_more(),
                     )
-                return
+                return True
             except SeedreamError as exc:
                 if not isinstance(exc, (TaskFailedError, SubmissionOutcomeUnknownError)):
                     record.note_error(_code_of(exc), str(exc))  # else the transition said why
                 if not is_worth_retrying(exc) or retry >= self.retry.retries:
-                    return
+                    return True
                 retry += 1
                 await asyncio.sleep(self.retry.delay(retry, exc))  # no slot is held meanwhile
             except Exception as exc:  # a bug must not lose the row: record it and go on
                 logging.getLogger("prefect_seedream").exception("row %s: unexpected error", row.row_id)
                 record.note_error("internal_error", f"{type(exc).__name__}: {exc}")
-                return
+                return True

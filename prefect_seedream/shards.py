@@ -13,6 +13,7 @@ parent merges the parts into the manifest, filling any row no shard finished fro
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
@@ -33,6 +34,8 @@ from prefect_seedream.parts import RunParts
 FINAL = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
 #: A crashed shard is started again this many times.
 SHARD_RETRIES = 1
+#: When no shard has left Scheduled after this long, the parent says why it may be waiting.
+SHARD_START_WARNING_SECONDS = 60.0
 
 
 def split_rows(total_rows: int, shards: int) -> list[RowRange]:
@@ -57,6 +60,27 @@ def credentials_parameter(credentials: SeedreamCredentials | None) -> Any:
     an unsaved one, or none, leaves each worker to its own environment."""
     block_id = getattr(credentials, "_block_document_id", None)
     return {"$ref": {"block_document_id": str(block_id)}} if block_id else None
+
+
+async def check_shard_deployment(deployment: str, work_pool: str | None) -> None:
+    """Fail before anything is read or spent when shards could not be started.
+
+    Raises:
+        ValueError: the deployment does not exist and no work pool was given to create it on.
+    """
+    if work_pool:
+        return  # it is (re)created on that pool when the run starts
+    from prefect.exceptions import ObjectNotFound
+
+    async with get_client() as client:
+        try:
+            await client.read_deployment_by_name(deployment)
+        except ObjectNotFound:
+            raise ValueError(
+                f"the shard deployment {deployment!r} does not exist: deploy it "
+                "(`prefect deploy --prefect-file deployments/prefect.yaml --name generate-shard`) "
+                "or pass the work pool to create it on (--work-pool POOL, work_pool=...)"
+            ) from None
 
 
 async def ensure_shard_deployment(deployment: str, work_pool: str) -> None:
@@ -124,6 +148,7 @@ async def run_shards(
 
     runs: dict[int, FlowRun] = {i: await start(i, r, 0) for i, r in enumerate(ranges)}
     attempts = dict.fromkeys(runs, 0)
+    waiting_since = time.monotonic()
     async with get_client() as client:
         while True:
             await asyncio.sleep(SHARD_POLL_SECONDS)
@@ -146,6 +171,15 @@ async def run_shards(
                 for run in runs.values()
             ):
                 break
+            if waiting_since and any(r.state_type is not StateType.SCHEDULED for r in current.values()):
+                waiting_since = 0.0  # a worker took one
+            elif waiting_since and time.monotonic() - waiting_since > SHARD_START_WARNING_SECONDS:
+                waiting_since = 0.0
+                logger.warning(
+                    "No worker has started a shard after %.0f s: is a worker running on the work "
+                    "pool of %s (`prefect worker start --pool POOL`)?", SHARD_START_WARNING_SECONDS,
+                    deployment,
+                )
     for index, run in runs.items():
         final = current[run.id]
         logger.info("Shard %d ended %s: %s", index + 1, final.state_type.value,

@@ -11,7 +11,7 @@ worker: a row only runs on a slot leased from it, so the limit is never exceeded
 * A chunk is at most a quarter of the run's own concurrency (so that the tail of a run gives
   slots back gradually); a request the server refuses (423: not enough free slots) is halved
   before it is tried again, down to one slot, so free slots are taken even when a big
-  request would not fit.
+  request would not fit, and asked again after 0.1 s, doubling up to 1 s while refused.
 * A lease whose slots all sit unused for ``linger`` seconds with no row waiting is released.
 * Leases are renewed by one task for the whole pool (every third of their duration). If the
   process dies, the server reclaims its leases when they expire (``SLOT_LEASE_SECONDS``).
@@ -39,9 +39,11 @@ from prefect_seedream.defaults import SLOT_LEASE_SECONDS, SLOT_LINGER_SECONDS
 
 logger = logging.getLogger("prefect_seedream.slots")
 
-#: Longest pause before asking again for slots the server refused (its own Retry-After can
-#: be 30 s when slots are held long, which would leave freed slots idle that long).
-MAX_DENIED_PAUSE_SECONDS = 2.0
+#: Pauses before asking again for slots the server refused: from the first, doubling to the
+#: longest (the server's own Retry-After can be 30 s when slots are held long, which would
+#: leave freed slots idle that long; asking every few hundred ms costs it little).
+FIRST_DENIED_PAUSE_SECONDS = 0.1
+MAX_DENIED_PAUSE_SECONDS = 1.0
 
 
 @dataclass
@@ -226,6 +228,7 @@ class SlotPool:
     async def _grow(self) -> None:
         """Lease more slots while rows wait and this pool may hold more."""
         assert self._client is not None
+        pause = FIRST_DENIED_PAUSE_SECONDS
         while self._waiters:
             room = self.max_slots - self.held
             if room <= 0:
@@ -242,8 +245,8 @@ class SlotPool:
                     return
                 self.stats.denials += 1
                 self._request = max(1, want // 2)
-                hint = float(exc.response.headers.get("Retry-After") or 1.0)
-                await asyncio.sleep(min(hint, MAX_DENIED_PAUSE_SECONDS) * random.uniform(0.5, 1.0))
+                await asyncio.sleep(pause * random.uniform(0.5, 1.0))
+                pause = min(MAX_DENIED_PAUSE_SECONDS, pause * 2)
                 continue
             except Exception as exc:  # the server is unreachable: the rows cannot run safely
                 self._fail_waiters(exc)
@@ -258,6 +261,7 @@ class SlotPool:
             self.stats.acquisitions += 1
             self.stats.peak_held = max(self.stats.peak_held, self.held)
             self._request = min(self.chunk, want * 2)
+            pause = FIRST_DENIED_PAUSE_SECONDS
             while self._waiters and lease.free > 0:
                 waiter = self._waiters.popleft()
                 if not waiter.done():

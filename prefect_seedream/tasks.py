@@ -22,7 +22,11 @@ from prefect.runtime import task_run as current_task_run
 from prefect.tasks import Task, exponential_backoff
 from pydantic import BaseModel, Field
 
-from prefect_seedream.api.errors import SeedreamError, SubmissionOutcomeUnknownError, TaskFailedError
+from prefect_seedream.api.errors import (
+    SeedreamError,
+    SubmissionOutcomeUnknownError,
+    TaskFailedError,
+)
 from prefect_seedream.api.models import GenerationRequest, GenerationTask
 from prefect_seedream.clients import client_for
 from prefect_seedream.credentials import SeedreamCredentials

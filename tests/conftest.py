@@ -11,10 +11,10 @@ from collections.abc import Iterator
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="seedream-prefect-home-"))
 
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
+import pytest
+from PIL import Image
 
-from prefect_seedream.simulator import RunningSimulator, SimulatorConfig, running_simulator  # noqa: E402
+from prefect_seedream.simulator import RunningSimulator, SimulatorConfig, running_simulator
 
 TEST_API_KEY = "sk-test-key"
 

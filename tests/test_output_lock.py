@@ -14,7 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from prefect_seedream.output_lock import OutputLock, OutputLockedError, check_held_by, current_holder
+from prefect_seedream.output_lock import (
+    OutputLock,
+    OutputLockedError,
+    check_held_by,
+    current_holder,
+)
 from prefect_seedream.simulator import RunningSimulator
 from prefect_seedream.storage import ImageStore
 from tests.helpers import manifest, run_dataset, summary_of, write_csv

@@ -24,7 +24,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import IO, Any, Union
+from typing import IO, Any
 
 import httpx
 
@@ -47,12 +47,12 @@ from prefect_seedream.api.errors import (
 from prefect_seedream.api.imagetype import sniff_image_type
 from prefect_seedream.api.models import GenerationRequest, GenerationTask
 from prefect_seedream.defaults import (
+    API_CONNECTIONS,
     API_KEY_ENV,
     BASE_URL_ENV,
     CONNECT_TIMEOUT_SECONDS,
     DEFAULT_BASE_URL,
     FIRST_POLL_FLOOR_SECONDS,
-    API_CONNECTIONS,
     MAX_IMAGE_BYTES,
     MAX_POLL_INTERVAL_SECONDS,
     MAX_WAIT_SECONDS,
@@ -73,7 +73,7 @@ DEFAULT_TIMEOUT = httpx.Timeout(
 )
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 
-ProgressCallback = Callable[[GenerationTask], Union[None, Awaitable[None]]]
+ProgressCallback = Callable[[GenerationTask], None | Awaitable[None]]
 
 
 @dataclass(frozen=True)

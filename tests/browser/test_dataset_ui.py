@@ -93,9 +93,12 @@ def test_custom_run_from_the_ui_shows_table_and_gallery(
     views = {view.key: view for view in open_artifacts_and_check_images(
         page, server.ui_url, run_id, screenshot_dir=browser_artifacts_dir
     )}
-    assert {"seedream-summary", "seedream-gallery"} <= set(views), views
-    table = views["seedream-summary"]
-    assert "fox" in table.text and "succeeded" in table.text
+    # (Changed with the redesign of rows: the per-row table is `seedream-rows`, the summary
+    # holds the counts.)
+    assert {"seedream-summary", "seedream-rows", "seedream-gallery"} <= set(views), views
+    assert "rows succeeded" in views["seedream-summary"].text
+    table = views["seedream-rows"]
+    assert "fox" in table.text and "succeeded" in table.text and "task-unified-" in table.text
     gallery = views["seedream-gallery"]
     assert len(gallery.images) == 2, gallery.images
     for image in gallery.images:

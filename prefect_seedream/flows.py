@@ -14,7 +14,6 @@ again.
 
 import asyncio
 import math
-from collections.abc import Mapping
 from typing import Annotated, Any
 
 from prefect import flow, get_run_logger
@@ -61,6 +60,7 @@ from prefect_seedream.generation import (
 )
 from prefect_seedream.hooks import record_stopped_run, write_manifest
 from prefect_seedream.ledger import LedgerRecord, NextStep, TaskLedger
+from prefect_seedream.lines import update_manifest_lines
 from prefect_seedream.output_lock import OutputLock, check_held_by
 from prefect_seedream.parts import RunParts, clear_runs
 from prefect_seedream.progress import RunProgress, notify_total

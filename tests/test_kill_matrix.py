@@ -11,7 +11,9 @@ counts (tasks it created per prompt):
   whose submission was on the wire at the kill: it may have been billed, so it is not
   resubmitted);
 * no partial image or manifest is left: every image decodes and has its manifest size, and
-  nothing is left in `.seedream/tmp/` or next to a final file;
+  nothing is left in `.seedream/tmp/` or next to a final file (a download goes to an
+  anonymous temporary file, which the kernel removes with the process, then to
+  `.seedream/tmp/` and is renamed into place);
 * `--resubmit-unknown` then finishes those rows with exactly one more task each.
 
 The windows are widened by the simulator's markers: `submit_delay` (the task is created, its
@@ -20,6 +22,7 @@ answer comes seconds later) and `download_delay` (an image stops half-way for se
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -222,7 +225,10 @@ def test_sigkill_at_an_instant_then_rerun_never_pays_twice(
 ) -> None:
     prompts = _prompts(instant)
     dataset = tmp_path / "rows.csv"
-    dataset.write_text("id,prompt\n" + "".join(f"{r},{p}\n" for r, p in prompts.items()), encoding="utf-8")
+    with dataset.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "prompt"])
+        writer.writerows(prompts.items())
     output = tmp_path / "out"
     env = _env(simulator.base_url, tmp_path / "prefect-home")
     command = _command(dataset, output)
@@ -230,6 +236,15 @@ def test_sigkill_at_an_instant_then_rerun_never_pays_twice(
     _kill_at(INSTANTS[instant], command, env, tmp_path, simulator, prompts, output)
     at_kill = _tasks_per_row(simulator, prompts)
     assert all(count <= 1 for count in at_kill.values()), at_kill
+    ledger_at_kill = _ledger(output)
+    # The kill really hit the instant it is named after:
+    if instant == "before any send":
+        assert sum(at_kill.values()) == 0 and not ledger_at_kill
+    elif instant == "submissions unanswered":  # tasks exist whose answer was never recorded
+        assert any(ledger_at_kill.get(f"r{i:02d}", {}).get("state") == "submitting" for i in range(3))
+    elif instant == "while downloading and storing":  # a download had begun, not the storing
+        slow = {f"r{i:02d}" for i in range(3, 6)}
+        assert any(ledger_at_kill.get(row, {}).get("state") == "submitted" for row in slow)
 
     rerun = _run(command, env, tmp_path)
     assert rerun.returncode in (0, 1), rerun.stdout + rerun.stderr
@@ -238,6 +253,8 @@ def test_sigkill_at_an_instant_then_rerun_never_pays_twice(
     lines = _check_manifest(output, prompts)
     _check_no_partial_files(output)
     unknown = sorted(row for row, line in lines.items() if line["status"] == "outcome_unknown")
+    # A row is unknown exactly when the kill left its intent with no recorded answer.
+    assert unknown == sorted(r for r, rec in ledger_at_kill.items() if rec["state"] == "submitting")
     if unknown:
         assert rerun.returncode == 1
         assert f"{len(unknown)} row(s) have an unknown outcome" in rerun.stdout

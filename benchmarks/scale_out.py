@@ -62,7 +62,6 @@ import math
 import os
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -87,6 +86,7 @@ from _proc import (
     write_dataset,
 )
 from compare import (
+    reap_orphans,
     DROPPED,
     NON_FINAL,
     FirstSubmitWatcher,
@@ -95,7 +95,6 @@ from compare import (
     percentile,
     short_cmd,
     stop_group,
-    wait_child,
     wait_exited,
 )
 
@@ -515,22 +514,7 @@ def run_cli(
     sampler.sample()
     exit_code = proc.wait()
     # descendants the CLI left behind were re-parented to us (subreaper): stop and reap them
-    me, left = os.getpid(), 0
-    for record in sampler.snapshot():
-        if record.group != "cli" or record.pid == proc.pid:
-            continue
-        stat = read_stat(record.pid)
-        if stat is None or stat.starttime != record.starttime or stat.ppid != me:
-            continue
-        left += stat.state != "Z"
-        for sig, grace in ((None, 5.0), (signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-            if sig is not None:
-                try:
-                    os.kill(record.pid, sig)
-                except ProcessLookupError:
-                    pass
-            if wait_child(record.pid, grace):
-                break
+    left = reap_orphans([r for r in sampler.snapshot() if r.group == "cli"], proc.pid)
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     text = out_path.read_text(errors="replace").splitlines()
     return CliRun(

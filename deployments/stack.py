@@ -301,7 +301,7 @@ def _spawn(argv: Sequence[str], env: Mapping[str, str], log: Path, cwd: Path) ->
     return ProcessInfo(proc.pid, proc.pid, ticks, str(log), list(argv))
 
 
-def _tail(path: Path | str, lines: int = 40) -> str:
+def tail_of(path: Path | str, lines: int = 40) -> str:
     try:
         return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -752,7 +752,7 @@ def start_postgres(pg: PostgresInfo) -> None:
     if result.returncode != 0:
         raise StackError(
             f"pg_ctl start failed ({result.returncode}): {result.stdout}{result.stderr}\n"
-            f"{_tail(pg.log)}"
+            f"{tail_of(pg.log)}"
         )
 
 
@@ -836,7 +836,7 @@ def start_server(
     deadline = time.monotonic() + timeout
     while True:
         if not is_alive(stack.server):
-            raise StackError(f"prefect server exited:\n{_tail(stack.server.log)}")
+            raise StackError(f"prefect server exited:\n{tail_of(stack.server.log)}")
         try:
             _LOCAL.open(f"{stack.api_url}/health", timeout=3).close()
             return
@@ -844,7 +844,7 @@ def start_server(
             pass
         if time.monotonic() > deadline:
             raise StackError(f"prefect server not healthy after {timeout:.0f} s:\n"
-                             f"{_tail(stack.server.log)}")  # fmt: skip
+                             f"{tail_of(stack.server.log)}")  # fmt: skip
         time.sleep(0.5)
 
 
@@ -1057,7 +1057,7 @@ def wait_for_workers(stack: Stack, started: Mapping[int, float], timeout: float 
         for index, since in started.items():
             info = stack.workers[index]
             if not is_alive(info):
-                raise StackError(f"worker {index} exited:\n{_tail(info.log)}")
+                raise StackError(f"worker {index} exited:\n{tail_of(info.log)}")
             worker = online.get(stack.worker_name(index))
             # A restarted worker keeps its record: wait for a heartbeat of the new process
             # (same clock as the server's; 2 s for rounding).
@@ -1066,7 +1066,7 @@ def wait_for_workers(stack: Stack, started: Mapping[int, float], timeout: float 
         if not waiting:
             return
         if time.monotonic() > deadline:
-            tails = "\n".join(f"--- worker {i}\n{_tail(stack.workers[i].log, 20)}" for i in waiting)
+            tails = "\n".join(f"--- worker {i}\n{tail_of(stack.workers[i].log, 20)}" for i in waiting)
             raise StackError(f"workers {waiting} not online after {timeout:.0f} s:\n{tails}")
         time.sleep(0.5)
 

@@ -49,3 +49,20 @@ def seedream_env(simulator: RunningSimulator, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("SEEDREAM_API_KEY", TEST_API_KEY)
     monkeypatch.setenv("SEEDREAM_BASE_URL", simulator.base_url)
     return simulator
+
+
+@pytest.fixture
+def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """moto's S3-compatible server on loopback, with test credentials; yields its URL."""
+    from moto.server import ThreadedMotoServer
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -107,23 +106,13 @@ async def test_two_dataset_runs_on_one_output_at_once(
 
 
 @pytest.fixture
-def s3_store(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
-    from moto.server import ThreadedMotoServer
+def s3_store(s3_endpoint: str) -> dict:
+    """fsspec options of a bucket `locks` on moto's S3 server."""
+    import s3fs
 
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    options = {"client_kwargs": {"endpoint_url": f"http://{host}:{port}"}, "key": "testing", "secret": "testing"}
-    try:
-        import s3fs
-
-        s3fs.S3FileSystem(**options).makedirs("locks", exist_ok=True)
-        yield options
-    finally:
-        server.stop()
+    options = {"client_kwargs": {"endpoint_url": s3_endpoint}, "key": "testing", "secret": "testing"}
+    s3fs.S3FileSystem(**options).makedirs("locks", exist_ok=True)
+    return options
 
 
 def test_an_s3_output_lease_is_exclusive_and_lapses_when_its_run_is_gone(s3_store: dict) -> None:

@@ -46,7 +46,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -61,6 +60,9 @@ from typing import Any, Literal
 from playwright.sync_api import Browser, Locator, Page, Playwright, Request, Response
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+# One minimal REST client and port picker for every real server the tests start.
+from deployments.stack import api_request, free_port, tail_of
 
 UI = Literal["v1", "v2"]
 
@@ -109,13 +111,6 @@ def venv_bin(name: str) -> str:
     resolving it would leave the venv.
     """
     return str(Path(sys.executable).parent / name)
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is free right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _die_with_parent() -> None:
@@ -190,51 +185,7 @@ class PrefectServer:
 
     def log_tail(self, lines: int = 60) -> str:
         """The last ``lines`` lines of the server's log, for error messages."""
-        return _tail(self.log_path, lines)
-
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"<{path} unreadable>"
-
-
-def api_request(
-    api_url: str, method: str, path: str, body: Any = None, timeout: float = 10.0
-) -> Any:
-    """Minimal JSON client for the Prefect REST API (stdlib only, usable outside a browser).
-
-    Args:
-        api_url: ``http://host:port/api``.
-        method: HTTP method.
-        path: path below ``/api``, e.g. ``"/flow_runs/filter"``.
-        body: JSON-serialisable request body, or None.
-        timeout: seconds.
-
-    Returns:
-        The decoded JSON response (None for an empty body).
-
-    Raises:
-        urllib.error.HTTPError: on a 4xx/5xx answer (its ``read()`` holds the server's detail).
-    """
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(
-        api_url.rstrip("/") + path,
-        data=data,
-        method=method,
-        headers={"Content-Type": "application/json"} if data is not None else {},
-    )
-    for attempt in range(5):  # a busy SQLite server answers 503 now and then
-        try:
-            with _LOCAL.open(req, timeout=timeout) as resp:
-                raw = resp.read()
-            return json.loads(raw) if raw else None
-        except urllib.error.HTTPError as exc:
-            if exc.code != 503 or attempt == 4:
-                raise
-            time.sleep(1 + attempt)
-    raise AssertionError("unreachable")
+        return tail_of(self.log_path, lines)
 
 
 @contextlib.contextmanager
@@ -326,7 +277,7 @@ def start_prefect_server(
             return
         finally:
             _stop_process_group(proc, grace=15)
-    raise RuntimeError(f"could not start prefect server:\n{_tail(log_path, 60)}")
+    raise RuntimeError(f"could not start prefect server:\n{tail_of(log_path, 60)}")
 
 
 @dataclass
@@ -415,7 +366,7 @@ def serve_deployment(
         while len(ids) < len(names):
             if proc.poll() is not None:
                 raise RuntimeError(
-                    f"serve process exited with code {proc.returncode}:\n{_tail(log_path, 60)}"
+                    f"serve process exited with code {proc.returncode}:\n{tail_of(log_path, 60)}"
                 )
             for name, path in zip(names, paths):
                 if name in ids:
@@ -433,7 +384,7 @@ def serve_deployment(
                 missing = [n for n in names if n not in ids]
                 raise TimeoutError(
                     f"deployments {missing} not registered after {timeout:.0f} s:\n"
-                    f"{_tail(log_path, 60)}"
+                    f"{tail_of(log_path, 60)}"
                 )
             time.sleep(0.5)
         yield ServedDeployment(ids[names[0]], names[0], log_path, proc, ids)

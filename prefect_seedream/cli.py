@@ -21,7 +21,7 @@ from typing import Any, get_args
 from prefect_seedream import defaults as d
 
 
-def _configure_prefect(verbose: bool) -> None:
+def _configure_prefect(verbose: bool, embedded: bool) -> None:
     """Keep Prefect's console quiet (the UI gets every line); heartbeats for started servers.
 
     A started server may crash runs whose heartbeats stop (the zombie automation of
@@ -29,7 +29,7 @@ def _configure_prefect(verbose: bool) -> None:
     an automation's window, so a run started from here says it is alive every 30 s.
     """
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    if os.environ.get("PREFECT_API_URL"):
+    if not embedded:
         os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     needs_api = argv[:1] in (["run"], ["recover"]) and not {"-h", "--help"} & set(argv)
     with _prefect_api(start=needs_api) as api:
         args = build_parser().parse_args(argv)
-        _configure_prefect(args.verbose)
+        _configure_prefect(args.verbose, api.embedded)
         if args.command == "run":
             return _run(args, api)
         return _recover(args, api)

@@ -14,6 +14,7 @@ before submitting, saves the task id before waiting, and saves the stored images
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -236,6 +237,7 @@ async def generate_recorded(
     options: GenerationOptions,
     reporter: StepReporter,
     thumbnails: bool = True,
+    on_terminal: Callable[[], Awaitable[Any]] | None = None,
 ) -> LedgerRecord:
     """One attempt at a row: reuse, re-attach or submit, then wait and store.
 
@@ -251,6 +253,9 @@ async def generate_recorded(
         options: Wait, resubmission and size options.
         reporter: Which log lines and events the steps emit.
         thumbnails: Also make gallery thumbnails of the images.
+        on_terminal: Awaited once the remote task is seen terminal, before its images are
+            downloaded: the generation is no longer in flight at the API, so the caller can
+            give its concurrency slot to the next row while this one downloads.
 
     Raises:
         SubmissionOutcomeUnknownError: an earlier or this submission may have been billed.
@@ -295,6 +300,8 @@ async def generate_recorded(
             raise NotFoundError(404, f"{label}: no task in flight to collect ({record.state.value})")
         estimated_time = await _submit_recorded(record, request, client, ledger, reporter)
         done = await _wait_recorded(record, client, ledger, reporter, options, estimated_time=estimated_time)
+    if on_terminal is not None:
+        await on_terminal()
     record.task_completed(done)
     images = await store_task_images(
         client, store, done, label, max_bytes=options.max_bytes, thumbnails=thumbnails

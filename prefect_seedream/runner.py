@@ -71,8 +71,9 @@ def is_worth_retrying(error: SeedreamError) -> bool:
 
 
 class RowLimiter:
-    """At most ``max_concurrency`` rows in flight in this process, and, optionally, one slot
-    of a global concurrency limit per row (shared by every run and worker).
+    """At most ``max_concurrency`` generations in flight at the API from this process (from
+    the submission to the task seen terminal; downloading needs none), and, optionally, one
+    slot of a global concurrency limit per generation (shared by every run and worker).
 
     Examples:
         ```python
@@ -87,13 +88,14 @@ class RowLimiter:
         self.slots = slots
 
     @asynccontextmanager
-    async def hold(self) -> AsyncIterator[None]:
-        """Hold the right to have one generation in flight."""
+    async def hold(self) -> AsyncIterator[AsyncExitStack]:
+        """Hold the right to have one generation in flight, until the block ends or the
+        yielded stack's ``aclose()`` gives it back earlier (the task is terminal)."""
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(self._semaphore)
             if self.slots is not None:
                 await stack.enter_async_context(self.slots.slot())
-            yield
+            yield stack
 
 
 class FailureLog:
@@ -263,7 +265,7 @@ class RowRunner:
         retry = 0
         while True:
             try:
-                async with self.limiter.hold():
+                async with self.limiter.hold() as slot:
                     if clock.started is None:
                         if not self.budget.try_reserve(reserve):
                             return False
@@ -272,6 +274,7 @@ class RowRunner:
                         record, row.request, client=self.client, ledger=self.ledger,
                         options=self.generation, reporter=reporter,
                         thumbnails=self.gallery.wants_more(),
+                        on_terminal=slot.aclose,  # downloading holds no slot: next row goes
                     )
                 return True
             except SeedreamError as exc:

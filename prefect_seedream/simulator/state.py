@@ -9,6 +9,7 @@ Time is read through :meth:`SimulatorState.now`, which tests may move forward wi
 from __future__ import annotations
 
 import hashlib
+import heapq
 import random
 import secrets
 import string
@@ -198,6 +199,11 @@ class SimulatorState:
         self.holds = HeldResponses()
         self.time_offset = 0.0
         self._jitter_rng = random.Random(config.seed)
+        # Heaps of (time, task id), so that counting active tasks and forgetting expired ones
+        # cost O(log n) per task, not a scan of every task per request: a run of 20,000 rows
+        # would otherwise spend most of the simulator's CPU scanning.
+        self._running: dict[str, list[tuple[float, str]]] = {}
+        self._expiring: list[tuple[float, str]] = []
 
     # -- time -------------------------------------------------------------------------------
 
@@ -256,11 +262,14 @@ class SimulatorState:
     def active_tasks(self, key_id: str | None = None) -> int:
         """Number of non-terminal tasks, of one key or of all keys."""
         now = self.now()
-        return sum(
-            1
-            for task in self.tasks.values()
-            if task.is_active(now) and (key_id is None or task.key_id == key_id)
-        )
+        keys = [key_id] if key_id is not None else list(self._running)
+        count = 0
+        for key in keys:
+            running = self._running.get(key, [])
+            while running and running[0][0] <= now:
+                heapq.heappop(running)
+            count += len(running)
+        return count
 
     def _draw_latency(self) -> float:
         jitter = self.config.jitter_seconds
@@ -316,6 +325,8 @@ class SimulatorState:
             created_unix=wall_time,
         )
         self.tasks[task.id] = task
+        heapq.heappush(self._running.setdefault(key_id, []), (task.finishes_at, task.id))
+        heapq.heappush(self._expiring, (task.finishes_at + self.config.result_ttl_seconds, task.id))
         counters = self.key_counters(key_id)
         counters.tasks_created += 1
         self.totals.tasks_created += 1
@@ -367,9 +378,9 @@ class SimulatorState:
     def prune(self) -> None:
         """Forget tasks whose results have expired."""
         now = self.now()
-        ttl = self.config.result_ttl_seconds
-        for task_id in [t.id for t in self.tasks.values() if t.is_expired(now, ttl)]:
-            del self.tasks[task_id]
+        while self._expiring and self._expiring[0][0] <= now:
+            _, task_id = heapq.heappop(self._expiring)
+            self.tasks.pop(task_id, None)
 
     # -- statistics -------------------------------------------------------------------------
 
@@ -394,6 +405,8 @@ class SimulatorState:
     def reset(self) -> None:
         """Forget every task and counter and re-seed the random generators."""
         self.tasks.clear()
+        self._running.clear()
+        self._expiring.clear()
         self.fault_counters.clear()
         self.dice.reset()
         self.images.clear()

@@ -47,6 +47,9 @@ POLL_INTERVAL_SECONDS = 3.0
 FIRST_POLL_FLOOR_SECONDS = 0.5
 #: Longest pause between two polls (polls back off up to it).
 MAX_POLL_INTERVAL_SECONDS = 15.0
+#: A task the API does not know for this long after its submission is gone (before that, a 404
+#: is taken for a task not visible yet: the API documents no read-after-write guarantee).
+NOT_FOUND_GRACE_SECONDS = 30.0
 #: Wall-clock cap of one wait; a task still running after it is left in flight for `recover`.
 MAX_WAIT_SECONDS = 900.0
 #: Result URLs expire 24 h after generation; a recorded task is re-attached only well within that.

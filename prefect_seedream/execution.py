@@ -18,12 +18,12 @@ from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 
+from prefect_seedream.api.models import GenerationRequest
 from prefect_seedream.artifacts import Gallery
+from prefect_seedream.batches import rows_per_task_for, run_batches
 from prefect_seedream.budget import CreditBudget
 from prefect_seedream.clients import client_for, close_clients
 from prefect_seedream.credentials import SeedreamCredentials
-from prefect_seedream.api.models import GenerationRequest
-from prefect_seedream.batches import rows_per_task_for, run_batches
 from prefect_seedream.dataset import InvalidRow, RowDefaults, iter_rows
 from prefect_seedream.defaults import FAILURES_LOGGED, ROW_EVENTS, RowEvents
 from prefect_seedream.generation import GenerationOptions, WaitOptions
@@ -183,8 +183,12 @@ async def execute_rows(
     parts: RunParts,
     on_row: Callable[[RunLine], None],
     before_batch: Callable[[], None] = lambda: None,
+    guard: Callable[[], None] = lambda: None,
 ) -> Gallery:
     """Run rows ``rows.first..rows.last``; each batch's lines go to ``parts``.
+
+    ``before_batch`` is called before each batch starts and ``guard`` before each row's first
+    submission (it must be cheap); either raises to stop (the run lost its output's lock).
 
     Returns:
         The gallery of the images this process stored.
@@ -207,6 +211,7 @@ async def execute_rows(
             row_events=settings.row_events,
             gallery=gallery,
             on_row=on_row,
+            guard=guard,
         )
         await run_batches(
             iter_rows(settings.dataset, settings.defaults, rows.first, rows.last),

@@ -13,6 +13,7 @@ again.
 
 
 import asyncio
+import contextlib
 import math
 from typing import Annotated, Any
 
@@ -61,7 +62,7 @@ from prefect_seedream.generation import (
 from prefect_seedream.hooks import record_stopped_run, write_manifest
 from prefect_seedream.ledger import LedgerRecord, NextStep, TaskLedger
 from prefect_seedream.lines import update_manifest_lines
-from prefect_seedream.output_lock import OutputLock, check_held_by
+from prefect_seedream.output_lock import OutputLock, OutputLockedError, check_held_by
 from prefect_seedream.parts import RunParts, clear_runs
 from prefect_seedream.progress import RunProgress, notify_total
 from prefect_seedream.shards import check_shard_deployment, run_shards
@@ -199,18 +200,31 @@ async def generate_dataset(
                 "task runs whatever the size), or see the README's \"Scale and cost\" for the "
                 "server settings that raise it.", task_runs,
             )
-        if shards > 1:
-            gallery = Gallery()  # made from the manifest at the end
-            await run_shards(
-                settings, parameters, credentials, rows=scan.rows, shards=shards, run_id=run_id,
-                deployment=shard_deployment, work_pool=work_pool, parts=parts, progress=artifact,
-                output=output,
-            )
-        else:
-            gallery = await execute_rows(
-                settings, RowRange(1, scan.rows), ledger=TaskLedger(store), parts=parts,
-                on_row=progress.row_done, before_batch=lock.check,
-            )
+        try:
+            if shards > 1:
+                gallery = Gallery()  # made from the manifest at the end
+                await run_shards(
+                    settings, parameters, credentials, rows=scan.rows, shards=shards,
+                    run_id=run_id, deployment=shard_deployment, work_pool=work_pool, parts=parts,
+                    progress=artifact, output=output,
+                )
+            else:
+                gallery = await execute_rows(
+                    settings, RowRange(1, scan.rows), ledger=TaskLedger(store), parts=parts,
+                    on_row=progress.row_done, before_batch=lock.check, guard=lock.check,
+                )
+        except OutputLockedError:
+            raise  # another run holds the output now: its manifest is its own
+        except Exception:
+            # The run fails, but its manifest still says what was done, one line per row,
+            # written while the lock is held (the ledger has every fact).
+            logger.exception("The run stopped on an error; writing the manifest of what was done")
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(
+                    write_manifest, store, parts, settings, scan.rows, DatasetRunSummary(),
+                    RunTables(scan.rows),
+                )
+            raise
         summary.manifest = await asyncio.to_thread(
             write_manifest, store, parts, settings, scan.rows, summary, tables
         )

@@ -14,6 +14,7 @@ before submitting, saves the task id before waiting, and saves the stored images
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -32,6 +33,7 @@ from prefect_seedream.defaults import (
     MAX_IMAGE_BYTES,
     MAX_POLL_INTERVAL_SECONDS,
     MAX_WAIT_SECONDS,
+    NOT_FOUND_GRACE_SECONDS,
     POLL_INTERVAL_SECONDS,
     RowEvents,
 )
@@ -283,12 +285,19 @@ async def generate_recorded(
     done: GenerationTask | None = None
     if step is NextStep.REATTACH:
         assert record.task_id is not None
+        if record.state is LedgerState.STORED:
+            record.images_lost()  # its files went missing: fetch the results again
         reporter.reattached(label, record.task_id)
-        try:  # submitted by an earlier attempt or run: look at once (its estimate has passed
-            # or is unknown); a 404 now means it is gone, not "not visible yet"
+        # Submitted by an earlier attempt or run: look at once (its estimate has passed or is
+        # unknown). A 404 means "gone" only once the task is older than the grace a fresh
+        # task gets: a run killed right after a submission and run again at once must not
+        # take "not visible yet" for "gone" and pay again.
+        age = time.time() - (record.submitted_at or 0.0)
+        try:
             done = await _wait_recorded(
                 record, client, ledger, reporter, options,
-                estimated_time=FIRST_POLL_FLOOR_SECONDS, not_found_grace=0,
+                estimated_time=FIRST_POLL_FLOOR_SECONDS,
+                not_found_grace=max(0.0, NOT_FOUND_GRACE_SECONDS - age),
             )
         except NotFoundError:
             record.task_gone()

@@ -141,7 +141,12 @@ class LedgerRecord(BaseModel):
 
     def reattachable(self, now: float | None = None) -> bool:
         """True when the recorded task can still be awaited instead of paying again."""
-        if self.task_id is None or self.state not in (LedgerState.SUBMITTED, LedgerState.COMPLETED):
+        if self.state not in (LedgerState.SUBMITTED, LedgerState.COMPLETED):
+            return False
+        return self._within_window(now)
+
+    def _within_window(self, now: float | None) -> bool:
+        if self.task_id is None:
             return False
         age = (now or time.time()) - (self.submitted_at or 0)
         return age < REATTACH_WINDOW_SECONDS
@@ -164,8 +169,12 @@ class LedgerRecord(BaseModel):
             resubmit_unknown: Whether the user accepts paying again after an unknown outcome.
             now: The time (for the re-attach window); default: now.
         """
-        if self.state is LedgerState.STORED and images_present:
-            return NextStep.REUSE
+        if self.state is LedgerState.STORED:
+            if images_present:
+                return NextStep.REUSE
+            # Its files went missing: while the task's results are valid, download them
+            # again (nothing is paid); after that, the row is generated anew.
+            return NextStep.REATTACH if self._within_window(now) else NextStep.SUBMIT
         if self.outcome_unknown:
             return NextStep.SUBMIT if resubmit_unknown else NextStep.REFUSE_UNKNOWN
         if self.failed_by_request():
@@ -273,6 +282,12 @@ class LedgerRecord(BaseModel):
         if task.credits is not None:
             self.credits = task.credits
         self.error = None
+
+    def images_lost(self) -> None:
+        """A stored row's files are gone; its task's results may be downloaded again."""
+        self._require(LedgerState.STORED)
+        self.state = LedgerState.COMPLETED
+        self.images = []
 
     def images_stored(self, images: list[StoredImage]) -> None:
         """Every result is in durable storage: the row is done."""

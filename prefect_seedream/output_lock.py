@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import time
@@ -119,6 +120,9 @@ class OutputLock:
     async def __aexit__(self, *exc_info: object) -> None:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
+            # A renewal already running in its thread finishes first: it must not write the
+            # lease again after the release.
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
         await asyncio.to_thread(self.release)
 
     def acquire(self) -> None:
@@ -139,8 +143,13 @@ class OutputLock:
             self._handle.close()
             self._handle = None
         if self._generation is not None:
-            self.store.remove(self._lease_name(self._generation))
-            self._generation = None
+            generation, self._generation = self._generation, None
+            if self.lost:
+                return  # another run may hold it now: its lease is not ours to delete
+            text = self.store.read_text(self._lease_name(generation))
+            holder = LockHolder.from_json(text) if text else None
+            if holder is not None and holder.run_id == self.holder.run_id:
+                self.store.remove(self._lease_name(generation))
 
     # -- local folders: flock -------------------------------------------------------------------
 
@@ -191,14 +200,21 @@ class OutputLock:
         raise OutputLockedError(f"{self.store.destination} is being taken by other runs; try again")
 
     async def _beat(self) -> None:
+        renewed_at = time.time()
         while not self.lost:
             await asyncio.sleep(self.heartbeat_every)
             try:
                 await asyncio.to_thread(self._renew)
+                renewed_at = time.time()
             except OutputLockedError:
                 self.lost = True  # the run stops before its next batch (see `check`)
-            except OSError:
-                pass  # a transient store error: the lease lives on until its TTL
+            except Exception as exc:  # a store error: the lease lives on until its TTL...
+                logging.getLogger("prefect_seedream").warning(
+                    "could not renew the lock of %s: %s", self.store.destination, exc
+                )
+                # ...but another run may take it once the TTL is near: stop before that.
+                if time.time() - renewed_at > self.ttl - 2 * self.heartbeat_every:
+                    self.lost = True
 
     def check(self) -> None:
         """Raise :class:`OutputLockedError` if another run took the lock over meanwhile."""

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any
 
 from prefect_seedream.api.client import SeedreamClient
@@ -37,9 +38,10 @@ from prefect_seedream.generation import (
     generate_recorded,
     next_step_of,
 )
-from prefect_seedream.ledger import Charge, LedgerRecord, NextStep, TaskLedger
+from prefect_seedream.ledger import Charge, LedgerRecord, LedgerState, NextStep, TaskLedger
 from prefect_seedream.lines import invalid_line, line_for, line_from_record
 from prefect_seedream.manifest import ManifestError, RunLine
+from prefect_seedream.output_lock import OutputLockedError
 from prefect_seedream.slots import SlotPool
 
 
@@ -175,6 +177,9 @@ class RowRunner:
         row_events: Which ``seedream.generation.*`` events rows emit.
         gallery: Thumbnails for the gallery artifact (made for its first images only).
         on_row: Called with each finished row (progress).
+        guard: Called before a row's first submission; raises
+            :class:`~prefect_seedream.output_lock.OutputLockedError` when the run lost its
+            output's lock (the row is then skipped, never submitted).
     """
 
     def __init__(
@@ -189,7 +194,9 @@ class RowRunner:
         row_events: RowEvents,
         gallery: Gallery,
         on_row: Callable[[RunLine], None] = lambda item: None,
+        guard: Callable[[], None] = lambda: None,
     ) -> None:
+        self.guard = guard
         self.ledger = ledger
         self.client = client
         self.budget = budget
@@ -221,8 +228,15 @@ class RowRunner:
     async def _outcome(self, row: DatasetRow, reporter: StepReporter) -> RunLine:
         if isinstance(row, InvalidRow):
             return RunLine(line=invalid_line(row))
-        record = await self.ledger.arecord_for(row.row_id, row.request)
-        step = next_step_of(record, self.ledger.store, resubmit_unknown=self.generation.resubmit_unknown)
+        try:
+            record = await self.ledger.arecord_for(row.row_id, row.request)
+            step = await self.ledger.store.call(partial(
+                next_step_of, record, self.ledger.store, resubmit_unknown=self.generation.resubmit_unknown
+            ))
+        except Exception as exc:  # a corrupt record, a store that failed: never guess, never pay
+            logging.getLogger("prefect_seedream").exception("row %s: its ledger record cannot be read", row.row_id)
+            error = ManifestError(code="ledger_unreadable", message=f"{type(exc).__name__}: {exc}")
+            return RunLine(line=line_for(row, "failed", error=error))
         if step is NextStep.REUSE:  # stored by an earlier run: no API call, nothing paid
             return RunLine(line=line_from_record(row, record, reused=True))
         if step in (NextStep.REFUSE_UNKNOWN, NextStep.REPEAT_FAILURE):
@@ -237,6 +251,9 @@ class RowRunner:
         clock = RowClock()
         try:
             admitted = await self._attempts(row, record, reporter, clock, reserve)
+        except OutputLockedError as exc:  # another run holds the output now: submit nothing
+            error = ManifestError(code="output_lock_lost", message=str(exc))
+            return RunLine(line=line_for(row, "skipped", error=error))
         finally:
             charge = record.charge() if record.submissions > submissions_before else Charge()
             if clock.started is not None:
@@ -264,27 +281,45 @@ class RowRunner:
         """
         retry = 0
         while True:
-            try:
-                async with self.limiter.hold() as slot:
-                    if clock.started is None:
-                        if not self.budget.try_reserve(reserve):
-                            return False
-                        clock.start()
-                    await generate_recorded(
-                        record, row.request, client=self.client, ledger=self.ledger,
-                        options=self.generation, reporter=reporter,
-                        thumbnails=self.gallery.wants_more(),
-                        on_terminal=slot.aclose,  # downloading holds no slot: next row goes
-                    )
-                return True
-            except SeedreamError as exc:
-                if not isinstance(exc, (TaskFailedError, SubmissionOutcomeUnknownError)):
-                    record.note_error(_code_of(exc), str(exc))  # else the transition said why
-                if not is_worth_retrying(exc) or retry >= self.retry.retries:
-                    return True
-                retry += 1
-                await asyncio.sleep(self.retry.delay(retry, exc))  # no slot is held meanwhile
-            except Exception as exc:  # a bug must not lose the row: record it and go on
-                logging.getLogger("prefect_seedream").exception("row %s: unexpected error", row.row_id)
-                record.note_error("internal_error", f"{type(exc).__name__}: {exc}")
-                return True
+            async with self.limiter.hold() as slot:
+                if clock.started is None:
+                    self.guard()
+                    if not self.budget.try_reserve(reserve):
+                        return False
+                    clock.start()
+                while True:
+                    delay = await self._attempt(row, record, reporter, slot, retry)
+                    if delay is None:
+                        return True
+                    retry += 1
+                    if record.state is not LedgerState.SUBMITTED:
+                        break  # nothing of the row is in flight at the API: give the slot back
+                    # Its task is still running (the polls failed): it keeps its slot, or the
+                    # API would see more than the limit while it is struggling.
+                    await asyncio.sleep(delay)
+            await asyncio.sleep(delay)
+
+    async def _attempt(
+        self, row: ValidRow, record: LedgerRecord, reporter: StepReporter, slot: AsyncExitStack,
+        retry: int,
+    ) -> float | None:
+        """One attempt; returns the delay before the next one, or None when the row is done
+        (its outcome, success or not, is in the record)."""
+        try:
+            await generate_recorded(
+                record, row.request, client=self.client, ledger=self.ledger,
+                options=self.generation, reporter=reporter,
+                thumbnails=self.gallery.wants_more(),
+                on_terminal=slot.aclose,  # downloading holds no slot: next row goes
+            )
+            return None
+        except SeedreamError as exc:
+            if not isinstance(exc, (TaskFailedError, SubmissionOutcomeUnknownError)):
+                record.note_error(_code_of(exc), str(exc))  # else the transition said why
+            if not is_worth_retrying(exc) or retry >= self.retry.retries:
+                return None
+            return self.retry.delay(retry + 1, exc)
+        except Exception as exc:  # a bug must not lose the row: record it and go on
+            logging.getLogger("prefect_seedream").exception("row %s: unexpected error", row.row_id)
+            record.note_error("internal_error", f"{type(exc).__name__}: {exc}")
+            return None

@@ -44,6 +44,11 @@ logger = logging.getLogger("prefect_seedream.slots")
 #: leave freed slots idle that long; asking every few hundred ms costs it little).
 FIRST_DENIED_PAUSE_SECONDS = 0.1
 MAX_DENIED_PAUSE_SECONDS = 1.0
+#: Server errors (5xx, connection) tolerated in a row while asking for slots, with the same
+#: pauses, before the rows waiting for them fail.
+SERVER_ERRORS_TOLERATED = 8
+#: How long closing waits for a slot request in progress (so its lease is given back).
+CLOSE_TIMEOUT_SECONDS = 5.0
 
 
 @dataclass
@@ -123,6 +128,8 @@ class SlotPool:
         self._grower: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
         self._releasers: set[asyncio.Task[None]] = set()
+        #: Every lease granted and not yet given back (closing gives back what is left).
+        self._unreleased: dict[UUID, _Lease] = {}
         self._request = self.chunk
 
     async def __aenter__(self) -> SlotPool:
@@ -156,13 +163,22 @@ class SlotPool:
     async def close(self) -> None:
         """Give every lease back and stop renewing."""
         self._account()
-        for task in (self._grower, self._renewer, *self._releasers):
-            if task is not None:
-                task.cancel()
         for waiter in self._waiters:
             waiter.cancel()
         self._waiters.clear()
-        leases, self._leases = self._leases, []
+        if self._renewer is not None:
+            self._renewer.cancel()
+        if self._grower is not None and not self._grower.done():
+            # A request in progress may be granted: let it finish so its lease is known.
+            try:
+                await asyncio.wait_for(asyncio.shield(self._grower), CLOSE_TIMEOUT_SECONDS)
+            except Exception:  # timed out or failed: stop it either way
+                self._grower.cancel()
+        for task in list(self._releasers):
+            task.cancel()
+        await asyncio.gather(*self._releasers, return_exceptions=True)
+        self._leases = []
+        leases, self._unreleased = list(self._unreleased.values()), {}
         if self._client is not None:
             for lease in leases:
                 await self._release(lease)
@@ -180,8 +196,7 @@ class SlotPool:
         waiter: asyncio.Future[_Lease] = asyncio.get_running_loop().create_future()
         self._account()
         self._waiters.append(waiter)
-        if self._grower is None or self._grower.done():
-            self._grower = asyncio.create_task(self._grow())
+        self._ensure_grower()
         try:
             return await waiter
         except asyncio.CancelledError:
@@ -200,8 +215,17 @@ class SlotPool:
                 lease.in_use += 1
                 waiter.set_result(lease)
                 return
-        if lease.in_use == 0:
+        if lease.lost and lease.in_use == 0 and lease in self._leases:
+            self._leases.remove(lease)  # the server took it back: nothing to release
+            self._unreleased.pop(lease.lease_id, None)
+        elif lease.in_use == 0:
             self._release_soon(lease)
+        self._ensure_grower()
+
+    def _ensure_grower(self) -> None:
+        """Rows wait and nobody is asking the server: ask (after a lease was lost, say)."""
+        if self._waiters and (self._grower is None or self._grower.done()):
+            self._grower = asyncio.create_task(self._grow())
 
     def _release_soon(self, lease: _Lease) -> None:
         task = asyncio.create_task(self._release_when_idle(lease))
@@ -229,6 +253,7 @@ class SlotPool:
         """Lease more slots while rows wait and this pool may hold more."""
         assert self._client is not None
         pause = FIRST_DENIED_PAUSE_SECONDS
+        errors = 0
         while self._waiters:
             room = self.max_slots - self.held
             if room <= 0:
@@ -239,16 +264,21 @@ class SlotPool:
                     names=[self.name], slots=want, mode="concurrency",
                     lease_duration=self.lease_seconds, holder=self.holder,
                 )
-            except httpx.HTTPStatusError as exc:
-                if exc.response.status_code != 423:
+            except (httpx.HTTPStatusError, httpx.TransportError) as exc:
+                status = exc.response.status_code if isinstance(exc, httpx.HTTPStatusError) else None
+                if status == 423:  # not enough free slots: ask for fewer, a little later
+                    self.stats.denials += 1
+                    self._request = max(1, want // 2)
+                elif (status is None or status >= 500) and errors < SERVER_ERRORS_TOLERATED:
+                    errors += 1  # the server is struggling or restarting: ask again
+                    logger.warning("asking for slots of %s failed (%s); asking again", self.name, exc)
+                else:  # the rows cannot run safely without slots
                     self._fail_waiters(exc)
                     return
-                self.stats.denials += 1
-                self._request = max(1, want // 2)
                 await asyncio.sleep(pause * random.uniform(0.5, 1.0))
                 pause = min(MAX_DENIED_PAUSE_SECONDS, pause * 2)
                 continue
-            except Exception as exc:  # the server is unreachable: the rows cannot run safely
+            except Exception as exc:  # anything else: the rows cannot run safely
                 self._fail_waiters(exc)
                 return
             body: dict[str, Any] = response.json()
@@ -258,6 +288,8 @@ class SlotPool:
             self._account()
             lease = _Lease(UUID(body["lease_id"]), want)
             self._leases.append(lease)
+            self._unreleased[lease.lease_id] = lease
+            errors = 0
             self.stats.acquisitions += 1
             self.stats.peak_held = max(self.stats.peak_held, self.held)
             self._request = min(self.chunk, want * 2)
@@ -290,6 +322,7 @@ class SlotPool:
             self.stats.releases += 1
         except Exception as exc:  # the server reclaims it when the lease expires
             logger.warning("could not release %d slot(s) of %s: %s", lease.slots, self.name, exc)
+        self._unreleased.pop(lease.lease_id, None)  # (not when cancelled: closing retries it)
 
     async def _renew_forever(self) -> None:
         while True:
@@ -302,5 +335,9 @@ class SlotPool:
                     if exc.response.status_code == 404:  # expired: the server took the slots back
                         lease.lost = True
                         logger.warning("a lease of %d slot(s) of %s expired", lease.slots, self.name)
+                        if lease.in_use == 0 and lease in self._leases:
+                            self._leases.remove(lease)
+                        self._unreleased.pop(lease.lease_id, None)
+                        self._ensure_grower()
                 except Exception as exc:
                     logger.warning("could not renew a lease of %s: %s", self.name, exc)

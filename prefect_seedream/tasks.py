@@ -79,7 +79,9 @@ def slug(text: str, length: int = 32) -> str:
 
     Examples:
         >>> slug("A lighthouse at dawn, oil painting")
-        'a-lighthouse-at-dawn-oil-painting'
+        'a-lighthouse-at-dawn-oil-paintin'
+        >>> slug("A lighthouse at dawn", length=12), slug("!!!")
+        ('a-lighthouse', 'prompt')
     """
     words = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
     return words[:length].rstrip("-") or "prompt"

@@ -131,6 +131,26 @@ async def test_rerun_submits_nothing_new(seedream_env: RunningSimulator, tmp_pat
     assert all(line["reused"] and line["status"] == "succeeded" for line in second_lines)
 
 
+async def test_a_deleted_image_is_downloaded_again_not_paid_again(
+    seedream_env: RunningSimulator, tmp_path: Path
+) -> None:
+    dataset = write_csv(tmp_path / "d.csv", [{"id": "fox", "prompt": "A red fox"}])
+    output = tmp_path / "out"
+    await run_dataset(dataset, output)
+    [line] = manifest(output)
+    image = Path(line["images"][0]["uri"])
+    image.unlink()
+
+    state = await run_dataset(dataset, output)
+
+    assert state.is_completed(), state.message
+    [again] = manifest(output)
+    assert again["task_id"] == line["task_id"] and again["status"] == "succeeded"
+    assert image.is_file() and image.stat().st_size == line["images"][0]["bytes"]
+    assert seedream_env.stats()["tasks_created"] == 1  # the task's results, fetched again
+    assert (await summary_of(state)).credits == 0
+
+
 async def test_rerun_keeps_lines_of_rows_from_an_earlier_dataset(
     seedream_env: RunningSimulator, tmp_path: Path
 ) -> None:

@@ -509,6 +509,28 @@ async def test_rerun_reattaches_to_a_task_left_in_flight(
     assert state.is_completed(), state
 
 
+async def test_rerun_at_once_takes_a_not_yet_visible_task_for_in_flight(
+    seedream_env: RunningSimulator, tmp_path: Path
+) -> None:
+    """A run stopped right after a submission, run again at once: the task answers 404
+    (not visible yet) at first. The re-run must keep waiting, not take it for gone and pay
+    again; only a task older than the grace a fresh one gets is gone."""
+    fault = "a red fox [[sim:latency=600]][[sim:poll_404*100000]]"
+    output = tmp_path / "out"
+    _, lines, _ = await run_case(seedream_env, tmp_path, fault, max_wait_seconds=WAIT_CAP)
+    task_id = by_id(lines)["fault"]["task_id"]
+    assert by_id(lines)["fault"]["status"] == "in_flight" and task_id is not None
+
+    state = await run_dataset(dataset(tmp_path, fault), output, max_wait_seconds=WAIT_CAP)
+
+    lines = manifest(output)
+    stats = seedream_env.stats()
+    check_invariants(lines, stats, {fault: 1, CONTROL: 1})  # no second task
+    line = by_id(lines)["fault"]
+    assert line["status"] == "in_flight" and line["task_id"] == task_id, line
+    assert state.is_failed()
+
+
 # -- task error codes, by whose fault they are -------------------------------------------------
 
 

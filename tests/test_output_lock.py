@@ -131,6 +131,8 @@ def test_an_s3_output_lease_is_exclusive_and_lapses_when_its_run_is_gone(s3_stor
     assert current_holder(store) is not None and current_holder(store).run_id == "run-b"
     with pytest.raises(OutputLockedError, match="taken over"):
         first._renew()  # the old holder finds out, and its run stops before its next batch
+    first.release()  # ...and, ending, leaves the lease of the run that took over alone
+    assert current_holder(store) is not None and current_holder(store).run_id == "run-b"
     second.release()
     third = OutputLock(ImageStore("s3://locks/out", s3_store), run_id="run-c", ttl=2.0)
     third.acquire()

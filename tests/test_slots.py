@@ -92,3 +92,27 @@ async def test_a_cancelled_waiter_leaks_no_slot() -> None:
 async def _hold(pool: SlotPool) -> None:
     async with pool.slot():
         await asyncio.sleep(10)
+
+
+async def test_rows_waiting_when_a_lease_is_lost_get_a_new_one() -> None:
+    """The server took a lease back (it expired: a stalled process, a restarted server):
+    the rows waiting behind it must not wait forever."""
+    await _limit("slots-lost", 1)
+    async with SlotPool("slots-lost", limit=1, max_slots=1) as pool:
+        async with pool.slot():
+            waiter = asyncio.create_task(_hold_briefly(pool))
+            await asyncio.sleep(0.3)
+            assert not waiter.done()
+            [lease] = pool._leases
+            # What the server does when the lease expires, and what the renewer then notes.
+            async with get_client() as client:
+                await client.release_concurrency_slots_with_lease(lease.lease_id)
+            lease.lost = True
+        await asyncio.wait_for(waiter, timeout=10)
+        assert pool.stats.acquisitions == 2
+    assert await _active_slots("slots-lost") == 0
+
+
+async def _hold_briefly(pool: SlotPool) -> None:
+    async with pool.slot():
+        await asyncio.sleep(0.05)

@@ -56,6 +56,7 @@ from prefect_seedream.defaults import (
     MAX_IMAGE_BYTES,
     MAX_POLL_INTERVAL_SECONDS,
     MAX_WAIT_SECONDS,
+    NOT_FOUND_GRACE_SECONDS,
     POLL_INTERVAL_SECONDS,
     POOL_TIMEOUT_SECONDS,
     READ_TIMEOUT_SECONDS,
@@ -125,7 +126,7 @@ class PollPolicy:
     max_interval: float = MAX_POLL_INTERVAL_SECONDS
     factor: float = 1.5
     max_wait: float = MAX_WAIT_SECONDS
-    not_found_grace: float = 30.0
+    not_found_grace: float = NOT_FOUND_GRACE_SECONDS
     max_consecutive_errors: int = 5
 
     def first_delay(self, estimated_time: float | None) -> float:

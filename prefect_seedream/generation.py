@@ -240,6 +240,7 @@ async def generate_recorded(
     reporter: StepReporter,
     thumbnails: bool = True,
     on_terminal: Callable[[], Awaitable[Any]] | None = None,
+    before_submit: Callable[[], None] | None = None,
 ) -> LedgerRecord:
     """One attempt at a row: reuse, re-attach or submit, then wait and store.
 
@@ -258,6 +259,8 @@ async def generate_recorded(
         on_terminal: Awaited once the remote task is seen terminal, before its images are
             downloaded: the generation is no longer in flight at the API, so the caller can
             give its concurrency slot to the next row while this one downloads.
+        before_submit: Called before a submission is sent (nothing is written yet); raises
+            to stop the attempt (the runner checks its credit budget there).
 
     Raises:
         SubmissionOutcomeUnknownError: an earlier or this submission may have been billed.
@@ -307,6 +310,8 @@ async def generate_recorded(
     if done is None:
         if request is None:
             raise NotFoundError(404, f"{label}: no task in flight to collect ({record.state.value})")
+        if before_submit is not None:
+            before_submit()
         estimated_time = await _submit_recorded(record, request, client, ledger, reporter)
         done = await _wait_recorded(record, client, ledger, reporter, options, estimated_time=estimated_time)
     if on_terminal is not None:

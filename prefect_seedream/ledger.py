@@ -362,8 +362,16 @@ class TaskLedger:
         return await self.store.call(self.record_for, row_id, request)
 
     def save(self, record: LedgerRecord) -> LedgerRecord:
-        """Write a record durably (fsync and atomic rename on local disks)."""
-        self.store.write_text(self._relative(record.key), record.model_dump_json())
+        """Write a record durably (fsync and atomic rename on local disks).
+
+        An intent is also made to survive a power cut (its folder is fsynced after the
+        rename): a lost intent is the one loss that could pay twice. Losing a later write
+        leaves the intent, which is safe.
+        """
+        self.store.write_text(
+            self._relative(record.key), record.model_dump_json(),
+            sync_folder=record.state is LedgerState.SUBMITTING,
+        )
         return record
 
     async def asave(self, record: LedgerRecord) -> LedgerRecord:

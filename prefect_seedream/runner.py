@@ -159,6 +159,18 @@ class RowClock:
         }
 
 
+@dataclass
+class _Reservation:
+    """A row's credits: what its submission pre-charges, and what it has reserved of the budget."""
+
+    wanted: float
+    amount: float = 0.0
+
+
+class _OverBudget(Exception):
+    """The budget cannot take the reservation of a submission about to be sent."""
+
+
 def _code_of(error: SeedreamError) -> str:
     return "wait_timeout" if isinstance(error, WaitTimeoutError) else type(error).__name__
 
@@ -245,22 +257,25 @@ class RowRunner:
             self.budget.settle(reserved=0.0, spent=at_risk)
             return RunLine(line=line_from_record(row, record), at_risk=at_risk)
         # Reserved when the row gets its slot, not while it is queued: rows queued in later
-        # batches must not take the budget from rows that will run first.
-        reserve = row.request.reserved_credits if step is NextStep.SUBMIT else 0.0
+        # batches must not take the budget from rows that will run first. A row that
+        # re-attaches reserves nothing, unless it must submit after all (its task is gone).
+        reservation = _Reservation(wanted=row.request.reserved_credits)
+        if step is NextStep.SUBMIT:
+            reservation.amount = reservation.wanted
         submissions_before = record.submissions
         clock = RowClock()
         try:
-            admitted = await self._attempts(row, record, reporter, clock, reserve)
+            admitted = await self._attempts(row, record, reporter, clock, reservation)
         except OutputLockedError as exc:  # another run holds the output now: submit nothing
             error = ManifestError(code="output_lock_lost", message=str(exc))
             return RunLine(line=line_for(row, "skipped", error=error))
         finally:
             charge = record.charge() if record.submissions > submissions_before else Charge()
             if clock.started is not None:
-                self.budget.settle(reserved=reserve, spent=charge.total)
+                self.budget.settle(reserved=reservation.amount, spent=charge.total)
         if not admitted:
             message = (
-                f"reserving {reserve:g} credits would pass max_credits={self.budget.limit:g} "
+                f"reserving {reservation.wanted:g} credits would pass max_credits={self.budget.limit:g} "
                 f"({self.budget.spent:g} spent, {self.budget.reserved:g} reserved)"
             )
             return RunLine(line=line_for(row, "skipped", error=ManifestError(code="budget_exceeded", message=message)))
@@ -272,7 +287,7 @@ class RowRunner:
 
     async def _attempts(
         self, row: ValidRow, record: LedgerRecord, reporter: StepReporter, clock: RowClock,
-        reserve: float,
+        reservation: _Reservation,
     ) -> bool:
         """Attempt the row, retrying what is worth it; the outcome is left in the record.
 
@@ -284,11 +299,23 @@ class RowRunner:
             async with self.limiter.hold() as slot:
                 if clock.started is None:
                     self.guard()
-                    if not self.budget.try_reserve(reserve):
+                    if not self.budget.try_reserve(reservation.amount):
                         return False
                     clock.start()
+
+                def reserve_before_submitting() -> None:
+                    if reservation.amount == 0.0:
+                        if not self.budget.try_reserve(reservation.wanted):
+                            raise _OverBudget()
+                        reservation.amount = reservation.wanted
+
                 while True:
-                    delay = await self._attempt(row, record, reporter, slot, retry)
+                    try:
+                        delay = await self._attempt(
+                            row, record, reporter, slot, retry, reserve_before_submitting
+                        )
+                    except _OverBudget:
+                        return False
                     if delay is None:
                         return True
                     retry += 1
@@ -301,7 +328,7 @@ class RowRunner:
 
     async def _attempt(
         self, row: ValidRow, record: LedgerRecord, reporter: StepReporter, slot: AsyncExitStack,
-        retry: int,
+        retry: int, before_submit: Callable[[], None],
     ) -> float | None:
         """One attempt; returns the delay before the next one, or None when the row is done
         (its outcome, success or not, is in the record)."""
@@ -311,8 +338,11 @@ class RowRunner:
                 options=self.generation, reporter=reporter,
                 thumbnails=self.gallery.wants_more(),
                 on_terminal=slot.aclose,  # downloading holds no slot: next row goes
+                before_submit=before_submit,
             )
             return None
+        except _OverBudget:
+            raise
         except SeedreamError as exc:
             if not isinstance(exc, (TaskFailedError, SubmissionOutcomeUnknownError)):
                 record.note_error(_code_of(exc), str(exc))  # else the transition said why

@@ -123,19 +123,24 @@ class ImageStore:
         path = self.fs._strip_protocol(uri_or_path)
         return bool(self.fs.exists(path))
 
-    def write_text(self, relative: str, text: str) -> str:
-        """Write a text file below the destination, atomically; returns its URI."""
-        with self.open_atomic(relative) as handle:
+    def write_text(self, relative: str, text: str, *, sync_folder: bool = False) -> str:
+        """Write a text file below the destination, atomically; returns its URI.
+
+        ``sync_folder``: on a local disk, also fsync the folder after the rename, so that
+        the file's name survives a power cut too (not only its bytes).
+        """
+        with self.open_atomic(relative, sync_folder=sync_folder) as handle:
             handle.write(text.encode("utf-8"))
         return self.uri_for(self.path_for(relative))
 
     @contextmanager
-    def open_atomic(self, relative: str) -> Iterator[IO[bytes]]:
+    def open_atomic(self, relative: str, *, sync_folder: bool = False) -> Iterator[IO[bytes]]:
         """A binary handle whose bytes appear at ``relative`` only once complete.
 
         Local disks: a file in ``.seedream/tmp/``, flushed and fsynced, then renamed into
-        place (nothing is renamed if the block raises). Object stores: one upload, which
-        the store shows only when it completes.
+        place (nothing is renamed if the block raises); with ``sync_folder`` the folder is
+        fsynced after the rename. Object stores: one upload, which the store shows only when
+        it completes.
         """
         path = self.path_for(relative)
         if not self.is_local:
@@ -150,6 +155,12 @@ class ImageStore:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
+            if sync_folder:
+                folder = os.open(os.path.dirname(path), os.O_RDONLY)
+                try:
+                    os.fsync(folder)
+                finally:
+                    os.close(folder)
         except BaseException:
             with _ignoring(OSError):
                 os.unlink(tmp)

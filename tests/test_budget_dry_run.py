@@ -263,3 +263,31 @@ async def test_dry_run_leaves_an_earlier_output_untouched(
     assert after == before
     assert json.loads((output / "manifest.jsonl").read_text().splitlines()[0])["row_id"] == "x"
     assert seedream_env.stats()["submit_requests"] == requests
+
+
+async def test_a_gone_task_is_resubmitted_only_within_the_budget(
+    seedream_env: RunningSimulator, tmp_path: Path
+) -> None:
+    """A row that re-attaches reserves nothing; if its task turns out gone and it must
+    submit after all, the budget is asked first."""
+    output = tmp_path / "out"
+    dataset = write_jsonl(tmp_path / "rows.jsonl", rows_of(("fox", "A red fox [[sim:latency=600]]", 1)))
+    first = await run_dataset(dataset, output, max_wait_seconds=1.0)
+    assert by_id(manifest(output))["fox"]["status"] == "in_flight", first.message
+    # The task is forgotten by the service (an hour ago, say): it is gone for good.
+    [path] = (output / ".seedream" / "tasks").glob("*.json")
+    record = json.loads(path.read_text())
+    record["task_id"], record["submitted_at"] = "task-unified-1700000000-forgottn", record["submitted_at"] - 3600
+    path.write_text(json.dumps(record))
+    created = seedream_env.stats()["tasks_created"]
+
+    state = await run_dataset(dataset, output, max_credits=1)
+
+    line = by_id(manifest(output))["fox"]
+    assert line["status"] == "skipped" and line["error"]["code"] == "budget_exceeded", line
+    assert seedream_env.stats()["tasks_created"] == created  # nothing sent
+    assert (await summary_of(state)).credits == 0
+
+    again = await run_dataset(dataset.with_name("rows.jsonl"), output, max_credits=10, max_wait_seconds=1.0)
+    assert by_id(manifest(output))["fox"]["status"] == "in_flight", again.message
+    assert seedream_env.stats()["tasks_created"] == created + 1  # within the budget: submitted

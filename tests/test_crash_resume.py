@@ -138,9 +138,17 @@ def _dataset(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 
 def _interrupt_mid_run(
-    command: list[str], env: dict[str, str], tmp_path: Path, output: Path, stop: Any
+    command: list[str], env: dict[str, str], tmp_path: Path, output: Path, stop: Any,
 ) -> subprocess.Popen[Any]:
-    """Start the run; call ``stop(process)`` while all workers wait on fresh tasks."""
+    """Start the run; call ``stop(process)`` once some rows are stored and others wait on
+    fresh tasks, with no submission on the wire (no record "submitting": whether its task
+    exists is what the tests must know).
+
+    With jitter, rows do not move in waves: at any instant some tasks are older (their first
+    poll came too early, or they are downloading: a row gives its slot to the next one once
+    its task is done, and its record says "submitted" until its images are stored). Two fresh
+    submissions (under 2 s old, the first poll comes at 3 s) guarantee tasks still running
+    at the API when the stop lands."""
     log_path = tmp_path / "run1.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(
@@ -163,13 +171,9 @@ def _interrupt_mid_run(
                 submitted = {r: rec for r, rec in records.items() if rec["state"] == "submitted"}
                 stored = {r for r, rec in records.items() if rec["state"] == "stored"}
                 now = time.time()
-                if (
-                    len(submitted) == CONCURRENCY
-                    and stored
-                    and len(stored) + len(submitted) == len(records)
-                    and all(now - rec["submitted_at"] < 2.0 for rec in submitted.values())
-                ):
-                    # First polls come 3 s after a submit: nothing can finish before the stop.
+                fresh = [rec for rec in submitted.values() if now - rec["submitted_at"] < 2.0]
+                settled = all(rec["state"] in ("submitted", "stored") for rec in records.values())
+                if len(fresh) >= 2 and stored and settled:
                     stop(process)
                     break
                 time.sleep(0.02)
@@ -251,7 +255,7 @@ def test_sigkill_mid_run_then_rerun_pays_nothing_twice(
     at_kill = _ledger(output)
     in_flight = {r: rec["task_id"] for r, rec in at_kill.items() if rec["state"] == "submitted"}
     stored_at_kill = {r for r, rec in at_kill.items() if rec["state"] == "stored"}
-    assert len(in_flight) == CONCURRENCY and stored_at_kill
+    assert len(in_flight) >= 2 and stored_at_kill
     assert len(stored_at_kill) + len(in_flight) < ROWS
     assert not (output / "manifest.jsonl").exists()  # the run never got to the end
     stats = httpx.get(f"{base_url}/_sim/stats").json()
@@ -290,7 +294,7 @@ def test_ctrl_c_writes_the_manifest_then_recover_and_rerun_finish_the_job(
     at_stop = _ledger(output)
     in_flight = {r: rec["task_id"] for r, rec in at_stop.items() if rec["state"] == "submitted"}
     stored = {r for r, rec in at_stop.items() if rec["state"] == "stored"}
-    assert len(in_flight) == CONCURRENCY and stored, at_stop
+    assert len(in_flight) >= 2 and stored, at_stop
     assert httpx.get(f"{base_url}/_sim/stats").json()["tasks_created"] == len(at_stop)
 
     # The hook's manifest: one line per row, saying what was done.
@@ -315,7 +319,7 @@ def test_ctrl_c_writes_the_manifest_then_recover_and_rerun_finish_the_job(
         [str(CLI), "recover", str(output), "--max-wait", "60"], env, tmp_path
     )
     assert code == 0, report
-    assert f"collected {CONCURRENCY} of {CONCURRENCY}" in report, report
+    assert f"collected {len(in_flight)} of {len(in_flight)}" in report, report
     stats = httpx.get(f"{base_url}/_sim/stats").json()
     assert stats["tasks_created"] == len(at_stop)
     lines = {json.loads(x)["row_id"]: json.loads(x) for x in manifest_path.read_text().splitlines()}

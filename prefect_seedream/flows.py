@@ -65,7 +65,7 @@ from prefect_seedream.lines import update_manifest_lines
 from prefect_seedream.output_lock import OutputLock, OutputLockedError, check_held_by
 from prefect_seedream.parts import RunParts, clear_runs
 from prefect_seedream.progress import RunProgress, notify_total
-from prefect_seedream.shards import check_shard_deployment, run_shards
+from prefect_seedream.shards import check_shard_deployment, run_shards, unfair_share_warning
 from prefect_seedream.storage import ImageStore
 from prefect_seedream.summary import DatasetRunSummary
 
@@ -168,6 +168,9 @@ async def generate_dataset(
         limit = await read_concurrency_limit(concurrency_limit_name)
     if shards > 1 and not dry_run:
         await check_shard_deployment(shard_deployment, work_pool)
+        warning = unfair_share_warning(max_concurrency, shards, limit)
+        if warning:
+            logger.warning(warning)
 
     scan = scan_dataset(dataset, defaults)
     summary = DatasetRunSummary(dry_run=dry_run, estimated_credits=scan.estimated_credits)

@@ -163,8 +163,17 @@ class RowClock:
 class _Reservation:
     """A row's credits: what its submission pre-charges, and what it has reserved of the budget."""
 
+    budget: CreditBudget
     wanted: float
     amount: float = 0.0
+
+    def ensure(self) -> None:
+        """Before a submission: reserve, unless done already (a re-attached row reserved
+        nothing, and must now submit after all); raises :class:`_OverBudget`."""
+        if self.amount == 0.0:
+            if not self.budget.try_reserve(self.wanted):
+                raise _OverBudget()
+            self.amount = self.wanted
 
 
 class _OverBudget(Exception):
@@ -259,7 +268,7 @@ class RowRunner:
         # Reserved when the row gets its slot, not while it is queued: rows queued in later
         # batches must not take the budget from rows that will run first. A row that
         # re-attaches reserves nothing, unless it must submit after all (its task is gone).
-        reservation = _Reservation(wanted=row.request.reserved_credits)
+        reservation = _Reservation(self.budget, wanted=row.request.reserved_credits)
         if step is NextStep.SUBMIT:
             reservation.amount = reservation.wanted
         submissions_before = record.submissions
@@ -302,17 +311,10 @@ class RowRunner:
                     if not self.budget.try_reserve(reservation.amount):
                         return False
                     clock.start()
-
-                def reserve_before_submitting() -> None:
-                    if reservation.amount == 0.0:
-                        if not self.budget.try_reserve(reservation.wanted):
-                            raise _OverBudget()
-                        reservation.amount = reservation.wanted
-
                 while True:
                     try:
                         delay = await self._attempt(
-                            row, record, reporter, slot, retry, reserve_before_submitting
+                            row, record, reporter, slot, retry, reservation.ensure
                         )
                     except _OverBudget:
                         return False

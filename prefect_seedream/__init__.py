@@ -1,8 +1,10 @@
 """prefect-seedream: Prefect 3 tasks and flows for the Evolink Seedream image API.
 
-The API layer (``prefect_seedream.api``) never imports Prefect; the Prefect
-layer is loaded lazily on first use, so ``from prefect_seedream import
-GenerationRequest`` stays light.
+The API layer (``prefect_seedream.api``) never imports Prefect; the Prefect layer is loaded
+lazily on first use, so ``from prefect_seedream import GenerationRequest`` stays light and the
+command line starts its Prefect server before loading any library. The credentials block type
+is defined as soon as Prefect itself is loaded (and Prefect's collection entry point imports
+it), so Prefect finds ``seedream-credentials`` by its slug in any process.
 
 Examples:
     >>> from prefect_seedream import GenerationRequest, SeedreamClient
@@ -13,9 +15,14 @@ Examples:
 from __future__ import annotations
 
 import importlib
+import sys
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("prefect-seedream")
+except PackageNotFoundError:  # pragma: no cover - run from a source tree that is not installed
+    __version__ = "0+unknown"
 
 #: Names of the Prefect layer, by module. Everything else public comes from the API layer
 #: (``prefect_seedream.api``). Nothing is imported until it is used: ``import
@@ -27,19 +34,42 @@ _LAZY: dict[str, str] = {
     "wait_for_generation": "prefect_seedream.tasks",
     "store_images": "prefect_seedream.tasks",
     "generate_images": "prefect_seedream.tasks",
+    "generate_many": "prefect_seedream.tasks",
+    "GeneratedImages": "prefect_seedream.tasks",
     "StoredImage": "prefect_seedream.storage",
+    "ImageFile": "prefect_seedream.storage",
+    "ManifestLine": "prefect_seedream.manifest",
+    "ManifestImage": "prefect_seedream.manifest",
+    "ManifestError": "prefect_seedream.manifest",
+    "read_manifest": "prefect_seedream.manifest",
+    "iter_manifest_lines": "prefect_seedream.manifest",
+    "DatasetRunSummary": "prefect_seedream.summary",
+    "AccountStop": "prefect_seedream.account",
+    "RunOptions": "prefect_seedream.options",
     "generate_dataset": "prefect_seedream.flows",
     "generate_shard": "prefect_seedream.flows",
     "recover_dataset": "prefect_seedream.flows",
 }
 
 if TYPE_CHECKING:
+    from prefect_seedream.account import AccountStop
     from prefect_seedream.api import *
     from prefect_seedream.credentials import SeedreamCredentials
     from prefect_seedream.flows import generate_dataset, generate_shard, recover_dataset
-    from prefect_seedream.storage import StoredImage
+    from prefect_seedream.manifest import (
+        ManifestError,
+        ManifestImage,
+        ManifestLine,
+        iter_manifest_lines,
+        read_manifest,
+    )
+    from prefect_seedream.options import RunOptions
+    from prefect_seedream.storage import ImageFile, StoredImage
+    from prefect_seedream.summary import DatasetRunSummary
     from prefect_seedream.tasks import (
+        GeneratedImages,
         generate_images,
+        generate_many,
         store_images,
         submit_generation,
         wait_for_generation,
@@ -67,3 +97,9 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     # `prefect block register -m prefect_seedream` finds blocks through dir().
     return sorted(set(globals()) | set(__getattr__("__all__")))
+
+
+if "prefect" in sys.modules:
+    # Prefect is loaded already (a flow file, a worker, Prefect's own collection loader):
+    # define the block type now, so that a lookup by its slug finds it.
+    importlib.import_module("prefect_seedream.credentials")

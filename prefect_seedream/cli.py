@@ -1,8 +1,13 @@
 """The ``prefect-seedream`` command: run a dataset, recover in-flight tasks, run the simulator.
 
-With no ``SEEDREAM_API_KEY`` (and no credentials block), ``run`` and ``recover``
-start the bundled simulator on a free loopback port and use it: nothing is
-spent and no key is needed.
+``run`` and ``recover`` talk to the real API with ``SEEDREAM_API_KEY`` (or a credentials
+block); with ``--simulator`` they start the bundled simulator on a loopback port and use it
+instead: nothing is spent and no key is needed. Without either they refuse to start, so a
+missing key is never mistaken for a run against the real API.
+
+Exit codes: 0 every row succeeded; 1 some rows did not; 2 an invalid dataset, parameter or
+setup (nothing was submitted); 3 the API refused the account (key refused, out of credits,
+quota used up): the run stopped submitting, and the same command finishes it once fixed.
 """
 
 from __future__ import annotations
@@ -73,31 +78,52 @@ def _drain_prefect_workers() -> None:
             pass
 
 
+#: Exit code of a run the API stopped for the whole account (see the module docstring).
+EXIT_ACCOUNT_STOPPED = 3
+
+
+def _missing_credentials(args: argparse.Namespace) -> str | None:
+    """Why the command cannot talk to any API: neither a key, nor a block, nor ``--simulator``."""
+    if args.simulator or os.environ.get(d.API_KEY_ENV) or args.credentials_block:
+        return None
+    return (
+        f"no {d.API_KEY_ENV} set and no --credentials-block: set your Evolink key, or pass "
+        "--simulator to run against the bundled simulator (no key, nothing is spent)"
+    )
+
+
 @contextmanager
 def _api_or_simulator(args: argparse.Namespace) -> Iterator[None]:
-    """Use the real API when a key or block is given, else the bundled simulator."""
-    if os.environ.get(d.API_KEY_ENV) or args.credentials_block:
+    """The real API (a key or a block), or the bundled simulator when asked (``--simulator``)."""
+    if not args.simulator:
         yield
         return
     from prefect_seedream.simulator import SimulatorConfig, running_simulator
 
-    config = SimulatorConfig(latency_seconds=args.simulator_latency, jitter_seconds=args.simulator_latency / 4)
-    with running_simulator(config) as simulator:
+    config = SimulatorConfig(
+        latency_seconds=args.simulator_latency, jitter_seconds=args.simulator_latency / 4,
+        fetch_reference_images=True,
+    )
+    with running_simulator(config, port=d.SIMULATOR_PORT, fallback_to_free_port=True) as simulator:
         print(
-            f"No {d.API_KEY_ENV} set: using the bundled simulator at {simulator.base_url} "
-            "(no credits are spent)."
+            f"SIMULATOR: using the bundled Evolink simulator at {simulator.base_url} "
+            f"(--simulator): images are simulated and no credits are spent."
         )
+        saved = {name: os.environ.get(name) for name in (d.API_KEY_ENV, d.BASE_URL_ENV)}
         os.environ[d.API_KEY_ENV] = d.SIMULATOR_API_KEY
         os.environ[d.BASE_URL_ENV] = simulator.base_url
         try:
             yield
         finally:
-            os.environ.pop(d.API_KEY_ENV, None)
-            os.environ.pop(d.BASE_URL_ENV, None)
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def _credentials(args: argparse.Namespace) -> Any:
-    if not args.credentials_block:
+    if not args.credentials_block or args.simulator:
         return None
     from prefect_seedream.credentials import SeedreamCredentials
 
@@ -106,8 +132,10 @@ def _credentials(args: argparse.Namespace) -> Any:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--credentials-block", metavar="NAME", help="a saved SeedreamCredentials block")
+    parser.add_argument("--simulator", action="store_true",
+                        help="use the bundled simulator instead of the real API (no key, nothing spent)")
     parser.add_argument("--simulator-latency", type=float, default=2.0, metavar="SECONDS",
-                        help="latency of the bundled simulator when no API key is set (default 2)")
+                        help="latency of the bundled simulator (default 2)")
     parser.add_argument("--max-wait", type=float, default=d.MAX_WAIT_SECONDS, metavar="SECONDS",
                         help=f"wait cap per task (default {d.MAX_WAIT_SECONDS:g})")
     parser.add_argument("--verbose", action="store_true", help="show Prefect's log lines")
@@ -135,11 +163,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--retries", type=int, default=d.RETRIES)
     run.add_argument("--retry-delay", type=float, default=d.RETRY_DELAY_SECONDS, help="first retry delay, seconds")
     run.add_argument("--resubmit-unknown", action="store_true",
-                     help="resubmit rows whose earlier submission outcome is unknown (may pay twice)")
+                     help="submit again rows whose earlier submission's outcome is unknown, with the "
+                          "same Idempotency-Key (the API returns the task it created, if any)")
+    run.add_argument("--wait-for-quota", action="store_true",
+                     help="when the key's daily quota is used up, wait until it renews instead of stopping")
     run.add_argument("--rows-per-task", type=int, metavar="N",
                      help="rows per Prefect task run (default: 1 up to 50 rows, else about 50 task runs)")
     run.add_argument("--row-events", default=d.ROW_EVENTS, choices=get_args(d.RowEvents),
                      help="per-row Prefect events (default: failures only)")
+    run.add_argument("--reference-store", metavar="URL",
+                     help="fsspec prefix (s3://bucket/refs) to upload local reference images to")
+    run.add_argument("--reference-public-url", metavar="URL",
+                     help="public base URL of --reference-store (default: presigned URLs)")
     run.add_argument("--shards", type=int, default=1, metavar="K",
                      help="run the rows as K shard flow runs on a work pool (needs PREFECT_API_URL)")
     run.add_argument("--work-pool", metavar="POOL", help="with --shards: the work pool of the shard deployment")
@@ -165,6 +200,10 @@ def _next_steps(args: argparse.Namespace, summary: Any) -> list[str]:
     return steps
 
 
+def _same_command() -> str:
+    return shlex.join(["prefect-seedream", *sys.argv[1:]])
+
+
 def _print_summary(args: argparse.Namespace, summary: Any, state: Any) -> None:
     print()
     print(f"Rows:       {summary.rows} ({summary.invalid} invalid)")
@@ -184,11 +223,15 @@ def _print_summary(args: argparse.Namespace, summary: Any, state: Any) -> None:
     print(f"Credits:    {credits}")
     print(f"Manifest:   {summary.manifest}")
     print(f"Run state:  {state.type.value.title()}: {state.message}")
+    if summary.stopped is not None:
+        print(f"\n{summary.stopped.sentence()}")
+        print(f"  {_same_command()}")
     if summary.outcome_unknown:
         print(
             f"\n{summary.outcome_unknown} row(s) have an unknown outcome: their submission may have "
-            "created (and billed) a task, but no answer was recorded. Check the Evolink dashboard; "
-            "to submit them again anyway (it may pay twice), run:"
+            "created (and billed) a task, but no answer was recorded and the API's task list did "
+            "not show it. To submit them again with the same Idempotency-Key (the API returns the "
+            "task a lost submission created, if any), run:"
         )
         print(f"  {_next_steps(args, summary)[-1]}")
     if summary.in_flight:
@@ -211,6 +254,10 @@ def _run(args: argparse.Namespace, api: _PrefectAPI) -> int:
             file=sys.stderr,
         )
         return 2
+    problem = _missing_credentials(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     api.ready()
     with _api_or_simulator(args), Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -230,7 +277,9 @@ def _run(args: argparse.Namespace, api: _PrefectAPI) -> int:
                     concurrency_limit_name=args.concurrency_limit, credentials=_credentials(args),
                     max_credits=args.max_credits, dry_run=args.dry_run, max_wait_seconds=args.max_wait,
                     retries=args.retries, retry_delay_seconds=args.retry_delay,
-                    resubmit_unknown=args.resubmit_unknown, rows_per_task=args.rows_per_task,
+                    resubmit_unknown=args.resubmit_unknown, wait_for_quota=args.wait_for_quota,
+                    rows_per_task=args.rows_per_task, reference_store=args.reference_store,
+                    reference_public_url=args.reference_public_url,
                     row_events=args.row_events, shards=args.shards, work_pool=args.work_pool,
                     shard_deployment=args.shard_deployment, return_state=True,
                 ))
@@ -241,14 +290,20 @@ def _run(args: argparse.Namespace, api: _PrefectAPI) -> int:
     summary = state.result(raise_on_failure=False)
     if not hasattr(summary, "rows"):
         print(f"error: the run ended {state.type.value.lower()}: {summary or state.message}", file=sys.stderr)
-        return 2 if isinstance(summary, OutputLockedError) else 1
+        return 2 if isinstance(summary, (OutputLockedError, ValueError)) else 1
     _print_summary(args, summary, state)
+    if summary.stopped is not None:
+        return EXIT_ACCOUNT_STOPPED
     return 0 if state.is_completed() else 1
 
 
 def _recover(args: argparse.Namespace, api: _PrefectAPI) -> int:
     from prefect_seedream.flows import recover_dataset
 
+    problem = _missing_credentials(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     api.ready()
     with _api_or_simulator(args):
         state = asyncio.run(recover_dataset(

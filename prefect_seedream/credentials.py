@@ -12,7 +12,7 @@ import httpx
 from prefect.blocks.abstract import CredentialsBlock
 from pydantic import Field, SecretStr
 
-from prefect_seedream.api.client import SeedreamClient
+from prefect_seedream.api.client import SeedreamClient, api_identity
 from prefect_seedream.api.errors import SeedreamConfigurationError
 from prefect_seedream.defaults import (
     API_KEY_ENV,
@@ -21,6 +21,7 @@ from prefect_seedream.defaults import (
     DEFAULT_BASE_URL,
     POOL_TIMEOUT_SECONDS,
     READ_TIMEOUT_SECONDS,
+    SUBMIT_TIMEOUT_SECONDS,
     WRITE_TIMEOUT_SECONDS,
 )
 
@@ -33,6 +34,8 @@ class SeedreamCredentials(CredentialsBlock):
         base_url: The API's base URL; point it at the simulator to work offline.
         connect_timeout: Seconds to open a connection.
         read_timeout: Seconds to wait for an answer.
+        submit_timeout: Seconds to wait for the answer of a submission (a paid write; Evolink's
+            own client allows 120 s).
 
     Examples:
         Save a block once:
@@ -65,6 +68,10 @@ class SeedreamCredentials(CredentialsBlock):
     )
     read_timeout: float = Field(
         default=READ_TIMEOUT_SECONDS, gt=0, description="Seconds to wait for a response."
+    )
+    submit_timeout: float = Field(
+        default=SUBMIT_TIMEOUT_SECONDS, gt=0,
+        description="Seconds to wait for the answer of a submission (a paid write).",
     )
 
     @classmethod
@@ -104,8 +111,14 @@ class SeedreamCredentials(CredentialsBlock):
             pool=POOL_TIMEOUT_SECONDS,
         )
         return SeedreamClient(
-            api_key=self.api_key.get_secret_value(), base_url=self.base_url, timeout=timeout
+            api_key=self.api_key.get_secret_value(), base_url=self.base_url, timeout=timeout,
+            submit_timeout=self.submit_timeout,
         )
+
+    @property
+    def api_identity(self) -> str:
+        """The API's normalised address: the ledger keeps records per API."""
+        return api_identity(self.base_url)
 
 
 def resolve_credentials(credentials: SeedreamCredentials | None) -> SeedreamCredentials:

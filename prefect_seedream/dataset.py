@@ -1,8 +1,8 @@
 """Read prompt datasets (CSV, JSONL, Parquet) as a stream and validate each row.
 
 A dataset has a ``prompt`` column and optional ``id``, ``model``, ``size``,
-``n``, ``prompt_priority`` and ``image_urls`` columns; other columns are
-ignored. Flow parameters are the defaults and row values override them. A
+``n``, ``prompt_priority`` and ``image_urls`` columns; other columns (``callback_url``
+among them: a run polls its tasks) are ignored. Flow parameters are the defaults and row values override them. A
 problem with the whole file (unknown format, missing ``prompt`` column, not
 UTF-8, empty) raises :class:`DatasetError`; a problem with one row makes that
 row an :class:`InvalidRow` with the reason, and the others go on.
@@ -21,6 +21,7 @@ import fsspec
 from pydantic import ValidationError
 
 from prefect_seedream.api.models import GenerationRequest
+from prefect_seedream.references import no_store_message
 
 ROW_FIELDS = ("id", "prompt", "model", "size", "n", "prompt_priority", "image_urls")
 MAX_ROW_ID_CHARS = 128
@@ -35,12 +36,14 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class RowDefaults:
-    """Request parameters that rows may override."""
+    """Request parameters that rows may override, and whether local reference images can be
+    uploaded (a reference store is configured): without one, a row naming one is invalid."""
 
     model: str
     size: str | None = None
     n: int = 1
     prompt_priority: str | None = None
+    local_references: bool = False
 
 
 @dataclass(frozen=True)
@@ -270,6 +273,8 @@ def parse_row(number: int, record: dict[str, Any] | str, defaults: RowDefaults) 
             "image_urls": _urls(record),
         }
         request = GenerationRequest(prompt=prompt_value, **parameters)
+        if request.local_references and not defaults.local_references:
+            raise ValueError(no_store_message(request.local_references[0]))
     except ValidationError as exc:
         return InvalidRow(number, row_id, prompt, _validation_reason(exc), parameters)
     except ValueError as exc:

@@ -18,11 +18,18 @@ BASE_URL_ENV = "SEEDREAM_BASE_URL"
 DEFAULT_BASE_URL = "https://api.evolink.ai"
 #: The key the command line gives the bundled simulator (it accepts any key).
 SIMULATOR_API_KEY = "sk-simulator-local"
+#: Port of the command line's bundled simulator (another one when it is taken). The ledger
+#: keeps records per API address, so a stable port lets a second `run --simulator` into the
+#: same output find the rows the first one stored.
+SIMULATOR_PORT = 18787
 
 # -- HTTP ---------------------------------------------------------------------------------------
 CONNECT_TIMEOUT_SECONDS = 10.0
 READ_TIMEOUT_SECONDS = 60.0
 WRITE_TIMEOUT_SECONDS = 60.0
+#: Seconds to wait for the answer of a submission (a paid write): Evolink's own client allows
+#: 120 s; a shorter wait turns slow answers into submissions of unknown outcome.
+SUBMIT_TIMEOUT_SECONDS = 120.0
 POOL_TIMEOUT_SECONDS = 30.0
 #: Connections of a client to the API. Its requests are short and a row mostly waits between
 #: two of them, so few connections serve many rows; each request scans the pool's connections

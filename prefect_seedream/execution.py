@@ -8,9 +8,8 @@ dataset flow and for the shard flow.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
@@ -18,20 +17,22 @@ from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 
-from prefect_seedream.api.models import GenerationRequest
+from prefect_seedream.account import AccountStop, SubmissionGate
 from prefect_seedream.artifacts import Gallery
 from prefect_seedream.batches import rows_per_task_for, run_batches
 from prefect_seedream.budget import CreditBudget
-from prefect_seedream.clients import client_for, close_clients
-from prefect_seedream.credentials import SeedreamCredentials
+from prefect_seedream.clients import api_client, shared_clients
+from prefect_seedream.credentials import SeedreamCredentials, resolve_credentials
 from prefect_seedream.dataset import InvalidRow, RowDefaults, iter_rows
-from prefect_seedream.defaults import FAILURES_LOGGED, ROW_EVENTS, RowEvents
-from prefect_seedream.generation import GenerationOptions, WaitOptions
+from prefect_seedream.defaults import FAILURES_LOGGED
 from prefect_seedream.ledger import TaskLedger
 from prefect_seedream.manifest import RunLine
+from prefect_seedream.options import RunOptions
 from prefect_seedream.parts import RunParts
-from prefect_seedream.runner import RetryOptions, RowLimiter, RowRunner
+from prefect_seedream.reconcile import TaskListIndex
+from prefect_seedream.runner import RowLimiter, RowRunner
 from prefect_seedream.slots import SlotPool
+from prefect_seedream.storage import ImageStore
 
 
 @dataclass(frozen=True)
@@ -48,90 +49,46 @@ class RowRange:
 
 
 @dataclass(frozen=True)
-class RunSettings:
-    """How rows run: everything a dataset run's parameters say, checked.
+class RowsJob:
+    """What a process needs to run rows of a dataset run (the run itself, or one shard).
 
     Attributes:
         dataset: The dataset's path or URL.
-        defaults: Request parameters rows may override.
+        options: The run's options (a shard's share of them).
         credentials: The API's credentials (None: the environment's).
-        max_concurrency: Most generations in flight in this process.
-        concurrency_limit: A Prefect global concurrency limit (name, limit) shared with
-            every run and worker, or None.
-        max_credits: This process's budget, or None.
-        generation: Wait and resubmission options.
-        retry: Row retries.
-        rows_per_task: Rows per task run.
-        row_events: Which per-row events to emit.
-        tables: Attach a table of its rows to each batch's task run.
-        storage_options: fsspec options of the output.
+        run_id: The run that holds the output (a sharded run's parent): charges are its own.
+        total_rows: Rows of the whole dataset (they choose the rows per task run).
+        concurrency_limit: The value of ``options.concurrency_limit_name``, when one is named.
+        sharded: The run is one of several shards (they share stops through the output).
     """
 
     dataset: str
-    defaults: RowDefaults
+    options: RunOptions
     credentials: SeedreamCredentials | None
-    max_concurrency: int
-    concurrency_limit: tuple[str, int] | None
-    max_credits: float | None
-    generation: GenerationOptions
-    retry: RetryOptions
-    rows_per_task: int
-    row_events: RowEvents = ROW_EVENTS
-    tables: bool = False
-    storage_options: dict[str, Any] | None = field(default=None, hash=False)
+    run_id: str
+    total_rows: int
+    concurrency_limit: int | None = None
+    sharded: bool = False
+
+    @property
+    def rows_per_task(self) -> int:
+        """Rows per Prefect task run."""
+        return rows_per_task_for(self.total_rows, self.options.rows_per_task)
 
 
-#: Parameters of a dataset run that shape how its rows run (a shard gets them as they are).
-ROW_PARAMETERS = (
-    "model", "size", "n", "prompt_priority", "max_concurrency", "concurrency_limit_name",
-    "max_credits", "max_wait_seconds", "poll_interval", "retries", "retry_delay_seconds",
-    "resubmit_unknown", "storage_options", "rows_per_task", "row_events",
-)
+@dataclass
+class RowsReport:
+    """What running rows left besides their lines (which went to the parts).
 
-
-def row_defaults(model: str, size: str | None, n: int, prompt_priority: str | None) -> RowDefaults:
-    """Check the flow-level request parameters together, before anything is read or spent."""
-    GenerationRequest(model=model, prompt="parameter check", size=size, n=n, prompt_priority=prompt_priority)
-    return RowDefaults(model=model, size=size, n=n, prompt_priority=prompt_priority)
-
-
-def settings_from(
-    dataset: str,
-    parameters: Mapping[str, Any],
-    credentials: SeedreamCredentials | None,
-    *,
-    total_rows: int,
-    concurrency_limit: int | None,
-) -> RunSettings:
-    """Turn a dataset run's parameters (or a shard's copy of them) into :class:`RunSettings`.
-
-    Args:
-        dataset: The dataset.
-        parameters: The values of :data:`ROW_PARAMETERS`.
-        credentials: The API's credentials.
-        total_rows: Rows of the whole dataset (they choose the rows per task run).
-        concurrency_limit: The global concurrency limit's value, when one is named.
+    Attributes:
+        gallery: The images this process stored, for the gallery artifact.
+        stop: Why submissions stopped, if an answer concerned the whole account.
+        reconciled: Rows of unknown outcome whose task the API's task list showed.
     """
-    p = parameters
-    rows_per_task = rows_per_task_for(total_rows, p["rows_per_task"])
-    limit_name = p["concurrency_limit_name"]
-    return RunSettings(
-        dataset=dataset,
-        defaults=row_defaults(p["model"], p["size"], p["n"], p["prompt_priority"]),
-        credentials=credentials,
-        max_concurrency=p["max_concurrency"],
-        concurrency_limit=(limit_name, concurrency_limit) if limit_name and concurrency_limit else None,
-        max_credits=p["max_credits"],
-        generation=GenerationOptions(
-            wait=WaitOptions(p["max_wait_seconds"], p["poll_interval"]),
-            resubmit_unknown=p["resubmit_unknown"],
-        ),
-        retry=RetryOptions(p["retries"], p["retry_delay_seconds"]),
-        rows_per_task=rows_per_task,
-        row_events=p["row_events"],
-        tables=rows_per_task > 1,
-        storage_options=p["storage_options"],
-    )
+
+    gallery: Gallery = field(default_factory=Gallery)
+    stop: AccountStop | None = None
+    reconciled: int = 0
 
 
 def scan_dataset(dataset: str, defaults: RowDefaults) -> DatasetScan:
@@ -176,64 +133,83 @@ async def read_concurrency_limit(name: str) -> int:
 
 
 async def execute_rows(
-    settings: RunSettings,
+    job: RowsJob,
     rows: RowRange,
     *,
-    ledger: TaskLedger,
+    store: ImageStore,
     parts: RunParts,
     on_row: Callable[[RunLine], None],
     before_batch: Callable[[], None] = lambda: None,
     guard: Callable[[], None] = lambda: None,
-) -> Gallery:
+) -> RowsReport:
     """Run rows ``rows.first..rows.last``; each batch's lines go to ``parts``.
 
     ``before_batch`` is called before each batch starts and ``guard`` before each row's first
     submission (it must be cheap); either raises to stop (the run lost its output's lock).
-
-    Returns:
-        The gallery of the images this process stored.
     """
-    gallery = Gallery()
+    options = job.options
+    report = RowsReport()
     slots: SlotPool | None = None
-    if settings.concurrency_limit is not None:
-        name, limit = settings.concurrency_limit
+    if options.concurrency_limit_name and job.concurrency_limit:
         holder = ConcurrencyLeaseHolder(type="flow_run", id=flow_run.id) if flow_run.id else None
-        slots = SlotPool(name, limit=limit, max_slots=settings.max_concurrency, holder=holder)
+        slots = SlotPool(
+            options.concurrency_limit_name, limit=job.concurrency_limit,
+            max_slots=options.max_concurrency, holder=holder,
+        )
         await slots.__aenter__()
+    gate = SubmissionGate(
+        wait_for_quota=options.wait_for_quota,
+        on_stop=parts.write_stop if job.sharded else None,
+        peek=parts.read_stop if job.sharded else None,
+    )
     try:
-        runner = RowRunner(
-            ledger=ledger,
-            client=client_for(settings.credentials),
-            budget=CreditBudget(limit=settings.max_credits),
-            limiter=RowLimiter(settings.max_concurrency, slots),
-            generation=settings.generation,
-            retry=settings.retry,
-            row_events=settings.row_events,
-            gallery=gallery,
-            on_row=on_row,
-            guard=guard,
-        )
-        await run_batches(
-            iter_rows(settings.dataset, settings.defaults, rows.first, rows.last),
-            runner=runner,
-            parts=parts,
-            rows_per_task=settings.rows_per_task,
-            max_concurrency=settings.max_concurrency,
-            tables=settings.tables,
-            before_batch=before_batch,
-        )
+        async with shared_clients(), api_client(job.credentials) as client:
+            finder = TaskListIndex(client, submit_timeout=resolve_credentials(job.credentials).submit_timeout)
+            runner = RowRunner(
+                ledger=TaskLedger(store, client.identity),
+                client=client,
+                budget=CreditBudget(limit=options.max_credits),
+                limiter=RowLimiter(options.max_concurrency, slots),
+                generation=options.generation(options.references()),
+                retry=options.retry(),
+                row_events=options.row_events,
+                gallery=report.gallery,
+                run_id=job.run_id,
+                gate=gate,
+                finder=finder,
+                on_row=on_row,
+                guard=guard,
+            )
+            await run_batches(
+                iter_rows(job.dataset, options.row_defaults(), rows.first, rows.last),
+                runner=runner,
+                parts=parts,
+                rows_per_task=job.rows_per_task,
+                max_concurrency=options.max_concurrency,
+                tables=job.rows_per_task > 1,
+                before_batch=before_batch,
+            )
+            report.reconciled = finder.found
+        logger = get_run_logger()
         if runner.failures.unlogged:
-            get_run_logger().warning(
+            logger.warning(
                 "%d more rows did not succeed (past the first %d, not logged one by one): "
                 "see the seedream-failures artifact and the manifest",
                 runner.failures.unlogged, runner.failures.limit,
+            )
+        report.stop = gate.report()
+        if report.stop is not None:
+            logger.error("%s", report.stop.sentence())
+        if finder.lookups:
+            logger.info(
+                "%d row(s) had a submission of unknown outcome: the API's task list showed the "
+                "task of %d of them (re-attached, nothing paid again)", finder.lookups, finder.found,
             )
     finally:
         if slots is not None:
             await slots.close()
             _log_slot_stats(slots)
-        await close_clients()
-    return gallery
+    return report
 
 
 def _log_slot_stats(slots: SlotPool) -> None:

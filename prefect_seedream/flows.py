@@ -13,8 +13,7 @@ again.
 
 
 import asyncio
-import contextlib
-import math
+import inspect
 from typing import Annotated, Any
 
 from prefect import flow, get_run_logger
@@ -25,7 +24,7 @@ from pydantic import Field
 from prefect_seedream.api.errors import SeedreamError
 from prefect_seedream.api.models import DEFAULT_MODEL, SeedreamModel
 from prefect_seedream.artifacts import Gallery, ProgressArtifact, RunTables
-from prefect_seedream.clients import client_for, close_clients
+from prefect_seedream.clients import api_client, shared_clients
 from prefect_seedream.credentials import SeedreamCredentials, resolve_credentials
 from prefect_seedream.defaults import (
     DEFAULT_N,
@@ -43,15 +42,14 @@ from prefect_seedream.defaults import (
     RowEvents,
     SizePreset,
 )
+from prefect_seedream.dispatch import dual_flow
 from prefect_seedream.events import emit_dataset_event
 from prefect_seedream.execution import (
-    ROW_PARAMETERS,
     RowRange,
+    RowsJob,
     execute_rows,
     read_concurrency_limit,
-    row_defaults,
     scan_dataset,
-    settings_from,
 )
 from prefect_seedream.generation import (
     GenerationOptions,
@@ -59,28 +57,47 @@ from prefect_seedream.generation import (
     WaitOptions,
     generate_recorded,
 )
-from prefect_seedream.hooks import record_stopped_run, write_manifest
+from prefect_seedream.hooks import record_stopped_run
 from prefect_seedream.ledger import LedgerRecord, NextStep, TaskLedger
 from prefect_seedream.lines import update_manifest_lines
-from prefect_seedream.output_lock import OutputLock, OutputLockedError, check_held_by
-from prefect_seedream.parts import RunParts, clear_runs
+from prefect_seedream.options import RunOptions
+from prefect_seedream.output_lock import OutputLock, check_held_by
+from prefect_seedream.parts import RunParts
 from prefect_seedream.progress import RunProgress, notify_total
-from prefect_seedream.shards import check_shard_deployment, run_shards, unfair_share_warning
+from prefect_seedream.reconcile import TaskListIndex
+from prefect_seedream.runs import ShardPlan, run_in_output
+from prefect_seedream.shards import check_shard_deployment, unfair_share_warning
+from prefect_seedream.sources import is_in_memory, spill_rows
 from prefect_seedream.storage import ImageStore
 from prefect_seedream.summary import DatasetRunSummary
 
-#: More task runs than this in one run is what a default `prefect server start` cannot record
-#: as fast as they come (measured, see the README's "Scale and cost").
-TASK_RUNS_A_SERVER_KEEPS_UP_WITH = 2000
+#: What the dataset flow accepts as its `dataset` through the API and the UI: a path or URL,
+#: or rows as a list of objects. Called from Python it also takes a list of
+#: `GenerationRequest` and pandas or polars DataFrames (see `prefect_seedream.sources`).
+DatasetParameter = str | list[dict[str, Any]]
 
-@flow(
+
+async def _rows_to_file(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Before a dataset run is created: rows held in memory are written to a file in the
+    output, so that the flow run's parameters hold its path, not the rows."""
+    dataset = parameters.get("dataset")
+    if dataset is not None and is_in_memory(dataset):
+        output = parameters.get("output", _OUTPUT_DEFAULT)
+        parameters = {**parameters, "dataset": await asyncio.to_thread(
+            spill_rows, dataset, output, parameters.get("storage_options"),
+        )}
+    return parameters
+
+
+@dual_flow(
     name="seedream-generate-dataset",
+    prepare=_rows_to_file,
     validate_parameters=True,
-    description="Generate images for every row of a prompt dataset (CSV, JSONL, Parquet) and "
-    "write a manifest with one line per row.",
+    description="Generate images for every row of a prompt dataset (CSV, JSONL, Parquet, or rows "
+    "in memory) and write a manifest with one line per row.",
 )
 async def generate_dataset(
-    dataset: str,
+    dataset: DatasetParameter,
     output: str = "output",
     model: SeedreamModel = DEFAULT_MODEL,
     size: SizePreset = DEFAULT_SIZE,
@@ -96,9 +113,13 @@ async def generate_dataset(
     retries: Annotated[int, Field(ge=0, le=10)] = RETRIES,
     retry_delay_seconds: Annotated[float, Field(ge=0)] = RETRY_DELAY_SECONDS,
     resubmit_unknown: bool = False,
+    wait_for_quota: bool = False,
     storage_options: dict[str, Any] | None = None,
     rows_per_task: Annotated[int, Field(ge=1, le=10_000)] | None = None,
     row_events: RowEvents = ROW_EVENTS,
+    reference_store: str | None = None,
+    reference_storage_options: dict[str, Any] | None = None,
+    reference_public_url: str | None = None,
     shards: Annotated[int, Field(ge=1, le=256)] = 1,
     work_pool: str | None = None,
     shard_deployment: str = SHARD_DEPLOYMENT,
@@ -107,9 +128,18 @@ async def generate_dataset(
 
     Rows are validated first (an invalid row is recorded with its reason and
     submits nothing), then run with at most `max_concurrency` generations at
-    once. One failed row never stops the others. The run ends **Completed** when
-    every row succeeded, and **Failed** with a message counting the rows that
-    did not (and naming the manifest) otherwise; the summary is its result.
+    once. One failed row never stops the others; an answer that concerns the whole
+    account (out of credits, key refused) stops every later submission at once, and the
+    run says why. The run ends **Completed** when every row succeeded, and **Failed**
+    with a message counting the rows that did not (and naming the manifest) otherwise;
+    the summary is its result either way.
+
+    The dataset is a file (CSV, TSV, JSONL, Parquet; a path or fsspec URL) or rows in
+    memory: a list of dicts, a list of `GenerationRequest`, a pandas or polars DataFrame.
+    Rows in memory are written once to `<output>/.seedream/inputs/<hash>.jsonl` and the run
+    reads that file, so the flow run's parameters stay small. A row's `id` names its files
+    and keys its ledger record; rows in memory without one get an id derived from their
+    content, so running the same rows again resumes instead of paying again.
 
     Up to 50 rows, each row is a task run named after it; bigger datasets run batches of
     consecutive rows per task run (`rows_per_task`), so that a run of 10,000 rows costs
@@ -117,9 +147,13 @@ async def generate_dataset(
     each run as a flow run of `shard_deployment` on a work pool; their lines are merged
     into this run's manifest.
 
+    Call it as `generate_dataset(...)` from sync code or `await generate_dataset(...)` from
+    async code.
+
     Args:
-        dataset: Path or fsspec URL of a .csv, .tsv, .jsonl or .parquet file with
-            a `prompt` column (optional: id, model, size, n, prompt_priority, image_urls).
+        dataset: Path or fsspec URL of a .csv, .tsv, .jsonl or .parquet file with a `prompt`
+            column (optional: id, model, size, n, prompt_priority, image_urls),
+            or the rows themselves (see above).
         output: Folder or fsspec URL (`s3://bucket/prefix`) for images and manifest.
         model: Default model for rows that do not name one.
         size: Default size preset (rows may give a preset or WxH); 1K exists on 4.0 only.
@@ -137,32 +171,55 @@ async def generate_dataset(
         poll_interval: Shortest pause between polls, in seconds.
         retries: Retries of a row for retryable failures (429, 5xx, service errors).
         retry_delay_seconds: First retry delay; doubles each retry, with jitter.
-        resubmit_unknown: Resubmit rows whose earlier submission outcome is unknown.
+        resubmit_unknown: Submit again rows whose earlier submission's outcome is unknown
+            (with the same Idempotency-Key, so a task it created is returned, not paid twice).
+        wait_for_quota: When the key's daily quota is used up and the API says when it
+            renews, pause until then instead of stopping.
         storage_options: fsspec options for `output` (for example endpoint_url).
         rows_per_task: Rows per task run; default: 1 up to 50 rows, else about 50 task runs.
         row_events: Per-row events: `failures` (default: `seedream.generation.failed` for each
             failed row), `all` (also `.submitted` and `.completed`) or `none`.
+        reference_store: An fsspec prefix (`s3://bucket/refs`) where reference images named
+            by local paths or storage URLs in `image_urls` are uploaded, once each, and sent
+            as presigned URLs (valid longer than the waits). Without it such rows are refused.
+        reference_storage_options: fsspec options of `reference_store`.
+        reference_public_url: The public base URL of `reference_store`, if it is served
+            publicly (then no URL is presigned).
         shards: Split the rows into this many shard flow runs (1: run here).
         work_pool: With shards: (re)create the shard deployment on this work pool first.
         shard_deployment: With shards: the deployment that runs one shard.
 
     Returns:
-        The final state; its result is a `DatasetRunSummary`.
+        The final state; its result is a `DatasetRunSummary` (`.lines()` reads the rows).
 
     Examples:
         ```python
-        from prefect_seedream.flows import generate_dataset
+        from prefect_seedream import generate_dataset
 
         state = generate_dataset("prompts.csv", output="output", max_concurrency=4,
                                  return_state=True)
         print(state.message)
+
+        rows = [{"id": "fox", "prompt": "A red fox in the snow"}, {"prompt": "A lighthouse"}]
+        summary = generate_dataset(rows, output="output", return_state=True).result(
+            raise_on_failure=False)
+        print([image.uri for line in summary.lines() for image in line.images])
         ```
     """
     logger = get_run_logger()
-    parameters = {name: value for name, value in locals().items() if name in ROW_PARAMETERS}
-    defaults = row_defaults(model, size, n, prompt_priority)
-    if credentials is None:
-        resolve_credentials(None)  # fail now, not per row, when there is no key
+    options = RunOptions(
+        model=model, size=size, n=n, prompt_priority=prompt_priority,
+        max_concurrency=max_concurrency, concurrency_limit_name=concurrency_limit_name,
+        max_credits=max_credits, max_wait_seconds=max_wait_seconds, poll_interval=poll_interval,
+        retries=retries, retry_delay_seconds=retry_delay_seconds,
+        resubmit_unknown=resubmit_unknown, wait_for_quota=wait_for_quota,
+        storage_options=storage_options, rows_per_task=rows_per_task, row_events=row_events,
+        reference_store=reference_store, reference_storage_options=reference_storage_options,
+        reference_public_url=reference_public_url,
+    )
+    resolved = resolve_credentials(credentials)  # fail now, not per row, when there is no key
+    if is_in_memory(dataset):  # rows that came through the API (the body of a flow run)
+        dataset = await asyncio.to_thread(spill_rows, dataset, output, storage_options)
     limit = None
     if concurrency_limit_name and not dry_run:
         limit = await read_concurrency_limit(concurrency_limit_name)
@@ -172,7 +229,7 @@ async def generate_dataset(
         if warning:
             logger.warning(warning)
 
-    scan = scan_dataset(dataset, defaults)
+    scan = scan_dataset(dataset, options.row_defaults())
     summary = DatasetRunSummary(dry_run=dry_run, estimated_credits=scan.estimated_credits)
     notify_total(scan.rows)
     if dry_run:
@@ -180,77 +237,33 @@ async def generate_dataset(
         return Completed(message=f"dry run: {scan.rows} rows, {scan.invalid} invalid, "
                          f"at most {scan.estimated_credits:g} credits", data=summary)
 
-    settings = settings_from(dataset, parameters, credentials, total_rows=scan.rows, concurrency_limit=limit)
-    store = ImageStore(output, storage_options)
-    run_id = str(flow_run.id)
     tables = RunTables(scan.rows)
-    async with OutputLock(store, run_id) as lock:
-        await asyncio.to_thread(_clear_leftovers, store)
-        parts = RunParts(store, run_id)
-        artifact = await ProgressArtifact.create(total=scan.rows)
-        progress = RunProgress(scan.rows, artifact, logger)
-        task_runs = math.ceil(scan.rows / settings.rows_per_task)
-        logger.info(
-            "Running %d rows: %d per task run (%d task runs), at most %d at once%s",
-            scan.rows, settings.rows_per_task, task_runs, max_concurrency,
-            f", in {shards} shards" if shards > 1 else "",
-        )
-        if task_runs > TASK_RUNS_A_SERVER_KEEPS_UP_WITH:
-            logger.warning(
-                "%d task runs for one run: a Prefect server with default settings (SQLite) "
-                "records about 65 task runs a second and drops events beyond a queue of "
-                "10,000, leaving runs stuck in the UI. Leave rows_per_task unset (about 50 "
-                "task runs whatever the size), or see the README's \"Scale and cost\" for the "
-                "server settings that raise it.", task_runs,
-            )
-        try:
-            if shards > 1:
-                gallery = Gallery()  # made from the manifest at the end
-                await run_shards(
-                    settings, parameters, credentials, rows=scan.rows, shards=shards,
-                    run_id=run_id, deployment=shard_deployment, work_pool=work_pool, parts=parts,
-                    progress=artifact, output=output,
-                )
-            else:
-                gallery = await execute_rows(
-                    settings, RowRange(1, scan.rows), ledger=TaskLedger(store), parts=parts,
-                    on_row=progress.row_done, before_batch=lock.check, guard=lock.check,
-                )
-        except OutputLockedError:
-            raise  # another run holds the output now: its manifest is its own
-        except Exception:
-            # The run fails, but its manifest still says what was done, one line per row,
-            # written while the lock is held (the ledger has every fact).
-            logger.exception("The run stopped on an error; writing the manifest of what was done")
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(
-                    write_manifest, store, parts, settings, scan.rows, DatasetRunSummary(),
-                    RunTables(scan.rows),
-                )
-            raise
-        summary.manifest = await asyncio.to_thread(
-            write_manifest, store, parts, settings, scan.rows, summary, tables
-        )
-        artifact.set_done(summary.rows)
-        await artifact.finish()
+    gallery = await run_in_output(
+        dataset, output, options, credentials or resolved, total_rows=scan.rows,
+        run_id=str(flow_run.id), summary=summary, concurrency_limit=limit, tables=tables,
+        shard_plan=ShardPlan(shards, shard_deployment, work_pool, generate_shard) if shards > 1 else None,
+    )
     await tables.publish(summary)
-    await _publish_gallery(gallery, tables, store)
+    await _publish_gallery(gallery, tables, ImageStore(output, storage_options))
     logger.info("Manifest written to %s", summary.manifest)
     emit_dataset_event(
         not summary.not_succeeded,
         dataset=dataset,
         output=output,
-        payload=summary.model_dump(include={"rows", "succeeded", "failed", "in_flight", "outcome_unknown", "skipped", "credits", "images"}),
+        payload={
+            **summary.model_dump(include={
+                "rows", "succeeded", "failed", "in_flight", "outcome_unknown", "skipped", "credits",
+                "images",
+            }),
+            "stopped": summary.stopped.code if summary.stopped else None,
+        },
     )
     if summary.not_succeeded:
         return Failed(message=summary.message(), data=summary)
     return Completed(message=summary.message(), data=summary)
 
 
-def _clear_leftovers(store: ImageStore) -> None:
-    """What killed runs left: temporary files and unmerged parts (the ledger keeps the facts)."""
-    store.clear_temporary()
-    clear_runs(store)
+_OUTPUT_DEFAULT: str = inspect.signature(generate_dataset.fn).parameters["output"].default
 
 
 async def _publish_gallery(gallery: Gallery, tables: RunTables, store: ImageStore) -> None:
@@ -281,7 +294,7 @@ async def generate_shard(
     last_row: Annotated[int, Field(ge=1)],
     run_id: str,
     total_rows: Annotated[int, Field(ge=1)],
-    options: dict[str, Any],
+    options: RunOptions,
     credentials: SeedreamCredentials | None = None,
     concurrency_limit: int | None = None,
 ) -> State:
@@ -291,7 +304,8 @@ async def generate_shard(
     the output), writes the lines of each batch of rows to the parent's part files, and
     leaves the manifest to the parent. Started by :func:`generate_dataset` with `shards` > 1;
     re-running a shard (or the parent) re-attaches to its tasks in flight and skips its
-    stored rows, as any run does.
+    stored rows, as any run does. When one shard is stopped by an answer that concerns the
+    whole account (out of credits, ...), the others stop submitting within seconds.
 
     Args:
         dataset: The dataset (a path every worker can read, or an fsspec URL).
@@ -300,7 +314,7 @@ async def generate_shard(
         last_row: Last row of the range.
         run_id: The parent run's id (the holder of the output's lock).
         total_rows: Rows of the whole dataset.
-        options: The parent's row parameters (model, size, concurrency, budget share, ...).
+        options: The parent's options (with this shard's share of the budget).
         credentials: A SeedreamCredentials block; default: the worker's environment.
         concurrency_limit: The value of the global concurrency limit named in `options`.
 
@@ -314,15 +328,16 @@ async def generate_shard(
         await run_deployment("seedream-generate-shard/generate-shard", parameters={
             "dataset": "s3://bucket/prompts.csv", "output": "s3://bucket/out",
             "first_row": 1, "last_row": 5000, "run_id": parent_id, "total_rows": 20000,
-            "options": options})
+            "options": RunOptions(max_concurrency=50).model_dump(mode="json")})
         ```
     """
     logger = get_run_logger()
-    store = ImageStore(output, options.get("storage_options"))
+    store = ImageStore(output, options.storage_options)
     await asyncio.to_thread(check_held_by, store, run_id)
     rows = RowRange(first_row, min(last_row, total_rows))
-    settings = settings_from(
-        dataset, options, credentials, total_rows=total_rows, concurrency_limit=concurrency_limit,
+    job = RowsJob(
+        dataset, options, credentials, run_id, total_rows, concurrency_limit=concurrency_limit,
+        sharded=True,
     )
     counts = DatasetRunSummary()
     artifact = await ProgressArtifact.create(total=rows.rows, description=f"Rows {rows.first}-{rows.last} finished")
@@ -332,11 +347,12 @@ async def generate_shard(
         counts.add(item)
         progress.row_done(item)
 
-    await execute_rows(
-        settings, rows, ledger=TaskLedger(store), parts=RunParts(store, run_id), on_row=on_row,
+    report = await execute_rows(
+        job, rows, store=store, parts=RunParts(store, run_id), on_row=on_row,
         before_batch=lambda: check_held_by(store, run_id),
     )
     await artifact.finish()
+    counts.stopped = report.stop
     message = f"rows {rows.first}-{rows.last}: {counts.message()}"
     return Completed(message=message) if not counts.not_succeeded else Failed(message=message)
 
@@ -356,9 +372,10 @@ async def recover_dataset(
 ) -> State:
     """Collect the remote tasks a stopped run left in flight, without paying again.
 
-    Reads the ledger in `output`, waits for every recorded task that is still
-    in flight (and whose results have not expired), stores its images and updates
-    the manifest's lines. Nothing is ever submitted.
+    Reads the ledger in `output` (the records of this API), waits for every recorded task
+    that is still in flight (and whose results have not expired), looks up in the API's task
+    list the tasks of submissions whose outcome is unknown (and collects those it finds),
+    stores the images and updates the manifest's lines. Nothing is ever submitted.
 
     Args:
         output: The output folder or URL of the earlier run.
@@ -369,47 +386,54 @@ async def recover_dataset(
         storage_options: fsspec options for `output`.
 
     Returns:
-        Completed when every in-flight task was collected, else Failed with counts.
+        Completed when every task in flight (and every unknown outcome) was collected, else
+        Failed with the counts.
 
     Examples:
         ```python
-        import asyncio
-        from prefect_seedream.flows import recover_dataset
+        from prefect_seedream import recover_dataset
 
-        asyncio.run(recover_dataset("output"))
+        state = recover_dataset("output", return_state=True)
+        print(state.message)
         ```
     """
     logger = get_run_logger()
-    resolve_credentials(credentials)
+    api = resolve_credentials(credentials).api_identity
     store = ImageStore(output, storage_options)
-    ledger = TaskLedger(store)
-    records = await asyncio.to_thread(lambda: list(ledger.records()))
-    pending = [r for r in records if r.state.value in ("submitted", "completed")]
-    logger.info("%d task(s) in flight in %s", len(pending), output)
+    ledger = TaskLedger(store, api)
+    records = await asyncio.to_thread(lambda: [r for r in ledger.records() if r.api in (api, None)])
+    pending = [r for r in records if r.state.value in ("submitted", "completed") or r.outcome_unknown]
+    logger.info(
+        "%d task(s) in flight and %d submission(s) of unknown outcome in %s",
+        sum(not r.outcome_unknown for r in pending), sum(r.outcome_unknown for r in pending), output,
+    )
     limit = asyncio.Semaphore(max_concurrency)
     options = GenerationOptions(wait=WaitOptions(max_wait_seconds, poll_interval))
     reporter = StepReporter(logger)
     collected: dict[str, LedgerRecord] = {}
 
-    async def collect(record: LedgerRecord) -> None:
+    async def collect(record: LedgerRecord, client: Any, finder: TaskListIndex) -> None:
         async with limit:
-            if record.next_step(images_present=False, resubmit_unknown=False) is not NextStep.REATTACH:
+            if not record.outcome_unknown and (
+                record.next_step(images_present=False, resubmit_unknown=False) is not NextStep.REATTACH
+            ):
                 logger.error("%s: task %s is older than its results' 24 h life", record.row_id, record.task_id)
                 return
             try:
                 await generate_recorded(
-                    record, None, client=client_for(credentials), ledger=ledger,
-                    options=options, reporter=reporter,
+                    record, None, client=client, ledger=ledger, options=options,
+                    reporter=reporter, finder=finder,
                 )
             except SeedreamError as exc:
-                logger.error("%s: could not collect task %s: %s", record.row_id, record.task_id, exc)
-            collected[record.task_id or record.key] = record
+                logger.error("%s: could not collect %s: %s", record.row_id, record.task_id or "its task", exc)
+            collected[record.row_id] = record
 
-    async with OutputLock(store, str(flow_run.id)):
-        try:
-            await asyncio.gather(*(collect(record) for record in pending))
-        finally:
-            await close_clients()
+    async with OutputLock(store, str(flow_run.id)), shared_clients(), api_client(credentials) as client:
+        finder = TaskListIndex(client, submit_timeout=resolve_credentials(credentials).submit_timeout)
+        for record in records:
+            if record.task_id:
+                finder.claim(record.task_id)
+        await asyncio.gather(*(collect(record, client, finder) for record in pending))
         stored = await asyncio.to_thread(update_manifest_lines, store, collected)
-    message = f"collected {stored} of {len(pending)} in-flight task(s) in {output}"
+    message = f"collected {stored} of {len(pending)} task(s) in {output}"
     return Completed(message=message) if stored == len(pending) else Failed(message=message)

@@ -8,7 +8,9 @@ emits everything.
 
 :func:`generate_recorded` runs one attempt of a ledger-backed generation: it follows the
 record's :meth:`~prefect_seedream.ledger.LedgerRecord.next_step`, saves the write-ahead intent
-before submitting, saves the task id before waiting, and saves the stored images last.
+(with the submission's ``Idempotency-Key``) before submitting, saves the task id before
+waiting, and saves the stored images last. A row whose earlier submission's outcome is unknown
+is first looked up in the API's task list (:mod:`prefect_seedream.reconcile`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from prefect_seedream.api.client import PollPolicy, SeedreamClient
@@ -24,6 +26,7 @@ from prefect_seedream.api.errors import (
     NotFoundError,
     SeedreamAPIError,
     SeedreamConnectionError,
+    ServerError,
     SubmissionOutcomeUnknownError,
     TaskFailedError,
 )
@@ -39,6 +42,8 @@ from prefect_seedream.defaults import (
 )
 from prefect_seedream.events import emit_generation_event
 from prefect_seedream.ledger import LedgerRecord, LedgerState, NextStep, TaskLedger
+from prefect_seedream.reconcile import TaskListIndex
+from prefect_seedream.references import ReferenceImageError, ReferenceStore, no_store_message
 from prefect_seedream.storage import ImageStore, StoredImage, safe_stem
 
 
@@ -74,11 +79,13 @@ class GenerationOptions:
         wait: How to wait for the task.
         resubmit_unknown: Submit again after an earlier submission whose outcome is unknown.
         max_bytes: Size cap per image.
+        references: Where local reference images are uploaded (None: they are refused).
     """
 
     wait: WaitOptions = WaitOptions()
     resubmit_unknown: bool = False
     max_bytes: int = MAX_IMAGE_BYTES
+    references: ReferenceStore | None = field(default=None, compare=False)
 
 
 class StepReporter:
@@ -114,12 +121,19 @@ class StepReporter:
 
     def submitted(self, label: str, request: GenerationRequest, task: GenerationTask) -> None:
         """A submission was answered with a task."""
-        self.logger.log(
-            self.level,
-            "Submitted %s: remote task %s (%s, n=%d, %s credits reserved)",
-            label, task.id, request.model, request.n,
-            task.usage.credits_reserved if task.usage else "?",
-        )
+        if task.replayed:
+            self.logger.log(
+                self.level,
+                "Submitted %s again with the same Idempotency-Key: the API answered remote task "
+                "%s, which the earlier submission had created (nothing new charged)", label, task.id,
+            )
+        else:
+            self.logger.log(
+                self.level,
+                "Submitted %s: remote task %s (%s, n=%d, %s credits reserved)",
+                label, task.id, request.model, request.n,
+                task.usage.credits_reserved if task.usage else "?",
+            )
         if self.events == "all":
             emit_generation_event(
                 "submitted", task.id, label=label, model=request.model,
@@ -130,8 +144,22 @@ class StepReporter:
         """A run waits for a task an earlier run submitted."""
         self.logger.log(self.level, "%s: re-attaching to remote task %s", label, task_id)
 
+    def reconciled(self, label: str, task_id: str) -> None:
+        """The task of a submission whose answer was lost was found in the API's task list."""
+        self.logger.log(
+            max(self.level, logging.INFO),
+            "%s: the earlier submission's answer was lost, but the API's task list shows its "
+            "task %s: re-attaching (nothing is paid again)", label, task_id,
+        )
+
     def status_changed(self, label: str, task_id: str, status: TaskStatus) -> None:
         """A poll saw a new status."""
+        if not status.is_known:
+            self.logger.warning(
+                "%s: remote task %s reports the status %r, which the API does not document; "
+                "waiting on until a known final status (or the wait's cap)", label, task_id, status.value,
+            )
+            return
         self.logger.log(self.level, "%s: remote task %s is %s", label, task_id, status.value)
 
     def failed(self, label: str, task: GenerationTask, code: str, message: str) -> None:
@@ -159,10 +187,15 @@ class StepReporter:
 
 
 async def submit_request(
-    client: SeedreamClient, request: GenerationRequest, reporter: StepReporter, label: str
+    client: SeedreamClient,
+    request: GenerationRequest,
+    reporter: StepReporter,
+    label: str,
+    *,
+    idempotency_key: str | None = None,
 ) -> GenerationTask:
-    """Submit one generation; the client retries only what provably created no task."""
-    task = await client.submit(request)
+    """Submit one generation; every retry of it carries the same ``Idempotency-Key``."""
+    task = await client.submit(request, idempotency_key=idempotency_key)
     reporter.submitted(label, request, task)
     return task
 
@@ -187,8 +220,8 @@ async def wait_for_task(
     seen: list[TaskStatus] = []
 
     def on_progress(update: GenerationTask) -> None:
-        if not seen or seen[-1] is not update.status:
-            seen.append(update.status)
+        if update.status not in seen or (update.status.is_known and seen[-1] is not update.status):
+            seen.append(update.status)  # each undocumented status is reported once
             reporter.status_changed(label, task_id, update.status)
 
     done = await client.wait(
@@ -240,7 +273,9 @@ async def generate_recorded(
     reporter: StepReporter,
     thumbnails: bool = True,
     on_terminal: Callable[[], Awaitable[Any]] | None = None,
-    before_submit: Callable[[], None] | None = None,
+    before_submit: Callable[[], Awaitable[None]] | None = None,
+    finder: TaskListIndex | None = None,
+    run_id: str | None = None,
 ) -> LedgerRecord:
     """One attempt at a row: reuse, re-attach or submit, then wait and store.
 
@@ -259,8 +294,11 @@ async def generate_recorded(
         on_terminal: Awaited once the remote task is seen terminal, before its images are
             downloaded: the generation is no longer in flight at the API, so the caller can
             give its concurrency slot to the next row while this one downloads.
-        before_submit: Called before a submission is sent (nothing is written yet); raises
-            to stop the attempt (the runner checks its credit budget there).
+        before_submit: Awaited before a submission is sent (nothing is written yet); raises
+            to stop the attempt (the runner checks its submission gate and budget there).
+        finder: Looks up, in the API's task list, the task of an earlier submission whose
+            outcome is unknown (found: re-attached, nothing is submitted).
+        run_id: The run making the submission (its charge is that run's).
 
     Raises:
         SubmissionOutcomeUnknownError: an earlier or this submission may have been billed.
@@ -273,10 +311,20 @@ async def generate_recorded(
     label = record.row_id
     if step is NextStep.REUSE:
         return record
+    if record.outcome_unknown and finder is not None and step in (NextStep.REFUSE_UNKNOWN, NextStep.SUBMIT):
+        found = await finder.find(record)
+        if found is not None:
+            record.reconciled(found)
+            await ledger.asave(record)
+            reporter.reconciled(label, found.id)
+            step = NextStep.REATTACH
     if step is NextStep.REFUSE_UNKNOWN:
         raise SubmissionOutcomeUnknownError(
-            f"{label}: an earlier submission's outcome is unknown (it may have been billed); "
-            "not resubmitted. Check the Evolink dashboard, or re-run with resubmit_unknown=True"
+            f"{label}: an earlier submission's outcome is unknown (it may have been billed) and "
+            "the API's task list does not tell its task; not resubmitted. Re-run with "
+            "resubmit_unknown=True to send it again with the same Idempotency-Key",
+            idempotency_key=record.idempotency_key,
+            looked_up=finder is not None,
         )
     if step is NextStep.REPEAT_FAILURE:
         assert record.error is not None and record.task_id is not None
@@ -311,8 +359,10 @@ async def generate_recorded(
         if request is None:
             raise NotFoundError(404, f"{label}: no task in flight to collect ({record.state.value})")
         if before_submit is not None:
-            before_submit()
-        estimated_time = await _submit_recorded(record, request, client, ledger, reporter)
+            await before_submit()
+        estimated_time = await _submit_recorded(
+            record, request, client, ledger, reporter, run_id, options.references
+        )
         done = await _wait_recorded(record, client, ledger, reporter, options, estimated_time=estimated_time)
     if on_terminal is not None:
         await on_terminal()
@@ -332,23 +382,55 @@ async def _submit_recorded(
     client: SeedreamClient,
     ledger: TaskLedger,
     reporter: StepReporter,
+    run_id: str | None,
+    references: ReferenceStore | None,
 ) -> float | None:
     """Write the intent, submit, record the answer; returns the task's estimated time."""
-    record.begin_submission(request.reserved_credits)
+    sent = await _api_request(record, request, references)
+    record.begin_submission(
+        request.reserved_credits, run_id=run_id,
+        sent_image_urls=list(sent.image_urls) if request.local_references else None,
+    )
+    if record.sent_image_urls is not None:  # the key's first body, again: a replay matches it
+        sent = sent.model_copy(update={"image_urls": tuple(record.sent_image_urls)})
     await ledger.asave(record)  # durable before a byte is sent
     try:
-        task = await submit_request(client, request, reporter, record.row_id)
+        task = await submit_request(
+            client, sent, reporter, record.row_id, idempotency_key=record.idempotency_key
+        )
     except SubmissionOutcomeUnknownError:
         record.submission_lost()
         await ledger.asave(record)
         raise
-    except (SeedreamAPIError, SeedreamConnectionError) as exc:  # answered, or never sent
-        record.submission_refused(type(exc).__name__, str(exc))
+    except SeedreamAPIError as exc:  # answered: no task is known to exist
+        record.submission_refused(
+            exc.code, exc.detail,
+            key_settled=not isinstance(exc, ServerError),  # a 5xx may follow a creation
+            stopped=exc.account_scope is not None,
+        )
+        await ledger.asave(record)
+        raise
+    except SeedreamConnectionError as exc:  # never sent
+        record.submission_refused(exc.code, str(exc))
         await ledger.asave(record)
         raise
     record.submitted(task)
     await ledger.asave(record)  # durable before waiting: a retry or a re-run re-attaches
     return task.task_info.estimated_time
+
+
+async def _api_request(
+    record: LedgerRecord, request: GenerationRequest, references: ReferenceStore | None
+) -> GenerationRequest:
+    """The request as sent: local reference images uploaded and named by URLs (a submission
+    sent again with its key reuses the URLs it was first sent with)."""
+    if not request.local_references:
+        return request
+    if record.key_in_doubt and record.sent_image_urls is not None:
+        return request.model_copy(update={"image_urls": tuple(record.sent_image_urls)})
+    if references is None:
+        raise ReferenceImageError(no_store_message(request.local_references[0]))
+    return await references.resolve(request)
 
 
 async def _wait_recorded(

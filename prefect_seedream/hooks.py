@@ -1,64 +1,25 @@
-"""Writing a dataset run's manifest: at the end of a run, and when a run is stopped.
+"""The manifest of a stopped run: written by the flow's cancellation and crash hooks.
 
 The manifest is the run's part files in row order, with every row no part covers (a batch or
 shard that never finished) filled from the ledger. So a run that is cancelled or crashes
-(``on_cancellation`` / ``on_crashed``) still leaves a manifest with one line per input row,
-saying what was done: stored rows ``succeeded``, tasks in flight ``in_flight`` (collect them
-with ``recover``), submissions without a recorded answer ``outcome_unknown``, the rest
-``skipped``. A run killed outright (SIGKILL) gets its manifest from the next run.
+(``on_cancellation`` / ``on_crashed``, which Prefect may run in another process than the
+run's) still leaves a manifest with one line per input row, saying what was done: stored
+rows ``succeeded``, tasks in flight ``in_flight`` (collect them with ``recover``),
+submissions without a recorded answer ``outcome_unknown``, the rest ``skipped``. What the run
+was (its dataset, API and options) is read from the ``run.json`` it wrote when it started. A
+run killed outright (SIGKILL) gets its manifest from the next run.
 """
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from prefect.states import State
 
-from prefect_seedream.artifacts import RunTables
-from prefect_seedream.dataset import RowDefaults
-from prefect_seedream.execution import RunSettings
-from prefect_seedream.ledger import TaskLedger
-from prefect_seedream.lines import lines_from_ledger
 from prefect_seedream.parts import RunParts
+from prefect_seedream.runs import merge_manifest
 from prefect_seedream.storage import ImageStore
 from prefect_seedream.summary import DatasetRunSummary
-
-
-def _merge(
-    store: ImageStore, parts: RunParts, dataset: str, defaults: RowDefaults, total_rows: int | None,
-    summary: DatasetRunSummary, tables: RunTables | None,
-) -> str:
-    ledger = TaskLedger(store)
-
-    def on_line(item: Any) -> None:
-        summary.add(item)
-        if tables is not None:
-            tables.add(item.line)
-
-    uri = parts.merge(
-        total_rows,
-        lambda first, last: lines_from_ledger(dataset, ledger, defaults, first, last),
-        on_line,
-    )
-    parts.remove()
-    return uri
-
-
-def write_manifest(
-    store: ImageStore,
-    parts: RunParts,
-    settings: RunSettings,
-    total_rows: int,
-    summary: DatasetRunSummary,
-    tables: RunTables,
-) -> str:
-    """Write the manifest of a finished run; ``summary`` and ``tables`` count its lines.
-
-    Returns:
-        The manifest's URI.
-    """
-    return _merge(store, parts, settings.dataset, settings.defaults, total_rows, summary, tables)
 
 
 def record_stopped_run(flow: Any, flow_run: Any, state: State) -> None:
@@ -67,15 +28,16 @@ def record_stopped_run(flow: Any, flow_run: Any, state: State) -> None:
     Remote tasks in flight cannot be cancelled (the API has no cancel endpoint);
     their ids are already in the ledger, and the manifest lists them ``in_flight``.
     """
-    bound = inspect.signature(flow.fn).bind_partial(**flow_run.parameters)
-    bound.apply_defaults()
-    params = bound.arguments
-    if params["dry_run"]:
+    parameters = flow_run.parameters
+    if parameters.get("dry_run") or not isinstance(parameters.get("output", "output"), str):
         return
-    defaults = RowDefaults(
-        model=params["model"], size=params["size"], n=params["n"], prompt_priority=params["prompt_priority"]
-    )
-    store = ImageStore(params["output"], params["storage_options"])
+    store = ImageStore(parameters.get("output", "output"), parameters.get("storage_options"))
     parts = RunParts(store, str(flow_run.id))
-    uri = _merge(store, parts, params["dataset"], defaults, None, DatasetRunSummary(), None)
+    run = parts.description()
+    if run is None:  # stopped before any row ran: nothing to tell
+        return
+    uri = merge_manifest(
+        store, parts, run.dataset, run.api, run.options, run.total_rows, str(flow_run.id),
+        DatasetRunSummary(), None,
+    )
     print(f"Run {state.type.value.lower()}: manifest of what was done written to {uri}")

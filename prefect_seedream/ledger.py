@@ -1,24 +1,28 @@
 """A durable record of every remote task, so that nothing is paid for twice.
 
-For each row (or idempotency key) and request, one small JSON file under
+For each row (or idempotency key), request and API, one small JSON file under
 ``<destination>/.seedream/tasks/`` says where the row's remote task stands. The record owns
 its transitions: every change of state is one method of :class:`LedgerRecord`, with the rule
 of what may follow what, and the charge and the manifest status of a row are derived from the
-record, never kept beside it.
+record, never kept beside it. Records are keyed by the API's address too, so that a result of
+the simulator is never taken for a result of the real API (or of another account's endpoint).
 
 The write-ahead rule: **before** a submission is sent, the record is saved (fsync'd) in state
-``submitting``, with the request's hash and the credits the API will pre-charge. Whatever
-instant the process dies, a later run finds one of:
+``submitting``, with the request's hash, the credits the API will pre-charge and the
+submission's ``Idempotency-Key``. Whatever instant the process dies, a later run finds one of:
 
-* ``submitting``: the submission may have reached the API and no answer was recorded. No
-  idempotency key exists, so nobody can tell whether a task was created (and billed): the row
-  is treated as ``outcome_unknown`` and not resubmitted unless the user accepts the risk
-  (``resubmit_unknown=True``).
+* ``submitting``: the submission may have reached the API and no answer was recorded. The row
+  is ``outcome_unknown``: a later run looks its task up in the API's task list and re-attaches
+  to it when found (:mod:`prefect_seedream.reconcile`); it is submitted again only when the
+  user asks (``resubmit_unknown=True``), and then with **the same key**, which the API answers
+  with the task the lost submission created, if it created one.
 * ``submitted``: the task id is known; the row re-attaches to it (within the results' 24 h).
 * ``stored``: the images are stored; nothing is done.
 
-A submission that provably created no task (refused connection, a 4xx/429/5xx answer) clears
-its intent, so ordinary retries still work.
+A submission that the API clearly refused (a 4xx or 429 answer, or a connection never opened)
+clears its intent, and the next submission gets a new key. A 5xx answer also clears it (the
+row may be retried), but keeps the key: a gateway may answer 5xx after the task was created,
+and the same key makes the next attempt a replay of that task, not a second charge.
 """
 
 from __future__ import annotations
@@ -33,21 +37,25 @@ from enum import Enum
 
 from pydantic import BaseModel, Field
 
+from prefect_seedream.api.client import new_idempotency_key
 from prefect_seedream.api.models import (
     GenerationRequest,
     GenerationTask,
     TaskErrorKind,
     classify_task_error,
+    is_local_reference,
 )
 from prefect_seedream.defaults import REATTACH_WINDOW_SECONDS
 from prefect_seedream.manifest import ManifestError, RowStatus
+from prefect_seedream.references import reference_fingerprint
 from prefect_seedream.storage import PRIVATE_DIR, ImageStore, StoredImage, safe_stem
 
 LEDGER_DIR = f"{PRIVATE_DIR}/tasks"
 OUTCOME_UNKNOWN_GUIDANCE = (
-    "the submission may have created (and billed) a task but no answer came back; it was not "
-    "resubmitted. Check the Evolink dashboard, then re-run with --resubmit-unknown "
-    "(resubmit_unknown=True) to submit it again"
+    "the submission may have created (and billed) a task but no answer came back, and the "
+    "API's task list did not show it; it was not resubmitted. Re-run with --resubmit-unknown "
+    "(resubmit_unknown=True): the same Idempotency-Key is sent again, so a task the lost "
+    "submission created is returned instead of paid twice"
 )
 
 
@@ -101,9 +109,14 @@ class LedgerRecord(BaseModel):
 
     Examples:
         >>> record = LedgerRecord(key="k", row_id="r", request_hash="h")
-        >>> record.begin_submission(reserved_credits=2.0, now=100.0)
-        >>> record.state.value, record.charge().at_risk
-        ('submitting', 2.0)
+        >>> record.begin_submission(reserved_credits=2.0, now=100.0, run_id="run-1")
+        >>> record.state.value, record.charge().at_risk, record.idempotency_key.startswith("seedream-")
+        ('submitting', 2.0, True)
+        >>> first_key = record.idempotency_key
+        >>> record.submission_refused("internal_server_error", "bad gateway", key_settled=False)
+        >>> record.begin_submission(reserved_credits=2.0)  # a 5xx keeps the key
+        >>> record.idempotency_key == first_key
+        True
         >>> record.submission_refused("rate_limit_error", "too many requests")
         >>> record.state.value, record.submissions, record.charge().total
         ('new', 0, 0.0)
@@ -115,11 +128,27 @@ class LedgerRecord(BaseModel):
     state: LedgerState = LedgerState.NEW
     task_id: str | None = None
     model: str | None = None
+    #: The API the record's tasks belong to (its normalised address).
+    api: str | None = None
+    #: sha256 of the prompt, to recognise the row's task in the API's task list.
+    prompt_sha256: str | None = None
     intent_at: float | None = None
     submitted_at: float | None = None
     finished_at: float | None = None
-    #: Submissions that may have created a task (a provably refused one is not counted).
+    #: Submissions that may have created a task: distinct idempotency keys sent (a key sent
+    #: again is the same submission; a provably refused one is not counted).
     submissions: int = 0
+    #: The latest submission's ``Idempotency-Key``.
+    idempotency_key: str | None = None
+    #: True while a submission with that key may have created a task nobody knows of: the
+    #: next submission sends the same key (a replay of that task, if it exists).
+    key_in_doubt: bool = False
+    #: The run (the output lock's holder: a sharded run's parent) that made the latest
+    #: submission: its charge is that run's.
+    run_id: str | None = None
+    #: The reference image URLs the latest submission sent for local files (presigned URLs):
+    #: sent again with its key, so that a replay has the same body.
+    sent_image_urls: list[str] | None = None
     #: Credits the API pre-charges for the latest submission.
     reserved_credits: float | None = None
     #: Credits of the latest task: its final charge once completed, else what it reserved.
@@ -128,6 +157,9 @@ class LedgerRecord(BaseModel):
     images: list[StoredImage] = Field(default_factory=list)
     #: Why the row did not (yet) succeed: the task's error, or the last error of this run.
     error: dict[str, str] | None = None
+    #: True when the API refused the submission for the whole account or model (out of
+    #: credits, key refused, ...): the row was not submitted, and a later run submits it.
+    stopped: bool = False
 
     # -- questions ------------------------------------------------------------------------
 
@@ -198,6 +230,18 @@ class LedgerRecord(BaseModel):
             return Charge(at_risk=self.reserved_credits or 0.0)
         return Charge()
 
+    def charge_for(self, run_id: str | None) -> Charge:
+        """What the row costs the run ``run_id``: its latest submission's charge when that run
+        (a sharded run's parent: any attempt of any of its shards) made it, else nothing.
+
+        Examples:
+            >>> record = LedgerRecord(key="k", row_id="r", request_hash="h")
+            >>> record.begin_submission(reserved_credits=2.0, run_id="run-1")
+            >>> record.charge_for("run-1").at_risk, record.charge_for("run-2").at_risk
+            (2.0, 0.0)
+        """
+        return self.charge() if run_id is not None and self.run_id == run_id else Charge()
+
     def status(self) -> tuple[RowStatus, ManifestError | None]:
         """The manifest status and error this record stands for."""
         error = ManifestError(**self.error) if self.error else None
@@ -216,6 +260,8 @@ class LedgerRecord(BaseModel):
             if error is None:
                 return "in_flight", ManifestError(code="in_flight", message=note)
             return "in_flight", ManifestError(code=error.code, message=f"{error.message}; {note}")
+        if error is not None and self.stopped:  # refused for the whole account: not submitted
+            return "skipped", error
         if error is not None:  # a submission refused (4xx, 429/5xx after retries, ...)
             return "failed", error
         return "skipped", ManifestError(
@@ -224,24 +270,54 @@ class LedgerRecord(BaseModel):
 
     # -- transitions --------------------------------------------------------------------------
 
-    def begin_submission(self, reserved_credits: float, now: float | None = None) -> None:
-        """The write-ahead intent: a submission is about to be sent (save it before sending)."""
+    def begin_submission(
+        self,
+        reserved_credits: float,
+        now: float | None = None,
+        run_id: str | None = None,
+        sent_image_urls: list[str] | None = None,
+    ) -> None:
+        """The write-ahead intent: a submission is about to be sent (save it before sending).
+
+        Its ``Idempotency-Key`` is the previous one while that one's outcome is in doubt (a
+        lost answer, a 5xx), else a new one.
+        """
         if self.state is LedgerState.STORED and self.images:
             self.images = []  # stored files went missing: the row is generated again
+        if self.idempotency_key is None or not self.key_in_doubt:
+            self.idempotency_key = new_idempotency_key()
+            self.submissions += 1  # a new key: a submission that may create a task
+            self.sent_image_urls = sent_image_urls
+        self.key_in_doubt = True
         self.state = LedgerState.SUBMITTING
         self.intent_at = now or time.time()
         self.reserved_credits = reserved_credits
-        self.submissions += 1
+        self.run_id = run_id or self.run_id
         self.task_id, self.credits, self.results, self.error = None, None, [], None
         self.submitted_at = self.finished_at = None
+        self.stopped = False
 
-    def submission_refused(self, code: str, message: str) -> None:
-        """The API (or the network, before sending) refused it: provably no task was created."""
+    def submission_refused(
+        self, code: str, message: str, *, key_settled: bool = True, stopped: bool = False
+    ) -> None:
+        """The API (or the network, before sending) refused it: no task is known to exist.
+
+        Args:
+            code: The API's error code.
+            message: The API's message.
+            key_settled: False when the refusal may have come after the task was created (a
+                5xx from a gateway): the next submission sends the same key again.
+            stopped: The refusal concerns the whole account (or model): the row is skipped,
+                not failed, and a later run submits it.
+        """
         self._require(LedgerState.SUBMITTING)
         self.state = LedgerState.NEW
-        self.submissions -= 1
+        if key_settled:
+            self.submissions -= 1  # provably no task: the key is not used again
         self.intent_at = None
+        self.key_in_doubt = not key_settled
         self.error = {"code": code, "message": message}
+        self.stopped = stopped
 
     def submission_lost(self) -> None:
         """The submission may have reached the API but no answer came back."""
@@ -252,10 +328,20 @@ class LedgerRecord(BaseModel):
     def submitted(self, task: GenerationTask, now: float | None = None) -> None:
         """The API answered with a task: its id is known (save it before waiting)."""
         self._require(LedgerState.SUBMITTING)
+        self._attach(task, now or time.time())
+
+    def reconciled(self, task: GenerationTask) -> None:
+        """The API's task list shows the task a submission of unknown outcome created."""
+        self._require(LedgerState.SUBMITTING, LedgerState.OUTCOME_UNKNOWN)
+        self._attach(task, float(task.created) if task.created else (self.intent_at or time.time()))
+
+    def _attach(self, task: GenerationTask, submitted_at: float) -> None:
         self.state = LedgerState.SUBMITTED
         self.task_id = task.id
         self.model = task.model or self.model
-        self.submitted_at = now or time.time()
+        self.submitted_at = submitted_at
+        self.key_in_doubt = False
+        self.error = None
         self.credits = task.credits if task.credits is not None else self.reserved_credits
 
     def task_gone(self) -> None:
@@ -309,15 +395,31 @@ class LedgerRecord(BaseModel):
 
 
 def request_hash(request: GenerationRequest) -> str:
-    """A stable hash of what a request asks for.
+    """A stable hash of what a request asks for (a local reference image by its path, size
+    and modification time: a changed file is a new request).
 
     Examples:
         >>> a = request_hash(GenerationRequest(prompt="fox"))
         >>> a == request_hash(GenerationRequest(prompt="fox")), len(a)
         (True, 64)
     """
-    canonical = json.dumps(request.to_api_body(), sort_keys=True, ensure_ascii=False)
+    body = request.to_api_body()
+    if request.local_references:
+        body["image_urls"] = [
+            reference_fingerprint(url) if is_local_reference(url) else url for url in request.image_urls
+        ]
+    canonical = json.dumps(body, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def prompt_sha256(prompt: str) -> str:
+    """The hash of a prompt by which a row's task is recognised in the API's task list.
+
+    Examples:
+        >>> prompt_sha256("a fox")[:12]
+        '5ebbe2a2650a'
+    """
+    return hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class TaskLedger:
@@ -325,21 +427,36 @@ class TaskLedger:
 
     Args:
         store: The destination the images go to; the ledger lives below it.
+        api: The API's normalised address (``SeedreamClient.identity``): records are kept
+            per API, so that a task or result of one API (the simulator) is never reused
+            with another (the real one).
 
     Examples:
         ```python
-        ledger = TaskLedger(ImageStore("output"))
+        ledger = TaskLedger(ImageStore("output"), api="https://api.evolink.ai")
         record = ledger.record_for("row-1", request)
         ```
     """
 
-    def __init__(self, store: ImageStore) -> None:
+    def __init__(self, store: ImageStore, api: str) -> None:
         self.store = store
+        self.api = api
 
-    @staticmethod
-    def key_for(row_id: str, request: GenerationRequest, digest: str | None = None) -> str:
-        """The record key of a row and its request."""
-        return f"{safe_stem(row_id)}-{(digest or request_hash(request))[:16]}"
+    def key_for(self, row_id: str, request: GenerationRequest, digest: str | None = None) -> str:
+        """The record key of a row, its request and this ledger's API.
+
+        Examples:
+            >>> from prefect_seedream.storage import ImageStore
+            >>> import tempfile
+            >>> store = ImageStore(tempfile.mkdtemp())
+            >>> request = GenerationRequest(prompt="a fox")
+            >>> real = TaskLedger(store, "https://api.evolink.ai").key_for("r1", request)
+            >>> simulated = TaskLedger(store, "http://127.0.0.1:8787").key_for("r1", request)
+            >>> real.startswith("r1-"), real == simulated
+            (True, False)
+        """
+        scoped = hashlib.sha256(f"{self.api}\n{digest or request_hash(request)}".encode()).hexdigest()
+        return f"{safe_stem(row_id)}-{scoped[:16]}"
 
     def _relative(self, key: str) -> str:
         return f"{LEDGER_DIR}/{key}.json"
@@ -354,7 +471,8 @@ class TaskLedger:
         digest = request_hash(request)
         key = self.key_for(row_id, request, digest)
         return self.load(key) or LedgerRecord(
-            key=key, row_id=row_id, request_hash=digest, model=request.model
+            key=key, row_id=row_id, request_hash=digest, model=request.model, api=self.api,
+            prompt_sha256=prompt_sha256(request.prompt),
         )
 
     async def arecord_for(self, row_id: str, request: GenerationRequest) -> LedgerRecord:

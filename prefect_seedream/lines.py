@@ -6,7 +6,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from prefect_seedream.dataset import DatasetRow, InvalidRow, RowDefaults, ValidRow, iter_rows
-from prefect_seedream.ledger import LedgerRecord, LedgerState, TaskLedger
+from prefect_seedream.ledger import LedgerRecord, LedgerState, TaskLedger, prompt_sha256
 from prefect_seedream.manifest import (
     MANIFEST_NAME,
     ManifestError,
@@ -88,24 +88,40 @@ def line_from_record(
 
 
 def lines_from_ledger(
-    dataset: str, ledger: TaskLedger, defaults: RowDefaults, first: int = 1, last: int | None = None
+    dataset: str,
+    ledger: TaskLedger,
+    defaults: RowDefaults,
+    first: int = 1,
+    last: int | None = None,
+    *,
+    run_id: str | None = None,
 ) -> Iterator[RunLine]:
     """The lines of rows ``first..last`` as the ledger tells them (a stopped run's rows).
 
     Rows with stored images are ``succeeded``, rows with a recorded task still running are
     ``in_flight``, rows whose submission had no recorded answer ``outcome_unknown``, rows
-    never submitted ``skipped``, invalid rows ``failed``. Nothing is charged to any run.
+    never submitted ``skipped``, invalid rows ``failed``. A row's charge counts for the run
+    ``run_id`` when that run made its submission (a shard's attempt that was lost).
     """
     for row in iter_rows(dataset, defaults, first, last):
         if isinstance(row, InvalidRow):
             yield RunLine(line=invalid_line(row))
         else:
             record = ledger.load(ledger.key_for(row.row_id, row.request))
-            yield RunLine(line=line_from_record(row, record))
+            charge = record.charge_for(run_id) if record is not None else None
+            yield RunLine(
+                line=line_from_record(row, record, reused=record is not None and record.run_id != run_id
+                                      and record.state is LedgerState.STORED),
+                spent=charge.spent if charge else 0.0,
+                at_risk=charge.at_risk if charge else 0.0,
+            )
 
 
 def update_manifest_lines(store: ImageStore, records: Mapping[str, LedgerRecord]) -> int:
-    """Rewrite the manifest lines of rows whose records changed (keyed by task id), streamed.
+    """Rewrite the manifest lines of rows whose records changed (keyed by row id), streamed.
+
+    A line is updated when it stands for the record's task (the same task id), or for its
+    submission of unknown outcome whose task was found since (the same prompt).
 
     Returns:
         How many of the records are stored.
@@ -114,10 +130,20 @@ def update_manifest_lines(store: ImageStore, records: Mapping[str, LedgerRecord]
         with store.open_atomic(MANIFEST_NAME) as out:
             for raw in iter_manifest(store):
                 line = ManifestLine.model_validate(raw)
-                record = records.get(line.task_id or "")
-                if record is not None:
+                record = records.get(line.row_id)
+                if record is not None and _same_task(line, record):
                     line.status, line.error = record.status()
+                    line.task_id = record.task_id
                     if line.status == "succeeded":
                         line.images, line.credits = manifest_images(record.images), record.credits
                 out.write(line.model_dump_json().encode("utf-8") + b"\n")
     return sum(record.state is LedgerState.STORED for record in records.values())
+
+
+def _same_task(line: ManifestLine, record: LedgerRecord) -> bool:
+    if line.task_id is not None:
+        return line.task_id == record.task_id
+    return (
+        line.status == "outcome_unknown" and line.prompt is not None
+        and record.prompt_sha256 == prompt_sha256(line.prompt)
+    )

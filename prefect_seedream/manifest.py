@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from prefect_seedream.storage import ImageStore
+from prefect_seedream.storage import ImageFile, ImageStore, StoredImage
 
 MANIFEST_NAME = "manifest.jsonl"
 
@@ -21,13 +21,8 @@ RowStatus = Literal["succeeded", "failed", "outcome_unknown", "in_flight", "skip
 ROW_STATUSES: tuple[RowStatus, ...] = ("succeeded", "failed", "outcome_unknown", "in_flight", "skipped")
 
 
-class ManifestImage(BaseModel):
-    """A stored image as the manifest lists it."""
-
-    uri: str
-    width: int
-    height: int
-    bytes: int
+class ManifestImage(ImageFile):
+    """A stored image as the manifest lists it (:meth:`read_bytes`, :meth:`open` read it)."""
 
 
 class ManifestError(BaseModel):
@@ -72,6 +67,8 @@ class RunLine(BaseModel):
     line: ManifestLine
     spent: float = 0.0
     at_risk: float = 0.0
+    #: The row's stored images with all they are known by (not written to part files).
+    stored: list[StoredImage] = Field(default_factory=list, exclude=True)
 
 
 def iter_manifest(store: ImageStore) -> Iterator[dict[str, Any]]:
@@ -86,6 +83,40 @@ def iter_manifest(store: ImageStore) -> Iterator[dict[str, Any]]:
                 yield json.loads(raw)
 
 
-def read_manifest(store: ImageStore) -> list[ManifestLine]:
-    """The manifest's lines (small outputs and tests; runs stream with :func:`iter_manifest`)."""
-    return [ManifestLine.model_validate(line) for line in iter_manifest(store)]
+def iter_manifest_lines(
+    output: str | ImageStore, storage_options: dict[str, Any] | None = None, *, limit: int | None = None
+) -> Iterator[ManifestLine]:
+    """The lines of the manifest in ``output`` (a folder, an fsspec URL or a store), streamed.
+
+    Args:
+        output: The output a run wrote (``manifest.jsonl`` is in it).
+        storage_options: fsspec options of the output.
+        limit: Read at most this many lines (a run's own lines come first).
+
+    Examples:
+        ```python
+        for line in iter_manifest_lines("output"):
+            if line.status != "succeeded":
+                print(line.row_id, line.error.code, line.error.message)
+        ```
+    """
+    store = output if isinstance(output, ImageStore) else ImageStore(output, storage_options)
+    for count, raw in enumerate(iter_manifest(store)):
+        if limit is not None and count >= limit:
+            return
+        yield ManifestLine.model_validate(raw)
+
+
+def read_manifest(
+    output: str | ImageStore, storage_options: dict[str, Any] | None = None
+) -> list[ManifestLine]:
+    """Every line of the manifest in ``output``, as :class:`ManifestLine` objects.
+
+    Examples:
+        ```python
+        from prefect_seedream import read_manifest
+
+        stored = [image.uri for line in read_manifest("output") for image in line.images]
+        ```
+    """
+    return list(iter_manifest_lines(output, storage_options))

@@ -7,6 +7,11 @@ rows: only the batches in progress are held. At the end, the parts are concatena
 order into ``manifest.jsonl``; a range without a part (a shard that crashed, a run stopped
 early) is filled from the ledger, so the manifest always has exactly one line per input row.
 Parts also tell progress: listing the folder says which rows are done, on any store.
+
+Beside the parts, the run's folder holds ``run.json`` (what the run is: its dataset, API and
+options, written when it starts, read by the hooks that write a stopped run's manifest) and,
+when an answer of the API stopped the run's submissions, ``stop.json`` (which every shard of
+the run reads, so that one shard's "out of credits" stops them all).
 """
 
 from __future__ import annotations
@@ -16,7 +21,11 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from pydantic import BaseModel
+
+from prefect_seedream.account import AccountStop
 from prefect_seedream.manifest import MANIFEST_NAME, RunLine, iter_manifest
+from prefect_seedream.options import RunOptions
 from prefect_seedream.storage import PRIVATE_DIR, ImageStore
 
 RUNS_DIR = f"{PRIVATE_DIR}/runs"
@@ -25,6 +34,22 @@ _PART = re.compile(r"part-(\d+)-(\d+)\.jsonl$")
 #: Fills the lines of the rows ``first..last`` (both included; ``last`` None: to the end of
 #: the dataset) that no part has.
 GapFiller = Callable[[int, "int | None"], Iterable[RunLine]]
+
+
+class RunDescription(BaseModel):
+    """What a run is, written when it starts (``run.json``).
+
+    Attributes:
+        dataset: The dataset's path or URL (in-memory rows: the file they were written to).
+        api: The API's normalised address (the ledger's records are kept per API).
+        options: The run's options.
+        total_rows: Rows in the dataset.
+    """
+
+    dataset: str
+    api: str
+    options: RunOptions
+    total_rows: int
 
 
 @dataclass(frozen=True, order=True)
@@ -127,6 +152,26 @@ class RunParts:
     def remove(self) -> None:
         """Delete the run's parts (once merged)."""
         self.store.remove_tree(self.folder)
+
+    def describe(self, description: RunDescription) -> None:
+        """Write ``run.json``."""
+        self.store.write_text(f"{self.folder}/run.json", description.model_dump_json())
+
+    def description(self) -> RunDescription | None:
+        """The run's ``run.json``, or None when the run stopped before writing it."""
+        text = self.store.read_text(f"{self.folder}/run.json")
+        return RunDescription.model_validate_json(text) if text else None
+
+    def write_stop(self, stop: AccountStop) -> None:
+        """Record why the run's submissions stopped (the first stop is kept)."""
+        relative = f"{self.folder}/stop.json"
+        if self.store.read_text(relative) is None:
+            self.store.write_text(relative, stop.model_dump_json())
+
+    def read_stop(self) -> AccountStop | None:
+        """Why the run's submissions stopped, if they did."""
+        text = self.store.read_text(f"{self.folder}/stop.json")
+        return AccountStop.model_validate_json(text) if text else None
 
     def _all_lines(self, total_rows: int | None, fill_gap: GapFiller) -> Iterator[RunLine]:
         expected = 1

@@ -5,6 +5,10 @@ A row costs no Prefect task run, event or INFO line of its own: its steps are pl
 that gives its concurrency slot back meanwhile, its failure one WARNING line (for the first
 ``FAILURES_LOGGED`` of a run) and, when ``row_events`` asks for it, one event. Every outcome,
 a bug included, becomes the row's manifest line: nothing is silently lost.
+
+An answer that concerns the whole account (401, 402, 403) closes the run's
+:class:`~prefect_seedream.account.SubmissionGate`: no row submits after it, and the rows that
+did not are ``skipped`` with the API's code and message.
 """
 
 from __future__ import annotations
@@ -20,13 +24,13 @@ from datetime import datetime, timezone
 from functools import partial
 from typing import Any
 
+from prefect_seedream.account import SubmissionGate, SubmissionsPaused, SubmissionsStopped
 from prefect_seedream.api.client import SeedreamClient
 from prefect_seedream.api.errors import (
     SeedreamAPIError,
     SeedreamError,
     SubmissionOutcomeUnknownError,
     TaskFailedError,
-    WaitTimeoutError,
 )
 from prefect_seedream.artifacts import Gallery
 from prefect_seedream.budget import CreditBudget
@@ -42,6 +46,7 @@ from prefect_seedream.ledger import Charge, LedgerRecord, LedgerState, NextStep,
 from prefect_seedream.lines import invalid_line, line_for, line_from_record
 from prefect_seedream.manifest import ManifestError, RunLine
 from prefect_seedream.output_lock import OutputLockedError
+from prefect_seedream.reconcile import TaskListIndex
 from prefect_seedream.slots import SlotPool
 
 
@@ -70,6 +75,10 @@ class RetryOptions:
 def is_worth_retrying(error: SeedreamError) -> bool:
     """Whether another attempt at the row may succeed and cannot pay twice."""
     return error.retryable and not isinstance(error, SubmissionOutcomeUnknownError)
+
+
+#: Seconds after a lost answer before the row's task is looked for in the API's task list.
+LOOKUP_DELAY_SECONDS = 1.0
 
 
 class RowLimiter:
@@ -180,8 +189,9 @@ class _OverBudget(Exception):
     """The budget cannot take the reservation of a submission about to be sent."""
 
 
-def _code_of(error: SeedreamError) -> str:
-    return "wait_timeout" if isinstance(error, WaitTimeoutError) else type(error).__name__
+def _message_of(error: SeedreamError) -> str:
+    """The API's own message (and suggestion) for an API answer, else the error's text."""
+    return error.detail if isinstance(error, SeedreamAPIError) else str(error)
 
 
 class RowRunner:
@@ -197,6 +207,9 @@ class RowRunner:
         retry: Row retries.
         row_events: Which ``seedream.generation.*`` events rows emit.
         gallery: Thumbnails for the gallery artifact (made for its first images only).
+        run_id: The run (a sharded run's parent): its submissions' charges are its own.
+        gate: Closed by the first account-wide answer (see :mod:`prefect_seedream.account`).
+        finder: Looks up the tasks of submissions whose outcome is unknown.
         on_row: Called with each finished row (progress).
         guard: Called before a row's first submission; raises
             :class:`~prefect_seedream.output_lock.OutputLockedError` when the run lost its
@@ -214,6 +227,9 @@ class RowRunner:
         retry: RetryOptions,
         row_events: RowEvents,
         gallery: Gallery,
+        run_id: str,
+        gate: SubmissionGate | None = None,
+        finder: TaskListIndex | None = None,
         on_row: Callable[[RunLine], None] = lambda item: None,
         guard: Callable[[], None] = lambda: None,
     ) -> None:
@@ -221,6 +237,9 @@ class RowRunner:
         self.ledger = ledger
         self.client = client
         self.budget = budget
+        self.run_id = run_id
+        self.gate = gate or SubmissionGate()
+        self.finder = finder
         self.limiter = limiter
         self.generation = generation
         self.retry = retry
@@ -258,8 +277,14 @@ class RowRunner:
             logging.getLogger("prefect_seedream").exception("row %s: its ledger record cannot be read", row.row_id)
             error = ManifestError(code="ledger_unreadable", message=f"{type(exc).__name__}: {exc}")
             return RunLine(line=line_for(row, "failed", error=error))
-        if step is NextStep.REUSE:  # stored by an earlier run: no API call, nothing paid
-            return RunLine(line=line_from_record(row, record, reused=True))
+        if step is NextStep.REUSE:  # stored already: no API call, nothing paid now
+            # Stored by an earlier attempt of this run (a shard restarted after its worker
+            # died), the row's charge is still this run's; stored by an earlier run, it is not.
+            charge = record.charge_for(self.run_id)
+            line = line_from_record(row, record, reused=record.run_id != self.run_id)
+            return RunLine(line=line, spent=charge.spent, at_risk=charge.at_risk, stored=record.images)
+        if step is NextStep.REFUSE_UNKNOWN and self.finder is not None:
+            step = NextStep.REATTACH  # unless its task is found, generate_recorded refuses it
         if step in (NextStep.REFUSE_UNKNOWN, NextStep.REPEAT_FAILURE):
             # An unknown outcome may have been billed: its reservation counts against the budget.
             at_risk = record.charge().at_risk
@@ -271,66 +296,89 @@ class RowRunner:
         reservation = _Reservation(self.budget, wanted=row.request.reserved_credits)
         if step is NextStep.SUBMIT:
             reservation.amount = reservation.wanted
-        submissions_before = record.submissions
         clock = RowClock()
         try:
-            admitted = await self._attempts(row, record, reporter, clock, reservation)
+            await self._attempts(row, record, reporter, clock, reservation, will_submit=step is NextStep.SUBMIT)
         except OutputLockedError as exc:  # another run holds the output now: submit nothing
             error = ManifestError(code="output_lock_lost", message=str(exc))
             return RunLine(line=line_for(row, "skipped", error=error))
-        finally:
-            charge = record.charge() if record.submissions > submissions_before else Charge()
-            if clock.started is not None:
-                self.budget.settle(reserved=reservation.amount, spent=charge.total)
-        if not admitted:
+        except _OverBudget:
             message = (
                 f"reserving {reservation.wanted:g} credits would pass max_credits={self.budget.limit:g} "
                 f"({self.budget.spent:g} spent, {self.budget.reserved:g} reserved)"
             )
             return RunLine(line=line_for(row, "skipped", error=ManifestError(code="budget_exceeded", message=message)))
+        except SubmissionsStopped as stopped:  # the account refuses every submission: not sent
+            if record.outcome_unknown:  # an earlier submission may still have been billed
+                return RunLine(line=line_from_record(row, record), at_risk=record.charge().at_risk)
+            error = ManifestError(code=stopped.stop.code, message=stopped.stop.skip_message())
+            return RunLine(line=line_for(row, "skipped", error=error))
+        finally:
+            charge = record.charge_for(self.run_id)
+            if record.outcome_unknown and charge.total == 0.0:
+                # An earlier run's submission of unknown outcome may have been billed: its
+                # reservation counts against this run's budget.
+                charge = Charge(at_risk=record.charge().at_risk)
+            if clock.started is not None:
+                self.budget.settle(reserved=reservation.amount, spent=charge.total)
         line = line_from_record(row, record, **clock.fields())
         if line.status == "succeeded":
             for image in record.images:
                 self.gallery.add(row.row_id, image)
-        return RunLine(line=line, spent=charge.spent, at_risk=charge.at_risk)
+        return RunLine(line=line, spent=charge.spent, at_risk=charge.at_risk, stored=record.images)
 
     async def _attempts(
         self, row: ValidRow, record: LedgerRecord, reporter: StepReporter, clock: RowClock,
-        reservation: _Reservation,
-    ) -> bool:
+        reservation: _Reservation, *, will_submit: bool,
+    ) -> None:
         """Attempt the row, retrying what is worth it; the outcome is left in the record.
 
-        Returns:
-            False when the budget could not take the row's reservation (nothing was sent).
+        Raises:
+            _OverBudget: the budget could not take the row's reservation (nothing was sent).
+            SubmissionsStopped: the account refuses submissions (nothing was sent).
         """
+        model = row.request.model
+
+        async def before_submit() -> None:
+            self.gate.check(model)  # within one round trip of an account-wide answer
+            reservation.ensure()
+
         retry = 0
         while True:
+            if will_submit:
+                await self.gate.wait_open(model)  # a renewing quota's pause holds no slot
+            delay: float | None = 0.0
             async with self.limiter.hold() as slot:
                 if clock.started is None:
                     self.guard()
                     if not self.budget.try_reserve(reservation.amount):
-                        return False
+                        raise _OverBudget()
                     clock.start()
                 while True:
                     try:
-                        delay = await self._attempt(
-                            row, record, reporter, slot, retry, reservation.ensure
-                        )
-                    except _OverBudget:
-                        return False
+                        delay = await self._attempt(row, record, reporter, slot, retry, before_submit)
+                    except SubmissionsPaused:
+                        will_submit, delay = True, 0.0
+                        break  # give the slot back and wait for the quota (not a retry)
                     if delay is None:
-                        return True
+                        return
                     retry += 1
                     if record.state is not LedgerState.SUBMITTED:
                         break  # nothing of the row is in flight at the API: give the slot back
                     # Its task is still running (the polls failed): it keeps its slot, or the
                     # API would see more than the limit while it is struggling.
                     await asyncio.sleep(delay)
+            will_submit = self._will_submit(record)
             await asyncio.sleep(delay)
+
+    def _will_submit(self, record: LedgerRecord) -> bool:
+        """Whether the row's next attempt sends a submission (the gate matters to it)."""
+        step = record.next_step(images_present=False, resubmit_unknown=self.generation.resubmit_unknown)
+        return step is NextStep.SUBMIT
 
     async def _attempt(
         self, row: ValidRow, record: LedgerRecord, reporter: StepReporter, slot: AsyncExitStack,
-        retry: int, before_submit: Callable[[], None],
+        retry: int, before_submit: Callable[[], Any],
     ) -> float | None:
         """One attempt; returns the delay before the next one, or None when the row is done
         (its outcome, success or not, is in the record)."""
@@ -341,13 +389,24 @@ class RowRunner:
                 thumbnails=self.gallery.wants_more(),
                 on_terminal=slot.aclose,  # downloading holds no slot: next row goes
                 before_submit=before_submit,
+                finder=self.finder,
+                run_id=self.run_id,
             )
             return None
-        except _OverBudget:
+        except (_OverBudget, SubmissionsStopped, SubmissionsPaused):
             raise
         except SeedreamError as exc:
+            if isinstance(exc, SeedreamAPIError) and self.gate.trip(exc, row.request.model):
+                if record.stopped and self.gate.pause_left() > 0:
+                    raise SubmissionsPaused(self.gate.pause_left()) from None  # submit again then
+                record.note_error(exc.code, exc.detail)
+                return None  # the account refuses it: the row is skipped (or in flight)
             if not isinstance(exc, (TaskFailedError, SubmissionOutcomeUnknownError)):
-                record.note_error(_code_of(exc), str(exc))  # else the transition said why
+                record.note_error(exc.code, _message_of(exc))  # else the transition said why
+            if isinstance(exc, SubmissionOutcomeUnknownError) and self.finder and not exc.looked_up:
+                # The answer was lost: look for the task in the API's task list, once, in a
+                # moment (nothing is submitted: found, the row re-attaches; else it stays unknown).
+                return LOOKUP_DELAY_SECONDS
             if not is_worth_retrying(exc) or retry >= self.retry.retries:
                 return None
             return self.retry.delay(retry + 1, exc)
@@ -355,3 +414,4 @@ class RowRunner:
             logging.getLogger("prefect_seedream").exception("row %s: unexpected error", row.row_id)
             record.note_error("internal_error", f"{type(exc).__name__}: {exc}")
             return None
+

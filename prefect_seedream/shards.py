@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
 
@@ -23,11 +22,12 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
+from prefect.flows import Flow
 
-from prefect_seedream.artifacts import Gallery, ProgressArtifact
+from prefect_seedream.artifacts import ProgressArtifact
 from prefect_seedream.credentials import SeedreamCredentials
 from prefect_seedream.defaults import SHARD_POLL_SECONDS
-from prefect_seedream.execution import RowRange, RunSettings
+from prefect_seedream.execution import RowRange, RowsJob
 from prefect_seedream.parts import RunParts
 
 #: States after which a shard will not change any more.
@@ -107,14 +107,12 @@ async def check_shard_deployment(deployment: str, work_pool: str | None) -> None
             ) from None
 
 
-async def ensure_shard_deployment(deployment: str, work_pool: str) -> None:
+async def ensure_shard_deployment(deployment: str, work_pool: str, shard_flow: Flow[..., Any]) -> None:
     """Create (or update) the shard deployment on a work pool, from the installed package."""
     from prefect.deployments.runner import EntrypointType
 
-    from prefect_seedream.flows import generate_shard
-
     name = deployment.split("/", 1)[-1]
-    runner_deployment = await generate_shard.ato_deployment(
+    runner_deployment = await shard_flow.ato_deployment(
         name=name, work_pool_name=work_pool, entrypoint_type=EntrypointType.MODULE_PATH,
         tags=["seedream", "shard"],
     )
@@ -122,42 +120,37 @@ async def ensure_shard_deployment(deployment: str, work_pool: str) -> None:
 
 
 async def run_shards(
-    settings: RunSettings,
-    parameters: Mapping[str, Any],
-    credentials: SeedreamCredentials | None,
+    job: RowsJob,
     *,
-    rows: int,
+    shard_flow: Flow[..., Any],
     shards: int,
-    run_id: str,
     deployment: str,
     work_pool: str | None,
     parts: RunParts,
     progress: ProgressArtifact,
     output: str,
-) -> Gallery:
+) -> None:
     """Start a shard flow run per row range and follow them until every one is final.
 
-    Returns:
-        An empty gallery: the parent makes its gallery from the merged manifest.
+    Each shard gets the run's options as they are, but for its rows' share of the budget.
     """
     logger = get_run_logger()
     if work_pool:
-        await ensure_shard_deployment(deployment, work_pool)
+        await ensure_shard_deployment(deployment, work_pool, shard_flow)
+    rows = job.total_rows
     ranges = split_rows(rows, shards)
-    concurrency_limit = settings.concurrency_limit[1] if settings.concurrency_limit else None
 
     async def start(index: int, rows_range: RowRange, attempt: int) -> FlowRun:
-        options = dict(parameters)
-        if options.get("max_credits") is not None:  # each shard gets its rows' share
-            options["max_credits"] = options["max_credits"] * rows_range.rows / rows
+        options = job.options.share(rows=rows_range.rows, total_rows=rows)
         run = await run_deployment(
             name=deployment,
             parameters={
-                "dataset": settings.dataset, "output": output,
+                "dataset": job.dataset, "output": output,
                 "first_row": rows_range.first, "last_row": rows_range.last,
-                "run_id": run_id, "total_rows": rows, "options": options,
-                "credentials": credentials_parameter(credentials),
-                "concurrency_limit": concurrency_limit,
+                "run_id": job.run_id, "total_rows": rows,
+                "options": options.model_dump(mode="json"),
+                "credentials": credentials_parameter(job.credentials),
+                "concurrency_limit": job.concurrency_limit,
             },
             flow_run_name=f"shard-{index + 1}-of-{len(ranges)}-rows-{rows_range.first}-{rows_range.last}"
             + (f"-retry-{attempt}" if attempt else ""),
@@ -208,7 +201,6 @@ async def run_shards(
         final = current[run.id]
         logger.info("Shard %d ended %s: %s", index + 1, final.state_type.value,
                     final.state.message if final.state else "")
-    return Gallery()
 
 
 async def _read_runs(client: Any, ids: list[UUID]) -> dict[UUID, FlowRun]:

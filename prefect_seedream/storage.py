@@ -45,23 +45,51 @@ TEMPORARY_DIR = f"{PRIVATE_DIR}/tmp"
 T = TypeVar("T")
 
 
-class StoredImage(BaseModel):
-    """An image that was downloaded and verified into durable storage.
+class ImageFile(BaseModel):
+    """A stored image: where it is, its size, and how to read it back from any storage.
 
     Attributes:
-        uri: Where it is: an absolute local path or an fsspec URL.
+        uri: Where it is: an absolute local path or an fsspec URL (``s3://...``).
         width: Width in pixels.
         height: Height in pixels.
         bytes: Size in bytes.
-        format: Image format (``png``, ``jpeg``, ...).
-        source_url: The result URL it was downloaded from (expires after 24 h).
-        thumbnail: A small ``data:`` URI preview for galleries (not written to manifests).
+
+    Examples:
+        ```python
+        for line in summary.lines():
+            for image in line.images:
+                picture = image.open()          # a PIL image, from a folder or s3://
+                raw = image.read_bytes()
+        ```
     """
 
     uri: str
     width: int
     height: int
     bytes: int
+
+    def read_bytes(self, storage_options: dict[str, Any] | None = None) -> bytes:
+        """The image's bytes (``storage_options``: fsspec options of its storage)."""
+        with fsspec.open(self.uri, "rb", **(storage_options or {})) as handle:
+            data: bytes = handle.read()
+        return data
+
+    def open(self, storage_options: dict[str, Any] | None = None) -> Image.Image:
+        """The image as a PIL image, decoded (``storage_options``: as :meth:`read_bytes`)."""
+        image = Image.open(io.BytesIO(self.read_bytes(storage_options)))
+        image.load()
+        return image
+
+
+class StoredImage(ImageFile):
+    """An image that was downloaded and verified into durable storage.
+
+    Attributes:
+        format: Image format (``png``, ``jpeg``, ...).
+        source_url: The result URL it was downloaded from (expires after 24 h).
+        thumbnail: A small ``data:`` URI preview for galleries (not written to manifests).
+    """
+
     format: str
     source_url: str
     thumbnail: str | None = Field(default=None, exclude=True, repr=False)

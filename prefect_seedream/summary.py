@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 from pydantic import BaseModel
 
-from prefect_seedream.manifest import RowStatus, RunLine
+from prefect_seedream.account import AccountStop
+from prefect_seedream.manifest import ManifestLine, RowStatus, RunLine, iter_manifest_lines
 
 RESUBMIT_UNKNOWN_HINT = (
     "check the Evolink dashboard, then re-run with --resubmit-unknown "
@@ -30,6 +34,17 @@ class DatasetRunSummary(BaseModel):
         estimated_credits: The most the dataset can cost (every valid row's pre-charge).
         dry_run: True when nothing was submitted on purpose.
         manifest: The manifest's URI.
+        stopped: Why the run stopped submitting, when an answer of the API concerned the
+            whole account (out of credits, key refused, ...): the rows not submitted are
+            ``skipped``, and the same command finishes them once the cause is fixed.
+
+    Examples:
+        ```python
+        state = generate_dataset(rows, output="out", return_state=True)
+        summary = state.result(raise_on_failure=False)
+        for line in summary.lines():            # read lazily from the manifest
+            print(line.row_id, line.status, [image.uri for image in line.images])
+        ```
     """
 
     rows: int = 0
@@ -46,6 +61,7 @@ class DatasetRunSummary(BaseModel):
     estimated_credits: float = 0.0
     dry_run: bool = False
     manifest: str | None = None
+    stopped: AccountStop | None = None
 
     def add(self, item: RunLine) -> None:
         """Count one row's outcome (as written to the manifest).
@@ -85,9 +101,26 @@ class DatasetRunSummary(BaseModel):
             hints.append(f"{self.in_flight} in flight: {RECOVER_HINT}")
         return hints
 
+    def lines(
+        self, storage_options: dict[str, Any] | None = None, *, status: RowStatus | None = None
+    ) -> Iterator[ManifestLine]:
+        """The run's rows, one :class:`~prefect_seedream.manifest.ManifestLine` each, read
+        lazily from its manifest (a run of 100,000 rows is never loaded at once).
+
+        Args:
+            storage_options: fsspec options of the output (not kept in the summary).
+            status: Only the rows of this status.
+        """
+        if self.manifest is None:
+            return
+        for line in iter_manifest_lines(self.manifest.rsplit("/", 1)[0], storage_options, limit=self.rows):
+            if status is None or line.status == status:
+                yield line
+
     def message(self) -> str:
         """One line for the flow run's state."""
-        parts = [f"{self.succeeded} of {self.rows} rows succeeded"]
+        prefix = f"{self.stopped.sentence()} " if self.stopped is not None else ""
+        parts = [f"{prefix}{self.succeeded} of {self.rows} rows succeeded"]
         for status in ("failed", "outcome_unknown", "in_flight", "skipped"):
             if getattr(self, status):
                 parts.append(f"{getattr(self, status)} {status.replace('_', ' ')}")

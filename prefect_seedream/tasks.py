@@ -1,21 +1,28 @@
-"""Reusable Prefect tasks: submit a generation, wait for it, store its images.
+"""Reusable Prefect tasks: submit a generation, wait for it, store its images; many at once.
 
 Each task is one Prefect task run whose work is a plain async call of
 :mod:`prefect_seedream.generation`, the functions the dataset flow's rows run too.
-:func:`generate_images` does all three steps in **one** task run, resuming from the ledger.
+:func:`generate_images` does all three steps in **one** task run, resuming from the ledger;
+:func:`generate_many` runs a whole list of requests with the dataset flow's batching (about
+50 task runs whatever the size), concurrency, retries, ledger and budget.
+
+Every task can be called as ``x(...)`` from sync code and ``await x(...)`` from async code
+(:mod:`prefect_seedream.dispatch`), and keeps ``.submit``, ``.map`` and ``.with_options``.
 
 Retries are Prefect's, with exponential backoff and jitter, and happen only for
 errors whose ``retryable`` flag says so (429, 5xx, service-side task failures).
 A request's own faults (validation, ``content_policy_violation``) and a
-submission whose outcome is unknown are never retried.
+submission whose outcome is unknown are never retried. Every submission carries an
+``Idempotency-Key``, the same on each Prefect retry of the task run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.runtime import task_run as current_task_run
@@ -23,14 +30,17 @@ from prefect.tasks import Task, exponential_backoff
 from pydantic import BaseModel, Field
 
 from prefect_seedream.api.errors import (
+    SeedreamConfigurationError,
     SeedreamError,
     SubmissionOutcomeUnknownError,
     TaskFailedError,
 )
 from prefect_seedream.api.models import GenerationRequest, GenerationTask
-from prefect_seedream.clients import client_for
-from prefect_seedream.credentials import SeedreamCredentials
+from prefect_seedream.clients import api_client, shared_clients
+from prefect_seedream.credentials import SeedreamCredentials, resolve_credentials
 from prefect_seedream.defaults import (
+    MAX_CONCURRENCY,
+    MAX_CONCURRENCY_BOUND,
     MAX_IMAGE_BYTES,
     MAX_POLL_INTERVAL_SECONDS,
     MAX_WAIT_SECONDS,
@@ -39,6 +49,8 @@ from prefect_seedream.defaults import (
     RETRY_DELAY_SECONDS,
     RETRY_JITTER_FACTOR,
 )
+from prefect_seedream.dispatch import dual_task
+from prefect_seedream.execution import read_concurrency_limit, scan_dataset
 from prefect_seedream.generation import (
     GenerationOptions,
     StepReporter,
@@ -50,7 +62,14 @@ from prefect_seedream.generation import (
     wait_for_task,
 )
 from prefect_seedream.ledger import LedgerRecord, NextStep, TaskLedger, request_hash
+from prefect_seedream.manifest import ManifestError, RowStatus, RunLine
+from prefect_seedream.options import RunOptions
+from prefect_seedream.reconcile import TaskListIndex
+from prefect_seedream.references import ReferenceStore, no_store_message
+from prefect_seedream.runs import run_in_output
+from prefect_seedream.sources import spill_rows
 from prefect_seedream.storage import ImageStore, StoredImage
+from prefect_seedream.summary import DatasetRunSummary
 
 
 def is_retryable_failure(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
@@ -92,6 +111,9 @@ def _run_label() -> str:
     label = params.get("label")
     if label:
         return str(label)[:60]
+    destination = params.get("destination")
+    if "requests" in params and isinstance(destination, str):
+        return slug(destination.rstrip("/").rsplit("/", 1)[-1] or "requests")
     request = params.get("request")
     if isinstance(request, GenerationRequest):
         return slug(request.prompt)
@@ -128,7 +150,7 @@ def _reporter() -> StepReporter:
     return StepReporter(get_run_logger())
 
 
-@task(
+@dual_task(
     **_task_options(
         "submit-generation", "submit", "Submit one Seedream generation; returns the remote task.",
         retries=1, backoff=2, condition=is_retryable_failure,
@@ -138,17 +160,21 @@ async def submit_generation(
     request: GenerationRequest,
     credentials: SeedreamCredentials | None = None,
     label: str | None = None,
+    idempotency_key: str | None = None,
 ) -> GenerationTask:
     """Submit one generation and return the remote task (status ``pending``).
 
-    The remote task id is logged at once. Retried only when the API answered
-    429/5xx; a submission whose outcome is unknown raises
-    ``SubmissionOutcomeUnknownError`` and is never resubmitted.
+    The remote task id is logged at once. Retried when the API answered 429/5xx, with the
+    same ``Idempotency-Key`` (default: one derived from the task run, so a Prefect retry of
+    this task run is a replay of its submission, never a second charge); a submission whose
+    outcome is unknown raises ``SubmissionOutcomeUnknownError`` and is never resubmitted.
 
     Args:
         request: The validated request.
         credentials: A ``SeedreamCredentials`` block; defaults to the environment.
         label: A readable name for logs, events and the task run (a row id).
+        idempotency_key: The submission's key; give the one of an earlier submission whose
+            outcome is unknown to get its task back instead of paying again.
 
     Returns:
         The task as the API returned it.
@@ -159,15 +185,19 @@ async def submit_generation(
         from prefect_seedream import GenerationRequest, submit_generation
 
         @flow
-        async def one():
-            task = await submit_generation(GenerationRequest(prompt="A red fox", size="2K"))
+        def one():
+            task = submit_generation(GenerationRequest(prompt="A red fox", size="2K"))
             return task.id
         ```
     """
-    return await submit_request(client_for(credentials), request, _reporter(), label or slug(request.prompt))
+    key = idempotency_key or f"seedream-task-run-{current_task_run.id}"
+    async with api_client(credentials) as client:
+        return await submit_request(
+            client, request, _reporter(), label or slug(request.prompt), idempotency_key=key
+        )
 
 
-@task(
+@dual_task(
     **_task_options(
         "wait-for-generation", "wait", "Wait until a Seedream task is terminal; raise if it failed.",
         retries=2, backoff=2, condition=is_retryable_poll_failure,
@@ -205,18 +235,19 @@ async def wait_for_generation(
 
     Examples:
         ```python
-        done = await wait_for_generation(task.id, max_wait_seconds=600)
+        done = wait_for_generation(task.id, max_wait_seconds=600)  # await it in async code
         print(done.results)
         ```
     """
     options = WaitOptions(max_wait_seconds, poll_interval, max_poll_interval)
-    return await wait_for_task(
-        client_for(credentials), task_id, _reporter(), label or task_id,
-        options=options, estimated_time=estimated_time,
-    )
+    async with api_client(credentials) as client:
+        return await wait_for_task(
+            client, task_id, _reporter(), label or task_id,
+            options=options, estimated_time=estimated_time,
+        )
 
 
-@task(
+@dual_task(
     **_task_options(
         "store-images", "store", "Download a completed Seedream task's images into storage.",
         retries=2, backoff=1, condition=is_retryable_failure,
@@ -252,36 +283,49 @@ async def store_images(
 
     Examples:
         ```python
-        images = await store_images(done, "s3://my-bucket/renders", name="row-7")
+        images = store_images(done, "s3://my-bucket/renders", name="row-7")
         print([image.uri for image in images])
         ```
     """
     store = ImageStore(destination, storage_options)
-    images = await store_task_images(
-        client_for(credentials), store, task, name or task.id, max_bytes=max_bytes
-    )
+    async with api_client(credentials) as client:
+        images = await store_task_images(client, store, task, name or task.id, max_bytes=max_bytes)
     _reporter().stored(label or task.id, len(images), store.destination)
     return images
 
 
 class GeneratedImages(BaseModel):
-    """The outcome of :func:`generate_images`.
+    """The outcome of one request: of :func:`generate_images`, or one of :func:`generate_many`.
 
     Attributes:
-        row_id: The idempotency key's row id.
+        row_id: The request's id (it names the files and keys the ledger).
+        status: ``succeeded``, or why not (``failed``, ``skipped``, ``outcome_unknown``,
+            ``in_flight``: as in the manifest).
         task_id: The remote task that produced the images.
-        images: The stored images.
+        images: The stored images (``image.open()`` reads one as a PIL image, from any storage).
         credits: Credits charged (or reserved, when the final charge is unknown).
         submissions: Submissions made for this row so far (across retries and runs).
         reused: True when the images were stored by an earlier run (nothing was paid now).
+        error: Why the request did not succeed: the API's code and message.
+
+    Examples:
+        >>> GeneratedImages(row_id="r1", task_id=None, status="skipped").ok
+        False
     """
 
     row_id: str
+    status: RowStatus = "succeeded"
     task_id: str | None
     images: list[StoredImage] = Field(default_factory=list)
     credits: float | None = None
     submissions: int = 0
     reused: bool = False
+    error: ManifestError | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the images are stored."""
+        return self.status == "succeeded"
 
     @classmethod
     def of(cls, record: LedgerRecord, *, reused: bool) -> GeneratedImages:
@@ -291,8 +335,17 @@ class GeneratedImages(BaseModel):
             credits=record.credits, submissions=record.submissions, reused=reused,
         )
 
+    @classmethod
+    def of_line(cls, item: RunLine) -> GeneratedImages:
+        """The outcome a run's manifest line stands for."""
+        line = item.line
+        return cls(
+            row_id=line.row_id, status=line.status, task_id=line.task_id, images=item.stored,
+            credits=line.credits, submissions=line.submissions, reused=line.reused, error=line.error,
+        )
 
-@task(
+
+@dual_task(
     **_task_options(
         "generate-images", "generate",
         "Submit, wait and store one Seedream generation, resuming from the ledger.",
@@ -308,6 +361,8 @@ async def generate_images(
     poll_interval: float = POLL_INTERVAL_SECONDS,
     storage_options: dict[str, Any] | None = None,
     resubmit_unknown: bool = False,
+    reference_store: str | None = None,
+    reference_storage_options: dict[str, Any] | None = None,
 ) -> GeneratedImages:
     """Submit, wait and store in one task run, resuming from the ledger instead of paying twice.
 
@@ -328,7 +383,12 @@ async def generate_images(
         poll_interval: Shortest pause between polls.
         storage_options: fsspec options for ``destination``.
         resubmit_unknown: Submit again after an earlier submission whose outcome
-            is unknown (it may have been billed). Off by default.
+            is unknown (with the same Idempotency-Key: the API returns the task it created,
+            if any). Off by default.
+        reference_store: An fsspec prefix (``s3://bucket/refs``) where reference images named
+            by local paths in ``request.image_urls`` are uploaded once and sent as presigned
+            URLs; without it, such a request is refused before anything is spent.
+        reference_storage_options: fsspec options of ``reference_store``.
 
     Returns:
         The stored images, task id, credits and submission count.
@@ -339,8 +399,8 @@ async def generate_images(
         from prefect_seedream import GenerationRequest, generate_images
 
         @flow
-        async def poster():
-            result = await generate_images(
+        def poster():  # or `async def poster()` and `await generate_images(...)`
+            result = generate_images(
                 GenerationRequest(prompt="A poster of a red fox", size="2K"),
                 destination="output/posters",
                 label="fox-poster",
@@ -348,16 +408,127 @@ async def generate_images(
             return [image.uri for image in result.images]
         ```
     """
-    ledger = TaskLedger(ImageStore(destination, storage_options))
-    record = ledger.record_for(label or request_hash(request)[:16], request)
-    if next_step_of(record, ledger.store, resubmit_unknown=resubmit_unknown) is NextStep.REUSE:
-        get_run_logger().info("%s: already stored by an earlier run (task %s)", record.row_id, record.task_id)
-        return GeneratedImages.of(record, reused=True)
-    options = GenerationOptions(
-        wait=WaitOptions(max_wait_seconds, poll_interval), resubmit_unknown=resubmit_unknown
-    )
-    record = await generate_recorded(
-        record, request, client=client_for(credentials), ledger=ledger, options=options,
-        reporter=_reporter(),
-    )
+    async with api_client(credentials) as client:
+        ledger = TaskLedger(ImageStore(destination, storage_options), client.identity)
+        record = await ledger.arecord_for(label or request_hash(request)[:16], request)
+        if next_step_of(record, ledger.store, resubmit_unknown=resubmit_unknown) is NextStep.REUSE:
+            get_run_logger().info("%s: already stored by an earlier run (task %s)", record.row_id, record.task_id)
+            return GeneratedImages.of(record, reused=True)
+        references = ReferenceStore(reference_store, reference_storage_options) if reference_store else None
+        if request.local_references and references is None:
+            raise SeedreamConfigurationError(no_store_message(request.local_references[0]))
+        options = GenerationOptions(
+            wait=WaitOptions(max_wait_seconds, poll_interval), resubmit_unknown=resubmit_unknown,
+            references=references,
+        )
+        record = await generate_recorded(
+            record, request, client=client, ledger=ledger, options=options, reporter=_reporter(),
+            finder=TaskListIndex(client, submit_timeout=resolve_credentials(credentials).submit_timeout),
+            run_id=str(current_task_run.id),
+        )
     return GeneratedImages.of(record, reused=False)
+
+
+@dual_task(
+    name="generate-many",
+    task_run_name=_named("many"),
+    description="Generate a list of Seedream requests in one call: batched, bounded, resumable.",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+async def generate_many(
+    requests: Any,
+    destination: str,
+    credentials: SeedreamCredentials | None = None,
+    max_concurrency: Annotated[int, Field(ge=1, le=MAX_CONCURRENCY_BOUND)] = MAX_CONCURRENCY,
+    concurrency_limit_name: str | None = None,
+    max_credits: float | None = None,
+    max_wait_seconds: float = MAX_WAIT_SECONDS,
+    poll_interval: float = POLL_INTERVAL_SECONDS,
+    retries: int = RETRIES,
+    retry_delay_seconds: float = RETRY_DELAY_SECONDS,
+    resubmit_unknown: bool = False,
+    wait_for_quota: bool = False,
+    storage_options: dict[str, Any] | None = None,
+    rows_per_task: int | None = None,
+    reference_store: str | None = None,
+    reference_storage_options: dict[str, Any] | None = None,
+    reference_public_url: str | None = None,
+) -> list[GeneratedImages]:
+    """Generate many requests in one call; returns one result per request, in order.
+
+    The answer to ``generate_images.map(requests)`` over thousands of prompts: ``.map`` costs
+    a task run (and an HTTP client) per request, which a Prefect server records one by one.
+    ``generate_many`` runs the requests with the dataset flow's machinery: batches of
+    consecutive requests as task runs (about 50 of them whatever the size, children of this
+    one), at most ``max_concurrency`` generations in flight, retries of what is worth
+    retrying, the write-ahead ledger in ``destination`` (a re-run skips what is stored and
+    re-attaches to tasks in flight), the budget, and a stop at the first answer that concerns
+    the whole account. ``destination`` also gets ``manifest.jsonl``. A request that fails
+    does not raise: its result says why (``result.ok``, ``result.error``).
+
+    Requests without an id get one derived from their content, so the same list run again
+    resumes instead of paying again (see :mod:`prefect_seedream.sources`).
+
+    Args:
+        requests: A list of :class:`GenerationRequest` or of dicts (the dataset's columns:
+            prompt, id, model, size, n, ...), or a pandas or polars DataFrame.
+        destination: Folder or fsspec URL for the images, the ledger and the manifest.
+        credentials: A ``SeedreamCredentials`` block; defaults to the environment.
+        max_concurrency: Most generations in flight at once.
+        concurrency_limit_name: A Prefect global concurrency limit shared by all runs.
+        max_credits: No submission may take the call's credits past this.
+        max_wait_seconds: Wall-clock cap of each wait.
+        poll_interval: Shortest pause between polls.
+        retries: Retries of a request for failures worth retrying.
+        retry_delay_seconds: First retry delay (doubles each retry, with jitter).
+        resubmit_unknown: Submit again requests whose earlier submission's outcome is unknown.
+        wait_for_quota: Pause (instead of stopping) until a daily quota renews.
+        storage_options: fsspec options of ``destination``.
+        rows_per_task: Requests per task run (default: about 50 task runs).
+        reference_store: An fsspec prefix (``s3://bucket/refs``) where reference images named
+            by local paths in ``image_urls`` are uploaded once and sent as presigned URLs.
+        reference_storage_options: fsspec options of ``reference_store``.
+        reference_public_url: The public base URL of ``reference_store``, if it has one.
+
+    Returns:
+        One :class:`GeneratedImages` per request, in the order given.
+
+    Examples:
+        ```python
+        from prefect import flow
+        from prefect_seedream import GenerationRequest, generate_many
+
+        @flow
+        def posters(prompts: list[str]) -> list[str]:
+            results = generate_many([GenerationRequest(prompt=p) for p in prompts], "output")
+            return [image.uri for result in results if result.ok for image in result.images]
+        ```
+    """
+    options = RunOptions(
+        max_concurrency=max_concurrency, concurrency_limit_name=concurrency_limit_name,
+        max_credits=max_credits, max_wait_seconds=max_wait_seconds, poll_interval=poll_interval,
+        retries=retries, retry_delay_seconds=retry_delay_seconds,
+        resubmit_unknown=resubmit_unknown, wait_for_quota=wait_for_quota,
+        storage_options=storage_options, rows_per_task=rows_per_task, row_events="failures",
+        reference_store=reference_store, reference_storage_options=reference_storage_options,
+        reference_public_url=reference_public_url,
+    )
+    resolve_credentials(credentials)  # fail now, not per request, when there is no key
+    dataset = await asyncio.to_thread(spill_rows, requests, destination, storage_options)
+    limit = await read_concurrency_limit(concurrency_limit_name) if concurrency_limit_name else None
+    scan = await asyncio.to_thread(scan_dataset, dataset, options.row_defaults())
+    results: list[GeneratedImages | None] = [None] * scan.rows
+
+    def collect(item: RunLine) -> None:
+        results[item.line.row_number - 1] = GeneratedImages.of_line(item)
+
+    summary = DatasetRunSummary()
+    async with shared_clients():
+        await run_in_output(
+            dataset, destination, options, credentials, total_rows=scan.rows,
+            run_id=str(current_task_run.id), summary=summary, concurrency_limit=limit,
+            on_row=collect,
+        )
+    get_run_logger().info("%s", summary.message())
+    return [result for result in results if result is not None]

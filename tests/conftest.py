@@ -52,6 +52,18 @@ def seedream_env(simulator: RunningSimulator, monkeypatch: pytest.MonkeyPatch) -
 
 
 @pytest.fixture
+def silent_list_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningSimulator]:
+    """Like ``seedream_env``, with a task list that does not show prompts (the real list's
+    fields are not documented): a lost answer's task cannot be told apart there, so the row
+    stays ``outcome_unknown``."""
+    config = SimulatorConfig(latency_seconds=0.3, jitter_seconds=0.05, task_list_echoes_prompt=False)
+    with running_simulator(config) as sim:
+        monkeypatch.setenv("SEEDREAM_API_KEY", TEST_API_KEY)
+        monkeypatch.setenv("SEEDREAM_BASE_URL", sim.base_url)
+        yield sim
+
+
+@pytest.fixture
 def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """moto's S3-compatible server on loopback, with test credentials; yields its URL."""
     from moto.server import ThreadedMotoServer

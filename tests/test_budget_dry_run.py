@@ -121,13 +121,15 @@ async def test_an_unbilled_failure_gives_its_reservation_back(
 
 
 async def test_an_unknown_outcome_counts_against_the_budget(
-    seedream_env: RunningSimulator, tmp_path: Path
+    silent_list_env: RunningSimulator, tmp_path: Path
 ) -> None:
     """A submission that may have been billed keeps its credits reserved.
 
     (Changed with the split of the summary's credits: `credits` is what was charged,
-    `credits_at_risk` what may still be; both count against max_credits.)
+    `credits_at_risk` what may still be; both count against max_credits. The task list of
+    this simulator does not show prompts, so the dropped row's task stays unknown.)
     """
+    seedream_env = silent_list_env
     rows = rows_of(
         ("dropped", "a lantern [[sim:drop_after_create]]", 1),
         ("a", "a kite", 1),
@@ -162,7 +164,7 @@ async def test_a_billed_task_whose_download_failed_counts_against_the_budget(
     lines = by_id(manifest(output))
 
     assert lines["bad"]["status"] == "failed"
-    assert lines["bad"]["error"]["code"] == "NotAnImageError"
+    assert lines["bad"]["error"]["code"] == "not_an_image"
     # The first task completed: the simulator charged it 2 credits, the whole budget.
     assert billed(seedream_env) <= 2, f"{billed(seedream_env)} credits billed with max_credits=2"
     assert lines["next"]["status"] == "skipped"

@@ -419,11 +419,12 @@ async def test_slow_submit_with_short_read_timeout_is_outcome_unknown(
 ) -> None:
     text = prompt("slow answer [[sim:submit_delay=1.5]]")
     before = counters(sim)
-    timeout = httpx.Timeout(5.0, read=0.3)
-    async with client_for(sim, timeout=timeout) as client:
+    # A submission has its own read timeout (120 s by default), not the client's read timeout.
+    async with client_for(sim, timeout=httpx.Timeout(5.0, read=0.3), submit_timeout=0.3) as client:
         with pytest.raises(SubmissionOutcomeUnknownError) as info:
-            await client.submit(GenerationRequest(prompt=text))
+            await client.submit(GenerationRequest(prompt=text), idempotency_key="seedream-slow-1")
     assert "ReadTimeout" in str(info.value)
+    assert info.value.idempotency_key == "seedream-slow-1" and info.value.code == "outcome_unknown"
     assert sim.stats()["submissions_by_prompt"][text] == 1
     assert delta(before, counters(sim))["submit_requests"] == 1
 

@@ -76,17 +76,20 @@ def check_invariants(
     stats: dict[str, Any],
     expected_tasks: dict[str, int],
     row_ids: tuple[str, ...] = ("fault", "control"),
+    submissions: dict[str, int] | None = None,
 ) -> None:
-    """(a) one line per row, (b) tasks per prompt exactly as allowed."""
+    """(a) one line per row, (b) tasks per prompt exactly as allowed, (c) each line counts
+    its submissions (``submissions`` overrides it per prompt: a 5xx "may have created")."""
     assert sorted(line["row_id"] for line in lines) == sorted(row_ids)
     assert len(lines) == len(row_ids)
     by_prompt = stats["submissions_by_prompt"]
     for prompt, count in expected_tasks.items():
         assert by_prompt.get(prompt, 0) == count, (prompt, by_prompt)
     assert stats["tasks_created"] == sum(expected_tasks.values()), stats
+    expected_submissions = {**expected_tasks, **(submissions or {})}
     for line in lines:
-        if line["prompt"] in expected_tasks:
-            assert line["submissions"] == expected_tasks[line["prompt"]], line
+        if line["prompt"] in expected_submissions:
+            assert line["submissions"] == expected_submissions[line["prompt"]], line
 
 
 def check_control(lines: list[dict[str, Any]]) -> None:
@@ -192,8 +195,8 @@ async def test_submit_429_forever_fails_without_any_task(
     check_control(lines)
     line = by_id(lines)["fault"]
     assert line["status"] == "failed"
-    assert line["error"]["code"] == "RateLimitError"
-    assert "429" in line["error"]["message"]
+    assert line["error"]["code"] == "rate_limit_error"  # the API's code, not a class name
+    assert line["error"]["message"] == "Rate limit exceeded - retry after 0 seconds"
     assert line["task_id"] is None
     # 4 client attempts x 2 attempts of the row (retries=1), never a task. (Was 16: the
     # inner submit task's Prefect retry doubled it; rows no longer have inner task runs.)
@@ -230,7 +233,7 @@ async def test_a_long_retry_after_hint_is_not_cut_short(
             f"the API asked for {hint} s and was called again after {line['duration_seconds']} s"
         )
     else:
-        assert line["error"]["code"] == "RateLimitError", line
+        assert line["error"]["code"] == "rate_limit_error", line
         assert f"retry after {hint} seconds" in line["error"]["message"]
         if where == "submit":  # nothing was created: the row failed
             assert line["status"] == "failed" and tasks == 0
@@ -238,15 +241,16 @@ async def test_a_long_retry_after_hint_is_not_cut_short(
             assert line["status"] == "in_flight" and line["task_id"] is not None
 
 
-async def test_read_timeout_after_sending_is_outcome_unknown(
+async def test_read_timeout_after_sending_is_found_in_the_task_list(
     simulator: RunningSimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The task is created, the answer comes after the read timeout: never resubmitted."""
+    """The task is created, its answer comes after the submit timeout: the row finds its task
+    in the API's task list and re-attaches in the same run. Never resubmitted (issue 16)."""
     from prefect_seedream.credentials import SeedreamCredentials
 
     monkeypatch.delenv("SEEDREAM_API_KEY", raising=False)
     credentials = SeedreamCredentials(
-        api_key=TEST_API_KEY, base_url=simulator.base_url, read_timeout=1.0
+        api_key=TEST_API_KEY, base_url=simulator.base_url, submit_timeout=1.0
     )
     fault = "a red fox [[sim:submit_delay=2.5]]"
     state, lines, stats = await run_case(
@@ -255,16 +259,20 @@ async def test_read_timeout_after_sending_is_outcome_unknown(
 
     check_invariants(lines, stats, {fault: 1, CONTROL: 1})
     check_control(lines)
-    line = by_id(lines)["fault"]
-    assert line["status"] == "outcome_unknown", line
-    assert line["error"]["code"] == "outcome_unknown"
+    check_succeeded(by_id(lines)["fault"], simulator)
     assert stats["submit_requests"] == 1 + 1
+    assert stats["task_list_requests"] >= 1
     await check_state(state, lines)
 
 
 # -- 5xx on submit and on poll ---------------------------------------------------------------
 
 STATUSES_5XX = (500, 502, 503)
+#: The API's error type and message for each 5xx (evolink-api.md, section 3).
+SERVER_ERROR_TYPES = {500: "internal_server_error", 502: "upstream_error", 503: "service_unavailable_error"}
+SERVER_ERROR_MESSAGES = {
+    500: "Internal server error", 502: "Upstream AI service unavailable", 503: "Service temporarily unavailable",
+}
 
 
 async def test_5xx_on_submit_and_on_poll_then_success(
@@ -300,15 +308,18 @@ async def test_5xx_on_submit_forever_fails_without_any_task(
     }
     state, lines, stats = await run_rows(seedream_env, tmp_path, prompts, retries=0)
 
+    # A 5xx may come from a gateway after the task was created: the row counts the submission
+    # (its key is kept, and the next attempt would be a replay), though none was created here.
     check_invariants(
-        lines, stats, {**dict.fromkeys(prompts.values(), 0), CONTROL: 1}, (*prompts, "control")
+        lines, stats, {**dict.fromkeys(prompts.values(), 0), CONTROL: 1}, (*prompts, "control"),
+        submissions=dict.fromkeys(prompts.values(), 1),
     )
     check_control(lines)
     for status in STATUSES_5XX:
         line = by_id(lines)[f"s{status}"]
         assert line["status"] == "failed"
-        assert line["error"]["code"] == "ServerError"
-        assert f"HTTP {status}" in line["error"]["message"]
+        assert line["error"]["code"] == SERVER_ERROR_TYPES[status]  # the API's type
+        assert line["error"]["message"].startswith(SERVER_ERROR_MESSAGES[status])
         assert line["task_id"] is None
     # 4 client attempts for each row (retries=0); never a task. (Was 8: the inner submit
     # task's Prefect retry doubled it; rows no longer have inner task runs.)
@@ -324,8 +335,8 @@ async def test_submit_400_is_not_retried(seedream_env: RunningSimulator, tmp_pat
     check_control(lines)
     line = by_id(lines)["fault"]
     assert line["status"] == "failed"
-    assert line["error"]["code"] == "BadRequestError"
-    assert "400" in line["error"]["message"]
+    assert line["error"]["code"] == "invalid_request_error"
+    assert line["error"]["message"] == "Invalid request parameters"
     assert stats["submit_requests"] == 1 + 1
     await check_state(state, lines)
 
@@ -359,7 +370,7 @@ async def test_connection_refused_then_rerun_against_the_live_simulator(
     assert sorted(line["row_id"] for line in lines) == ["control", "fault"]
     for line in lines:
         assert line["status"] == "failed", line
-        assert line["error"]["code"] == "SeedreamConnectionError"
+        assert line["error"]["code"] == "connection_error"
         assert "cannot reach" in line["error"]["message"]
         assert line["task_id"] is None and line["submissions"] == 0
     assert (await summary_of(state)).failed == 2
@@ -379,22 +390,41 @@ async def test_connection_refused_then_rerun_against_the_live_simulator(
 # -- connection dropped after the task was created -------------------------------------------
 
 
-async def test_drop_after_create_is_outcome_unknown_and_never_resubmitted_by_default(
+async def test_drop_after_create_is_re_attached_through_the_task_list(
     seedream_env: RunningSimulator, tmp_path: Path
 ) -> None:
+    """The connection drops after the task was created: the task list shows it (its prompt),
+    so the row re-attaches in the same run; one task, one charge."""
+    fault = "a red fox [[sim:drop_after_create*1]]"
+    state, lines, stats = await run_case(seedream_env, tmp_path, fault, retries=2)
+
+    check_invariants(lines, stats, {fault: 1, CONTROL: 1})
+    check_control(lines)
+    check_succeeded(by_id(lines)["fault"], seedream_env)
+    assert stats["submits_dropped"] == 1 and stats["submit_requests"] == 1 + 1
+    await check_state(state, lines)
+
+
+async def test_drop_after_create_is_outcome_unknown_and_resubmitted_only_with_the_same_key(
+    silent_list_env: RunningSimulator, tmp_path: Path
+) -> None:
+    """When the task list cannot tell the row's task, the row is outcome_unknown and a plain
+    re-run pays nothing; `resubmit_unknown` sends the same Idempotency-Key, which the API
+    answers with the task the lost submission created: still one task (0 double charges)."""
+    sim = silent_list_env
     fault = "a red fox [[sim:drop_after_create*1]]"
     output = tmp_path / "out"
     rows = dataset(tmp_path, fault)
 
     state = await run_dataset(rows, output, retries=2)
     lines = manifest(output)
-    stats = seedream_env.stats()
+    stats = sim.stats()
     check_invariants(lines, stats, {fault: 1, CONTROL: 1})
     check_control(lines)
     line = by_id(lines)["fault"]
     assert line["status"] == "outcome_unknown"
     assert line["error"]["code"] == "outcome_unknown"
-    assert "resubmit_unknown" in line["error"]["message"]
+    assert "resubmit-unknown" in line["error"]["message"]
     assert line["images"] == []
     assert (await summary_of(state)).outcome_unknown == 1
     await check_state(state, lines)
@@ -403,7 +433,7 @@ async def test_drop_after_create_is_outcome_unknown_and_never_resubmitted_by_def
     # A plain re-run must not pay again.
     state = await run_dataset(rows, output, retries=2)
     lines = manifest(output)
-    stats = seedream_env.stats()
+    stats = sim.stats()
     check_invariants(lines, stats, {fault: 1, CONTROL: 1})
     assert stats["submit_requests"] == requests_after_first_run
     assert by_id(lines)["fault"]["status"] == "outcome_unknown"
@@ -411,13 +441,31 @@ async def test_drop_after_create_is_outcome_unknown_and_never_resubmitted_by_def
     assert by_id(lines)["control"]["reused"] is True
     assert state.is_failed()
 
-    # Asked for explicitly, the row is submitted exactly once more and succeeds.
+    # Asked for explicitly, the row is sent once more, with the same key: a replay.
     state = await run_dataset(rows, output, resubmit_unknown=True)
     lines = manifest(output)
-    stats = seedream_env.stats()
-    check_invariants(lines, stats, {fault: 2, CONTROL: 1})
-    check_succeeded(by_id(lines)["fault"], seedream_env)
+    stats = sim.stats()
+    check_invariants(lines, stats, {fault: 1, CONTROL: 1})
+    check_succeeded(by_id(lines)["fault"], sim)
+    assert stats["submit_requests"] == requests_after_first_run + 1
+    assert stats["idempotent_replays"] == 1
     assert state.is_completed(), state
+
+
+async def test_5xx_after_the_task_was_created_is_a_replay_not_a_second_charge(
+    seedream_env: RunningSimulator, tmp_path: Path
+) -> None:
+    """A gateway answers 502 after the task was created and charged: the client retries with
+    the same Idempotency-Key and gets that task back (issue 16: it used to pay again)."""
+    fault = "a red fox [[sim:create_then_status=502*1]] [[sim:retry_after=0]]"
+    state, lines, stats = await run_case(seedream_env, tmp_path, fault, retries=1)
+
+    check_invariants(lines, stats, {fault: 1, CONTROL: 1})
+    check_control(lines)
+    check_succeeded(by_id(lines)["fault"], seedream_env)
+    assert stats["idempotent_replays"] == 1
+    assert stats["submit_requests"] == 2 + 1
+    await check_state(state, lines)
 
 
 # -- eventual consistency: 404 on the first poll ---------------------------------------------
@@ -647,9 +695,9 @@ async def test_download_500_once_or_truncated_once_then_success(
 
 DOWNLOAD_FAILURES = {
     # mode: (failure code, words of the reason)
-    "truncated": ("DownloadError", "RemoteProtocolError"),
-    "not_image": ("NotAnImageError", "not an image"),
-    "expired": ("ResultExpiredError", "HTTP 404"),
+    "truncated": ("download_failed", "RemoteProtocolError"),
+    "not_image": ("not_an_image", "not an image"),
+    "expired": ("result_expired", "HTTP 404"),
 }
 
 
@@ -701,7 +749,7 @@ async def test_download_over_the_size_cap(oversize_sim: RunningSimulator, tmp_pa
     check_control(lines)
     line = by_id(lines)["fault"]
     assert line["status"] == "failed", line
-    assert line["error"]["code"] == "ImageTooLargeError"
+    assert line["error"]["code"] == "image_too_large"
     assert str(MAX_IMAGE_BYTES) in line["error"]["message"]
     assert _downloads_of(oversize_sim, line["task_id"]) == 1  # not retried
     assert not list((tmp_path / "out").glob("fault*"))
@@ -743,15 +791,16 @@ async def test_many_faults_in_one_run_each_row_once(
         "ok": ("a lighthouse", 1, None),
         "s429": ("a lighthouse [[sim:submit_status=429*1]] [[sim:retry_after=0]]", 1, None),
         "p503": ("a lighthouse [[sim:poll_status=503*1]] [[sim:retry_after=0]]", 1, None),
-        "drop": ("a lighthouse [[sim:drop_after_create]]", 1, "outcome_unknown"),
+        # Its task is found in the task list (issue 16): re-attached, not resubmitted.
+        "drop": ("a lighthouse [[sim:drop_after_create]]", 1, None),
         "policy": (
             "a lighthouse [[sim:task_error=content_policy_violation]]",
             1,
             "content_policy_violation",
         ),
         "svc1": ("a lighthouse [[sim:task_error=service_error*1]]", 2, None),
-        "bad": ("a lighthouse [[sim:download=not_image]]", 1, "NotAnImageError"),
-        "s400": ("a lighthouse [[sim:submit_status=400]]", 0, "BadRequestError"),
+        "bad": ("a lighthouse [[sim:download=not_image]]", 1, "not_an_image"),
+        "s400": ("a lighthouse [[sim:submit_status=400]]", 0, "invalid_request_error"),
         "p404": ("a lighthouse [[sim:poll_404*1]]", 1, None),
         "extra": ("a lighthouse [[sim:extra_fields]]", 1, None),
     }
@@ -772,7 +821,7 @@ async def test_many_faults_in_one_run_each_row_once(
             assert line["status"] != "succeeded"
             assert line["error"]["code"] == code, line
     summary = await summary_of(state)
-    assert (summary.succeeded, summary.failed, summary.outcome_unknown) == (6, 3, 1)
+    assert (summary.succeeded, summary.failed, summary.outcome_unknown) == (7, 3, 0)
     await check_state(state, lines)
 
 

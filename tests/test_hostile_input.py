@@ -161,7 +161,8 @@ def _hostile_rows() -> tuple[list[Any], dict[str, str], dict[int, str]]:
         invalid[len(values)] = "is not allowed"
     for index, url in enumerate(NON_HTTP_URLS):
         values.append({"id": f"scheme-{index}", "prompt": f"scheme {index}", "image_urls": [url]})
-        invalid[len(values)] = "must use https or http"
+        # A file:// URL is a local reference image: refused without a reference store (issue 15).
+        invalid[len(values)] = "reference_store" if url.startswith("file:") else "must use https or http"
     return values, valid, invalid
 
 

@@ -7,14 +7,17 @@ then runs the same command again to the end. After each kill, with the simulator
 counts (tasks it created per prompt):
 
 * at most one task was created per row;
-* the manifest has exactly one line per row, each `succeeded` or `outcome_unknown` (a row
-  whose submission was on the wire at the kill: it may have been billed, so it is not
-  resubmitted);
+* the manifest has exactly one line per row, each `succeeded` or `outcome_unknown`: a row
+  whose submission was on the wire at the kill finds its task in the API's task list and
+  re-attaches (issue 16); only a row whose intent was written but whose task does not exist
+  stays `outcome_unknown` (nothing can tell it was not sent), and is not resubmitted;
 * no partial image or manifest is left: every image decodes and has its manifest size, and
   nothing is left in `.seedream/tmp/` or next to a final file (a download goes to an
   anonymous temporary file, which the kernel removes with the process, then to
   `.seedream/tmp/` and is renamed into place);
-* `--resubmit-unknown` then finishes those rows with exactly one more task each.
+* `--resubmit-unknown` then finishes those rows with exactly one more task each (the same
+  Idempotency-Key is sent again: had the lost submission created a task, it would be
+  returned, not paid again).
 
 The windows are widened by the simulator's markers: `submit_delay` (the task is created, its
 answer comes seconds later) and `download_delay` (an image stops half-way for seconds).
@@ -253,8 +256,12 @@ def test_sigkill_at_an_instant_then_rerun_never_pays_twice(
     lines = _check_manifest(output, prompts)
     _check_no_partial_files(output)
     unknown = sorted(row for row, line in lines.items() if line["status"] == "outcome_unknown")
-    # A row is unknown exactly when the kill left its intent with no recorded answer.
-    assert unknown == sorted(r for r, rec in ledger_at_kill.items() if rec["state"] == "submitting")
+    # A row is unknown exactly when the kill left its intent with no recorded answer and no
+    # task exists for it; a task that does exist is found in the task list and re-attached.
+    in_doubt = [r for r, rec in ledger_at_kill.items() if rec["state"] == "submitting"]
+    assert unknown == sorted(r for r in in_doubt if tasks[r] == 0), (in_doubt, tasks)
+    if instant == "submissions unanswered":  # their tasks were found, not paid again
+        assert any(tasks[r] == 1 and lines[r]["status"] == "succeeded" for r in in_doubt)
     if unknown:
         assert rerun.returncode == 1
         assert f"{len(unknown)} row(s) have an unknown outcome" in rerun.stdout

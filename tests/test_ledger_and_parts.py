@@ -180,7 +180,7 @@ def test_transition_from_a_wrong_state_is_refused(transition: object) -> None:
 
 
 def test_record_survives_a_save_and_load(tmp_path: Path) -> None:
-    ledger = TaskLedger(ImageStore(str(tmp_path)))
+    ledger = TaskLedger(ImageStore(str(tmp_path)), "https://api.evolink.ai")
     request = GenerationRequest(prompt="A red fox")
     record = ledger.record_for("fox", request)
     record.begin_submission(reserved_credits=2.0)
@@ -188,9 +188,44 @@ def test_record_survives_a_save_and_load(tmp_path: Path) -> None:
 
     loaded = ledger.record_for("fox", request)
     assert loaded.state is LedgerState.SUBMITTING and loaded.submissions == 1
+    assert loaded.idempotency_key == record.idempotency_key and loaded.key_in_doubt
     assert [r.key for r in ledger.records()] == [record.key]
     # Another request for the same row id is another record.
     assert ledger.record_for("fox", GenerationRequest(prompt="A blue fox")).state is LedgerState.NEW
+    # The same row and request against another API is another record too (issue 16).
+    simulated = TaskLedger(ImageStore(str(tmp_path)), "http://127.0.0.1:8787")
+    assert simulated.record_for("fox", request).state is LedgerState.NEW
+
+
+def test_idempotency_key_is_kept_while_its_outcome_is_in_doubt() -> None:
+    """The key of a submission whose outcome is unknown (or answered 5xx) is sent again; a
+    clear refusal or a known task gives the next submission a new one."""
+    record = _record()
+    record.begin_submission(reserved_credits=2.0, run_id="run-1")
+    lost_key = record.idempotency_key
+    record.submission_lost()
+    record.begin_submission(reserved_credits=2.0)  # --resubmit-unknown
+    assert record.idempotency_key == lost_key
+    record.submission_refused("internal_server_error", "bad gateway", key_settled=False)
+    record.begin_submission(reserved_credits=2.0)
+    assert record.idempotency_key == lost_key
+    record.submission_refused("rate_limit_error", "slow down")  # a clear refusal: no task
+    record.begin_submission(reserved_credits=2.0)
+    assert record.idempotency_key != lost_key
+    settled_key = record.idempotency_key
+    record.submitted(GenerationTask(id="task-unified-1-abc", status="pending"))
+    record.task_failed("service_error", "try again")
+    record.begin_submission(reserved_credits=2.0)  # a new submission after a known task
+    assert record.idempotency_key not in (lost_key, settled_key)
+
+
+def test_account_refusal_makes_the_row_skipped_not_failed() -> None:
+    record = _record()
+    record.begin_submission(reserved_credits=2.0)
+    record.submission_refused("insufficient_quota", "No credits", stopped=True)
+    status, error = record.status()
+    assert status == "skipped" and error is not None and error.code == "insufficient_quota"
+    assert record.charge().total == 0.0
 
 
 # -- parts and the manifest ---------------------------------------------------------------

@@ -311,12 +311,31 @@ def test_reference_images_on_internal_hosts_are_refused(url: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["ftp://cdn.example.com/a.png", "file:///etc/passwd", "cdn.example.com/a.png"]
+    "url", ["ftp://cdn.example.com/a.png", "gopher://example.com/", "cdn.example.com/a.png"]
 )
 def test_reference_images_need_http_or_https(url: str) -> None:
     text = refusal(image_urls=[url])
     assert "image_urls" in text and repr(url) in text
-    assert "https or http" in text
+    assert "https or http" in text and "local file" in text
+
+
+@pytest.mark.parametrize("url", ["./fox.png", "/data/fox.png", "file:///data/fox.png", "s3://bucket/fox.png"])
+def test_local_reference_images_are_recognised_and_never_sent_as_they_are(url: str) -> None:
+    """A local file or storage URL is a valid reference for the Prefect layer to upload
+    (issue 15); the API client refuses to send one before anything is spent."""
+    import asyncio
+
+    from prefect_seedream import SeedreamClient, SeedreamConfigurationError
+
+    request = ok(image_urls=[url, "https://cdn.example.com/b.png"])
+    assert request.local_references == (url,)
+
+    async def submit() -> None:
+        async with SeedreamClient(api_key="sk-x", base_url="http://127.0.0.1:9") as client:
+            await client.submit(request)
+
+    with pytest.raises(SeedreamConfigurationError, match="local file"):
+        asyncio.run(submit())
 
 
 def test_reference_images_may_use_http_and_https() -> None:
@@ -617,7 +636,7 @@ def test_null_optional_fields_are_tolerated(payload: dict[str, object]) -> None:
 
 
 @pytest.mark.parametrize(
-    "payload", [{"status": "pending"}, {"id": "t1"}, {"id": "t1", "status": "queued"}, [], None]
+    "payload", [{"status": "pending"}, {"id": "t1"}, {"id": "t1", "status": ""}, [], None]
 )
 def test_task_without_id_or_status_is_refused(payload: object) -> None:
     with pytest.raises(ValidationError):
@@ -822,3 +841,20 @@ def test_api_layer_does_not_import_prefect() -> None:
         [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("status", ["queued", "Waiting", "in_review"])
+def test_undocumented_status_is_kept_and_not_terminal(status: str) -> None:
+    """A status outside the documented ones is not an error: waiting goes on (issue 16)."""
+    task = GenerationTask.model_validate({"id": "t1", "status": status})
+    assert task.status.value == status.lower()
+    assert not task.status.is_known and not task.status.is_terminal
+    assert task.model_dump(mode="json")["status"] == status.lower()
+
+
+def test_cancelled_is_terminal_and_usage_cost_is_read() -> None:
+    task = GenerationTask.model_validate(
+        {"id": "t1", "status": "completed", "usage": {"credits_reserved": 4, "cost": {"credits": 2.5}}}
+    )
+    assert task.credits == 2.5
+    assert TaskStatus("cancelled").is_terminal and TaskStatus("cancelled").is_known

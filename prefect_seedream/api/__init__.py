@@ -11,6 +11,7 @@ from prefect_seedream.api.errors import (
     AuthenticationError,
     BadRequestError,
     DownloadError,
+    IdempotencyConflictError,
     ImageTooLargeError,
     InsufficientQuotaError,
     NotAnImageError,
@@ -37,6 +38,7 @@ from prefect_seedream.api.models import (
     SeedreamModel,
     TaskError,
     TaskErrorKind,
+    TaskPage,
     TaskStatus,
 )
 from prefect_seedream.api.sync_client import SyncSeedreamClient
@@ -50,6 +52,7 @@ __all__ = [
     "DownloadResult",
     "GenerationRequest",
     "GenerationTask",
+    "IdempotencyConflictError",
     "ImageTooLargeError",
     "InsufficientQuotaError",
     "ModelLimits",
@@ -74,6 +77,7 @@ __all__ = [
     "TaskError",
     "TaskErrorKind",
     "TaskFailedError",
+    "TaskPage",
     "TaskStatus",
     "WaitTimeoutError",
 ]

@@ -5,12 +5,17 @@ Retry rules, in one place:
 * ``GET`` calls (task queries, downloads) are retried on transport errors, 429
   and 5xx, with exponential backoff and full jitter that honours the API's
   "retry after N seconds" hint.
-* ``POST`` (a submission costs credits) is retried **only** when the request
-  provably created no task: the connection was refused or never opened, or the
-  API answered 429 or 5xx. When the request may have reached the server (a read
-  timeout after sending, a connection dropped mid-response, a 2xx body that is
-  not JSON) the client raises :class:`SubmissionOutcomeUnknownError` instead of
-  paying twice.
+* ``POST`` (a submission costs credits) always carries an ``Idempotency-Key``, the same on
+  every retry of one submission (Evolink answers a repeated key with the task it already
+  created, header ``idempotency-replayed: true``, and charges nothing). It is retried when
+  the connection was refused or never opened, on 429, and on 5xx (a gateway may answer 5xx
+  after the task was created: the same key makes the retry a replay, not a second charge).
+  When the request may have reached the server and no answer came back (a read timeout after
+  sending, a connection dropped mid-response, a 2xx body that is not JSON) the client raises
+  :class:`SubmissionOutcomeUnknownError` (carrying the key) instead of sending it again: the
+  caller looks the task up (:meth:`SeedreamClient.list_tasks`) or decides to resend the key.
+* A submission may take ``submit_timeout`` (120 s, as Evolink's own client allows a paid
+  write); other calls the client's read timeout.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ import logging
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -43,9 +50,10 @@ from prefect_seedream.api.errors import (
     WaitTimeoutError,
     api_error_for_status,
     error_body_fields,
+    parse_retry_after_header,
 )
 from prefect_seedream.api.imagetype import sniff_image_type
-from prefect_seedream.api.models import GenerationRequest, GenerationTask
+from prefect_seedream.api.models import GenerationRequest, GenerationTask, TaskPage
 from prefect_seedream.defaults import (
     API_CONNECTIONS,
     API_KEY_ENV,
@@ -61,6 +69,7 @@ from prefect_seedream.defaults import (
     POOL_TIMEOUT_SECONDS,
     READ_TIMEOUT_SECONDS,
     RESULT_CONNECTIONS,
+    SUBMIT_TIMEOUT_SECONDS,
     WRITE_TIMEOUT_SECONDS,
 )
 
@@ -75,6 +84,43 @@ DEFAULT_TIMEOUT = httpx.Timeout(
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 
 ProgressCallback = Callable[[GenerationTask], None | Awaitable[None]]
+#: Header of a paid write that makes its retries replays (see the module docstring).
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+#: Header of an answer that returns the task an earlier request with the same key created.
+REPLAYED_HEADER = "idempotency-replayed"
+
+
+def new_idempotency_key() -> str:
+    """A fresh ``Idempotency-Key`` value.
+
+    Examples:
+        >>> key = new_idempotency_key()
+        >>> key.startswith("seedream-"), len(key)
+        (True, 41)
+    """
+    return f"seedream-{uuid.uuid4().hex}"
+
+
+def api_identity(base_url: str) -> str:
+    """The address of an API, normalised: which service a task id or a result belongs to.
+
+    Examples:
+        >>> api_identity("https://API.evolink.ai/")
+        'https://api.evolink.ai'
+        >>> api_identity("http://127.0.0.1:8787")
+        'http://127.0.0.1:8787'
+        >>> api_identity("https://api.evolink.ai:443/v1")
+        'https://api.evolink.ai/v1'
+    """
+    parts = urlsplit(base_url.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port
+    default = {"http": 80, "https": 443}.get(scheme)
+    netloc = host if port in (None, default) else f"{host}:{port}"
+    return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
 
 
 @dataclass(frozen=True)
@@ -164,6 +210,7 @@ class SeedreamClient:
         base_url: The API's base URL; defaults to ``$SEEDREAM_BASE_URL`` or
             ``https://api.evolink.ai``.
         timeout: httpx timeout (seconds or an ``httpx.Timeout``).
+        submit_timeout: Seconds to wait for the answer of a submission (a paid write).
         retry: Retry policy for safe retries.
         poll: Default polling policy for :meth:`wait`.
         transport: An httpx transport, for tests.
@@ -186,6 +233,7 @@ class SeedreamClient:
         base_url: str | None = None,
         *,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        submit_timeout: float = SUBMIT_TIMEOUT_SECONDS,
         retry: RetryPolicy | None = None,
         poll: PollPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -199,10 +247,15 @@ class SeedreamClient:
         self.base_url = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
         self.retry = retry or RetryPolicy()
         self.poll = poll or PollPolicy()
+        base_timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        self._submit_timeout = httpx.Timeout(
+            connect=base_timeout.connect, read=submit_timeout, write=base_timeout.write,
+            pool=base_timeout.pool,
+        )
         # Two pools: the API's (with the key) and the result hosts' (never the key), each
         # sized for what it serves (see defaults.API_CONNECTIONS), all kept alive.
         common: dict[str, Any] = {
-            "timeout": timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout),
+            "timeout": base_timeout,
             "transport": transport,
             "follow_redirects": False,
         }
@@ -221,6 +274,11 @@ class SeedreamClient:
     def __repr__(self) -> str:
         return f"SeedreamClient(base_url={self.base_url!r})"
 
+    @property
+    def identity(self) -> str:
+        """The API's normalised address (see :func:`api_identity`)."""
+        return api_identity(self.base_url)
+
     async def __aenter__(self) -> SeedreamClient:
         return self
 
@@ -234,22 +292,85 @@ class SeedreamClient:
 
     # -- calls -------------------------------------------------------------
 
-    async def submit(self, request: GenerationRequest) -> GenerationTask:
+    async def submit(
+        self, request: GenerationRequest, *, idempotency_key: str | None = None
+    ) -> GenerationTask:
         """Submit a generation; returns the new task (status ``pending``).
 
+        Args:
+            request: The validated request.
+            idempotency_key: The submission's ``Idempotency-Key``; give the same one again
+                to retry a submission whose outcome is unknown (the API then answers the
+                task it created, if any). Default: a new key, used by every retry of this call.
+
+        Returns:
+            The task; ``task.replayed`` is True when the API answered a task that an earlier
+            request with the same key created (nothing new was charged).
+
         Raises:
-            SubmissionOutcomeUnknownError: the request may have created a task.
-            SeedreamAPIError: the API refused it (after safe retries for 429/5xx).
+            SubmissionOutcomeUnknownError: the request may have created a task (its
+                ``idempotency_key`` says which key to send again).
+            SeedreamAPIError: the API refused it (after retries for 429/5xx).
         """
-        payload = await self._call("POST", "/v1/images/generations", json_body=request.to_api_body())
-        task = self._parse_task(payload, submitting=True)
-        logger.debug("submitted task %s", task.id)
+        if request.local_references:
+            raise SeedreamConfigurationError(
+                f"image_urls item {request.local_references[0][:80]!r} is a local file or a storage "
+                "URL, which the API cannot fetch: upload it and pass its https URL (the Prefect "
+                "tasks and flows do it with reference_store='s3://bucket/prefix')"
+            )
+        key = idempotency_key or new_idempotency_key()
+        payload, response = await self._call(
+            "POST", "/v1/images/generations", json_body=request.to_api_body(),
+            idempotency_key=key,
+        )
+        task = self._parse_task(payload, submitting=True, idempotency_key=key)
+        task.replayed = response.headers.get(REPLAYED_HEADER, "").strip().lower() == "true"
+        logger.debug("submitted task %s%s", task.id, " (replayed)" if task.replayed else "")
         return task
 
     async def get_task(self, task_id: str) -> GenerationTask:
         """Query a task's status (retried on transport errors, 429 and 5xx)."""
-        payload = await self._call("GET", f"/v1/tasks/{task_id}")
+        payload, _ = await self._call("GET", f"/v1/tasks/{task_id}")
         return self._parse_task(payload, submitting=False)
+
+    async def list_tasks(
+        self,
+        *,
+        status: str | None = None,
+        model: str | None = None,
+        page: int = 1,
+        page_size: int = 100,
+    ) -> TaskPage:
+        """One page of the account's tasks (``GET /v1/tasks``), as the API orders them.
+
+        Args:
+            status: Only tasks in this status.
+            model: Only tasks of this model.
+            page: The page, from 1.
+            page_size: Tasks per page (the API's maximum is 100).
+        """
+        params: dict[str, Any] = {"type": "image", "page": page, "page_size": page_size}
+        if status:
+            params["status"] = status
+        if model:
+            params["model"] = model
+        payload, _ = await self._call("GET", "/v1/tasks", params=params)
+        try:
+            return TaskPage.model_validate(payload)
+        except ValueError as exc:
+            summary = self._scrub(str(exc).splitlines()[0])
+            raise ResponseFormatError(f"unexpected task list body: {summary}") from None
+
+    async def iter_tasks(
+        self, *, model: str | None = None, page_size: int = 100, max_pages: int = 100
+    ) -> AsyncIterator[GenerationTask]:
+        """Every task of the account (of one model), page after page, at most ``max_pages``."""
+        for page in range(1, max_pages + 1):
+            found = await self.list_tasks(model=model, page=page, page_size=page_size)
+            for task in found.data:
+                yield task
+            if not found.data or page * found.page_size >= found.total:
+                return
 
     async def wait(
         self,
@@ -409,15 +530,25 @@ class SeedreamClient:
         return text.replace(self._api_key, "***") if self._api_key else text
 
     async def _call(
-        self, method: str, path: str, *, json_body: dict[str, Any] | None = None
-    ) -> Any:
-        """One API call with the retry rules of this module; returns parsed JSON."""
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[Any, httpx.Response]:
+        """One API call with the retry rules of this module; returns parsed JSON and the answer."""
         is_submit = method == "POST"
+        headers = {IDEMPOTENCY_HEADER: idempotency_key} if idempotency_key else None
+        timeout = self._submit_timeout if is_submit else httpx.USE_CLIENT_DEFAULT
         attempt = 0
         while True:
             attempt += 1
             try:
-                response = await self._api.request(method, path, json=json_body)
+                response = await self._api.request(
+                    method, path, json=json_body, params=params, headers=headers, timeout=timeout
+                )
             except _NOT_SENT as exc:
                 error: SeedreamError = SeedreamConnectionError(
                     f"cannot reach {self.base_url}: {type(exc).__name__}: {self._scrub(str(exc))}"
@@ -428,12 +559,13 @@ class SeedreamClient:
                     raise SubmissionOutcomeUnknownError(
                         f"the submission reached {self.base_url} but no answer came back "
                         f"({detail}); a task may have been created and billed, so it was not "
-                        "resubmitted"
+                        "resubmitted",
+                        idempotency_key=idempotency_key,
                     ) from None
                 error = SeedreamConnectionError(f"{method} {path} failed: {detail}")
             else:
                 if response.status_code < 400:
-                    return self._json(response, is_submit)
+                    return self._json(response, is_submit, idempotency_key), response
                 error = self._api_error(response)
             delay = self._retry_delay(error, attempt)
             if delay is None:
@@ -451,14 +583,15 @@ class SeedreamClient:
             # Waiting that long is the caller's choice: say so, and stop every retry layer
             # (Prefect's included) from calling the API again before the time it asked for.
             error.retryable = False
-            error.args = (
-                f"{error} (longer than max_retry_after={self.retry.max_retry_after:g} s: "
-                "not retried; run again later)",
+            error.note = (
+                f"longer than max_retry_after={self.retry.max_retry_after:g} s: not retried; run "
+                "again later"
             )
+            error.args = (f"{error} ({error.note})",)
             return None
         return hint + random.uniform(0, min(1.0, hint / 10))
 
-    def _json(self, response: httpx.Response, is_submit: bool) -> Any:
+    def _json(self, response: httpx.Response, is_submit: bool, idempotency_key: str | None) -> Any:
         try:
             return response.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -466,7 +599,8 @@ class SeedreamClient:
             if is_submit:
                 raise SubmissionOutcomeUnknownError(
                     f"the submission was answered {response.status_code} with a body that is not "
-                    f"JSON ({snippet!r}); a task may exist, so it was not resubmitted"
+                    f"JSON ({snippet!r}); a task may exist, so it was not resubmitted",
+                    idempotency_key=idempotency_key,
                 ) from None
             raise ResponseFormatError(
                 f"{response.request.method} {response.request.url.path} answered a body that is "
@@ -485,9 +619,15 @@ class SeedreamClient:
             error_type=fields.get("type"),
             param=fields.get("param"),
             fallback_suggestion=fields.get("fallback_suggestion"),
+            api_code=fields.get("api_code"),
+            retry_after_header=parse_retry_after_header(response.headers.get("retry-after")),
+            request_id=fields.get("request_id") or response.headers.get("x-request-id"),
+            action_url=fields.get("action_url"),
         )
 
-    def _parse_task(self, payload: Any, *, submitting: bool) -> GenerationTask:
+    def _parse_task(
+        self, payload: Any, *, submitting: bool, idempotency_key: str | None = None
+    ) -> GenerationTask:
         try:
             return GenerationTask.model_validate(payload)
         except ValueError as exc:
@@ -495,7 +635,8 @@ class SeedreamClient:
             if submitting:
                 raise SubmissionOutcomeUnknownError(
                     f"the submission was answered with an unexpected body ({summary}); "
-                    "a task may exist, so it was not resubmitted"
+                    "a task may exist, so it was not resubmitted",
+                    idempotency_key=idempotency_key,
                 ) from None
             raise ResponseFormatError(f"unexpected task body: {summary}") from None
 

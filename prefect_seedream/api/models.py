@@ -8,6 +8,7 @@ one entry there.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Literal, get_args
@@ -124,6 +125,29 @@ def _check_size(size: str, limits: ModelLimits) -> None:
         raise ValueError(f"size {size!r} has aspect ratio {ratio:.4g}, outside [1/16, 16]")
 
 
+#: URL schemes of files the plugin can read and upload for the API (fsspec protocols).
+LOCAL_REFERENCE_SCHEMES = frozenset({"file", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"})
+
+
+def is_local_reference(url: str) -> bool:
+    """True for a reference image the API cannot fetch itself: a local path (``/...``, ``./...``,
+    ``../...``, ``~/...``) or a storage URL (``file://``, ``s3://``, ``gs://``, ...).
+
+    Such a reference must be uploaded to a place the API can reach before it is sent (the
+    Prefect layer does it, see ``prefect_seedream.references``).
+
+    Examples:
+        >>> [is_local_reference(u) for u in ("./fox.png", "s3://b/fox.png", "https://cdn/fox.png")]
+        [True, True, False]
+        >>> is_local_reference("cdn.example.com/fox.png")  # a URL without its scheme: no
+        False
+    """
+    if url.startswith(("/", "./", "../", "~/")):
+        return True
+    scheme, sep, _ = url.partition("://")
+    return bool(sep) and scheme.lower() in LOCAL_REFERENCE_SCHEMES
+
+
 def _check_public_url(field: str, url: str, schemes: tuple[str, ...]) -> None:
     try:
         scheme = urlsplit(url).scheme.lower()
@@ -131,7 +155,11 @@ def _check_public_url(field: str, url: str, schemes: tuple[str, ...]) -> None:
         raise ValueError(f"{field} {url[:80]!r} is not a valid URL") from None
     if scheme not in schemes:
         allowed = " or ".join(schemes)
-        raise ValueError(f"{field} {url[:80]!r} must use {allowed}")
+        hint = (
+            " (or name a local file: /path, ./path, file://... or a storage URL such as s3://...)"
+            if field == "image_urls item" else ""
+        )
+        raise ValueError(f"{field} {url[:80]!r} must use {allowed}{hint}")
     reason = internal_host_reason(url)
     if reason is not None:
         raise ValueError(f"{field} {url[:80]!r} is not allowed: {reason}")
@@ -205,6 +233,10 @@ class GenerationRequest(BaseModel):
     @classmethod
     def _image_url_rules(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for url in value:
+            if is_local_reference(url):
+                if any(unicodedata.category(ch) == "Cc" for ch in url):
+                    raise ValueError(f"image_urls item {url[:80]!r} contains control characters")
+                continue
             _check_public_url("image_urls item", url, ("https", "http"))
         return value
 
@@ -238,6 +270,11 @@ class GenerationRequest(BaseModel):
         return MODEL_LIMITS[self.model]
 
     @property
+    def local_references(self) -> tuple[str, ...]:
+        """The reference images that are local files or storage URLs (to upload first)."""
+        return tuple(url for url in self.image_urls if is_local_reference(url))
+
+    @property
     def reserved_credits(self) -> float:
         """Credits the API pre-charges for this request (``n`` images)."""
         return self.limits.credits_per_image * self.n
@@ -253,13 +290,43 @@ class GenerationRequest(BaseModel):
 
 
 class TaskStatus(str, Enum):
-    """The status of a generation task; ``cancelled`` is seen by some clients."""
+    """The status of a generation task; ``cancelled`` is seen by some clients.
+
+    A status the API does not document (``queued``, ...) is not an error: it becomes a member
+    of its own that is neither known nor terminal, so a wait goes on until a known terminal
+    status (or its cap).
+
+    Examples:
+        >>> TaskStatus("completed").is_terminal
+        True
+        >>> queued = TaskStatus("queued")
+        >>> queued.value, queued.is_known, queued.is_terminal, queued is TaskStatus("queued")
+        ('queued', False, False, True)
+    """
 
     PENDING = "pending"
     PROCESSING = "processing"
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+
+    @classmethod
+    def _missing_(cls, value: object) -> TaskStatus | None:
+        if not isinstance(value, str) or not value.strip() or len(value) > 64:
+            return None
+        text = value.strip().lower()
+        if text in cls._value2member_map_:
+            return cls._value2member_map_[text]  # type: ignore[return-value]
+        member = str.__new__(cls, text)
+        member._name_ = text.upper()
+        member._value_ = text
+        cls._value2member_map_[text] = member  # one member per unknown status
+        return member
+
+    @property
+    def is_known(self) -> bool:
+        """True for the statuses the API documents."""
+        return self.name in type(self).__members__
 
     @property
     def is_terminal(self) -> bool:
@@ -354,6 +421,14 @@ class TaskInfo(BaseModel):
     estimated_time: float | None = None
 
 
+class UsageCost(BaseModel):
+    """``usage.cost``: what a task cost (some answers report it here)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    credits: float | None = None
+
+
 class Usage(BaseModel):
     """``usage``: billing rule and credits."""
 
@@ -362,7 +437,20 @@ class Usage(BaseModel):
     billing_rule: str | None = None
     credits_reserved: float | None = None
     credits_used: float | None = None
+    cost: UsageCost | None = None
     user_group: str | None = None
+
+    @field_validator("cost", mode="before")
+    @classmethod
+    def _cost_object(cls, value: Any) -> Any:
+        return value if isinstance(value, dict) else None
+
+    @property
+    def charged(self) -> float | None:
+        """The final charge the API reports (``credits_used`` or ``cost.credits``), if any."""
+        if self.credits_used is not None:
+            return self.credits_used
+        return self.cost.credits if self.cost is not None else None
 
 
 class GenerationTask(BaseModel):
@@ -391,6 +479,9 @@ class GenerationTask(BaseModel):
     task_info: TaskInfo = Field(default_factory=TaskInfo)
     usage: Usage | None = None
     type: str | None = None
+    #: Set by the client: the API answered a submission with the task an earlier request
+    #: with the same ``Idempotency-Key`` created (header ``idempotency-replayed: true``).
+    replayed: bool = Field(default=False, exclude=True)
 
     @field_validator("task_info", mode="before")
     @classmethod
@@ -412,9 +503,8 @@ class GenerationTask(BaseModel):
         """Credits charged, or reserved while the final charge is unknown."""
         if self.usage is None:
             return None
-        if self.usage.credits_used is not None:
-            return self.usage.credits_used
-        return self.usage.credits_reserved
+        charged = self.usage.charged
+        return charged if charged is not None else self.usage.credits_reserved
 
     def raise_for_failure(self) -> GenerationTask:
         """Raise :class:`TaskFailedError` when the task failed or was cancelled.
@@ -426,3 +516,26 @@ class GenerationTask(BaseModel):
             error = self.error or TaskError(code="request_cancelled", message="task cancelled")
             raise TaskFailedError(self.id, error.code, error.message, error.kind.value)
         return self
+
+
+class TaskPage(BaseModel):
+    """One page of ``GET /v1/tasks``: the account's tasks.
+
+    Examples:
+        >>> page = TaskPage.model_validate({"data": [{"id": "task-unified-1-a", "status": "queued",
+        ...                                           "prompt": "a fox"}], "total": 1})
+        >>> page.data[0].status.is_known, page.total, page.page
+        (False, 1, 1)
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    data: list[GenerationTask] = Field(default_factory=list)
+    total: int = 0
+    page: int = 1
+    page_size: int = 20
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _data_list(cls, value: Any) -> Any:
+        return [] if value is None else value

@@ -4,6 +4,10 @@ The simulator is a standalone implementation of the server side of the contract:
 neither the client API layer nor Prefect, so pipelines can be developed and tested offline
 against it. Faults are injected deterministically with ``[[sim:...]]`` markers in prompts (see
 :mod:`prefect_seedream.simulator.faults`) or randomly with ``SimulatorConfig.fault_rates``.
+Besides sections 1-3 of the contract it implements what section 5 adds: ``Idempotency-Key``
+replays and conflicts, the account's credits and per-key quotas (402 with string codes),
+denied models (403), ``GET /v1/tasks``, ``Retry-After`` headers, the ``cancelled`` status and
+statuses outside the known ones, and (when enabled) the download of reference images.
 
 Modules:
     config: :class:`SimulatorConfig`.
@@ -11,7 +15,11 @@ Modules:
     errors: the contract's HTTP error bodies.
     faults: marker parsing and fault decisions.
     images: deterministic result images.
-    state: tasks, counters, statistics and concurrency.
+    billing: credits, reservations, final charges and quotas of the account.
+    idempotency: ``Idempotency-Key`` parsing and the remembered keys.
+    listing: ``GET /v1/tasks`` query parsing and paging.
+    references: downloading and checking reference images (``image_urls``).
+    state: tasks, counters, statistics, concurrency and settling of terminal tasks.
     payloads: task objects as JSON.
     responses: deliberately broken responses (dropped connections, huge bodies, pauses).
     holds: responses held open on purpose (hangs, delays) and their release on shutdown.

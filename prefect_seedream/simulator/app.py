@@ -2,13 +2,27 @@
 
 | route | auth | purpose |
 |---|---|---|
-| ``POST /v1/images/generations`` | Bearer | submit a generation task |
+| ``POST /v1/images/generations`` | Bearer | submit a generation task (optional ``Idempotency-Key`` header, see :mod:`prefect_seedream.simulator.idempotency`) |
+| ``GET /v1/tasks?status=&type=&model=&page=&page_size=`` | Bearer (the calling key's tasks only) | list tasks newest first, see :mod:`prefect_seedream.simulator.listing` |
 | ``GET /v1/tasks/{task_id}`` | Bearer (the creating key only) | query a task |
 | ``GET /files/{task_id}/{index}.{png,jpg}`` | none (like a CDN) | download a result image |
 | ``GET /_sim/stats`` | none | counters, see :meth:`SimulatorState.stats` |
 | ``GET /_sim/tasks[?prompt=P]`` | none | read-only list of live tasks (of prompt P), see :meth:`SimulatorState.task_listing` |
-| ``POST /_sim/reset`` | none | forget all tasks and counters |
+| ``GET /_sim/account`` | none | the account's credits and quota usage, see :meth:`Account.snapshot` |
+| ``POST /_sim/account`` | none | ``{"add_credits": X}``, ``{"set_credits": X or null}``, ``{"reset_quotas": true}`` (any of them); answers the new account state |
+| ``POST /_sim/reset`` | none | forget all tasks, counters, charges and idempotency keys |
 | ``GET /healthz`` | none | ``{"ok": true}`` |
+
+Answers of a submit: 200 with the new task; 200 with the original task and the header
+``idempotency-replayed: true`` (a replay: nothing created or charged); 400 (validation,
+markers, ``Idempotency-Key`` syntax, internal reference hosts when
+``allow_private_image_urls`` is off); 401; 402 with a string ``code``
+(``insufficient_quota``, ``key_quota_exhausted``, ``key_daily_quota_exhausted`` with
+``Retry-After``), ``action_url`` and ``request_id``; 403 ``permission_error`` for a
+``denied_models`` model; 404 unknown model; 409 ``idempotency_conflict``; 429 (concurrency
+limit) and the simulated statuses of the fault markers. The order of these decisions is in
+:mod:`prefect_seedream.simulator.faults`. Every error answer carries an ``x-request-id``
+header; every 429 and 503 also a ``Retry-After`` header.
 """
 
 from __future__ import annotations
@@ -24,7 +38,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from .config import SimulatorConfig
-from .errors import SimulatorHTTPError, error_body, retry_after_suggestion, simulated_error
+from .errors import (
+    SimulatorHTTPError,
+    error_body,
+    new_request_id,
+    quota_error,
+    retry_after_suggestion,
+    simulated_error,
+)
 from .faults import (
     CreationFaults,
     FaultAction,
@@ -37,7 +58,9 @@ from .faults import (
     parse_fault_plan,
 )
 from .holds import HeldResponses, client_address
+from .idempotency import IDEMPOTENCY_HEADER, REPLAYED_HEADER, body_hash, parse_idempotency_key
 from .images import CONTENT_TYPES, EXTENSIONS, render_image, served_size
+from .listing import parse_list_query
 from .payloads import submit_payload, task_payload
 from .responses import (
     PausedBodyResponse,
@@ -45,7 +68,7 @@ from .responses import (
     install_log_filter,
     oversize_body,
 )
-from .rules import validate_generation_request
+from .rules import check_reference_hosts, validate_generation_request
 from .state import SimTask, SimulatorState, SubmitAnswerFault, key_id_for
 
 #: Shape of task ids; anything else is answered with 400 "Invalid task ID format".
@@ -91,6 +114,9 @@ def _malformed_poll_body(task: SimTask) -> Response:
 
 def _fault_error(fault: FaultAction, not_found_message: str) -> SimulatorHTTPError:
     assert fault.status is not None
+    if fault.code is not None:  # [[sim:quota_error=CODE]]
+        retry_after = fault.retry_after if fault.code == "key_daily_quota_exhausted" else None
+        return quota_error(fault.code, retry_after=retry_after)
     message = not_found_message if fault.status == 404 else None
     return simulated_error(fault.status, fault.retry_after, message)
 
@@ -98,14 +124,24 @@ def _fault_error(fault: FaultAction, not_found_message: str) -> SimulatorHTTPErr
 async def _image_bytes(state: SimulatorState, task: SimTask, index: int) -> bytes:
     config = state.config
     width, height = served_size(task.width, task.height, config.image_max_side)
-    key = (task.prompt, index, width, height, config.image_format)
+    key = (task.prompt, index, width, height, config.image_format, task.reference_digest)
     data = state.images.get(key)
     if data is None:
         data = await run_in_threadpool(
-            render_image, task.prompt, index, width, height, config.image_format
+            render_image, task.prompt, index, width, height, config.image_format, task.reference
         )
         state.images.put(key, data)
     return data
+
+
+def _poll_body(
+    state: SimulatorState, task: SimTask, request: Request, *, consume: bool
+) -> dict[str, Any]:
+    """The task as a poll shows it now (``consume``: this is a poll, see
+    :meth:`SimulatorState.visible_status`)."""
+    now = state.now()
+    status = state.visible_status(task, now, consume=consume)
+    return task_payload(task, now, str(request.base_url), state.config, status)
 
 
 async def _client_gone(request: Request) -> None:
@@ -160,6 +196,10 @@ async def _answer_submit(
         if not waited:
             _record_if_current(state, task, "undelivered")
             return await _no_answer(request, payload)
+    if faults.create_then_status is not None:
+        _record_if_current(state, task, "errored")
+        _record_if_current(state, task, "undelivered")
+        raise simulated_error(faults.create_then_status, task.plan.retry_after_seconds)
     if faults.drop_after_create:
         state.record_answer("dropped")
         state.record_answer("undelivered")
@@ -204,45 +244,104 @@ def create_app(config: SimulatorConfig | None = None) -> FastAPI:
 
     @app.exception_handler(SimulatorHTTPError)
     async def _simulator_error(request: Request, exc: SimulatorHTTPError) -> Response:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        headers = dict(getattr(exc, "headers", None) or {})
+        headers.setdefault("x-request-id", new_request_id())
         return JSONResponse(
             error_body(exc.status_code, str(exc.detail)),
             status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
+            headers=headers,
         )
 
-    @app.post("/v1/images/generations")
-    async def submit(request: Request) -> Response:
-        key_id = _authenticate(request, config)
-        state.record_submit(key_id)
+    async def _refuse_or_create(
+        request: Request, key_id: str
+    ) -> Response | tuple[SimTask, CreationFaults]:
+        """The checks of a submit up to the task's creation (see the order in ``faults``).
+
+        Returns:
+            The answer of an idempotent replay, or the created task and its faults.
+        """
         raw = await request.body()
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             raise SimulatorHTTPError(400, "Malformed JSON body") from None
         generation = validate_generation_request(body)
+        if not config.allow_private_image_urls:
+            check_reference_hosts(generation.image_urls)
         try:
             plan = parse_fault_plan(generation.prompt)
         except MarkerError as err:
             raise SimulatorHTTPError(400, str(err), param="prompt") from None
+        idempotency_key = parse_idempotency_key(request.headers.getlist(IDEMPOTENCY_HEADER))
+        digest = body_hash(body) if idempotency_key is not None else ""
+        if idempotency_key is not None:
+            known = state.idempotent_answer(key_id, idempotency_key, digest)
+            if known is not None:
+                _, original = known
+                return JSONResponse(
+                    _poll_body(state, original, request, consume=False),
+                    headers={REPLAYED_HEADER: "true"},
+                )
+        if generation.model.name in config.denied_models:
+            raise SimulatorHTTPError(403, "Access denied for this model", param="model")
 
         fault = decide_submit_fault(plan, generation.prompt, state.fault_counters, state.dice)
         if fault is not None:
             raise _fault_error(fault, "Specified model not found")
+        reserved = generation.model.credits_per_image * generation.n
+        refusal = state.quota_refusal(key_id, reserved)
+        if refusal is not None:
+            raise refusal
         limit = config.max_concurrent_tasks_per_key
         if limit is not None and state.active_tasks(key_id) >= limit:
             raise SimulatorHTTPError(
                 429,
                 f"Too many concurrent tasks for this API key (limit {limit})",
                 fallback_suggestion=retry_after_suggestion(config.rate_limit_retry_after),
+                retry_after=config.rate_limit_retry_after,
             )
 
         faults = decide_creation_faults(plan, generation.prompt, state.fault_counters, state.dice)
         task = state.create_task(generation, key_id, plan, faults)
+        if idempotency_key is not None:
+            state.remember_idempotency(idempotency_key, digest, task)
+        return task, faults
+
+    @app.post("/v1/images/generations")
+    async def submit(request: Request) -> Response:
+        key_id = _authenticate(request, config)
+        state.record_submit(key_id)
+        try:
+            outcome = await _refuse_or_create(request, key_id)
+        except SimulatorHTTPError as err:
+            if err.status == 402:
+                state.record_quota_refusal(key_id)
+            raise
+        if isinstance(outcome, Response):
+            return outcome
+        task, faults = outcome
         return await _answer_submit(request, state, task, faults)
+
+    @app.get("/v1/tasks")
+    async def list_tasks_of_key(request: Request) -> Response:
+        key_id = _authenticate(request, config)
+        query = parse_list_query(request.query_params)
+        page, total, now = state.list_tasks(key_id, query)
+        base_url = str(request.base_url)
+        data = []
+        for task in page:
+            status = state.visible_status(task, now, consume=False)
+            entry = task_payload(task, now, base_url, config, status)
+            if config.task_list_echoes_prompt:
+                entry["prompt"] = task.prompt
+            data.append(entry)
+        return JSONResponse(
+            {"data": data, "total": total, "page": query.page, "page_size": query.page_size}
+        )
 
     @app.get("/v1/tasks/{task_id}")
     async def query_task(task_id: str, request: Request) -> Response:
@@ -259,7 +358,7 @@ def create_app(config: SimulatorConfig | None = None) -> FastAPI:
             if fault.kind == "malformed":
                 return _malformed_poll_body(task)
             raise _fault_error(fault, "Task not found or expired")
-        return JSONResponse(task_payload(task, state.now(), str(request.base_url), config))
+        return JSONResponse(_poll_body(state, task, request, consume=True))
 
     @app.get("/files/{task_id}/{filename}")
     async def download(task_id: str, filename: str) -> Response:
@@ -308,6 +407,21 @@ def create_app(config: SimulatorConfig | None = None) -> FastAPI:
     @app.get("/_sim/tasks")
     async def list_tasks(prompt: str | None = Query(default=None)) -> Response:
         return JSONResponse({"tasks": state.task_listing(prompt)})
+
+    @app.get("/_sim/account")
+    async def account() -> Response:
+        return JSONResponse(state.account_snapshot())
+
+    @app.post("/_sim/account")
+    async def change_account(request: Request) -> Response:
+        raw = await request.body()
+        try:
+            changes = json.loads(raw) if raw.strip() else {}
+        except (ValueError, UnicodeDecodeError):
+            raise SimulatorHTTPError(400, "Malformed JSON body") from None
+        state.settle()
+        state.account.apply(changes)
+        return JSONResponse(state.account_snapshot())
 
     @app.post("/_sim/reset")
     async def reset() -> Response:

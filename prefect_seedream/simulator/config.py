@@ -2,7 +2,8 @@
 
 The simulator is configured by one :class:`SimulatorConfig` object. Every field has a default
 that suits interactive use (tasks finish after about two seconds, served images are small
-thumbnails); tests usually lower ``latency_seconds`` and ``jitter_seconds``.
+thumbnails); tests usually lower ``latency_seconds`` and ``jitter_seconds``. Accounts are
+unlimited unless ``account_credits``, ``key_quota_credits`` or ``daily_quota_credits`` is set.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ FAULT_RATE_KEYS: frozenset[str] = frozenset(
         "drop_after_create",
         "submit_hang",
         "submit_late",
+        "create_then_500",
         "task_service_error",
         "task_content_policy",
         "download_500",
@@ -61,6 +63,39 @@ class SimulatorConfig(BaseModel):
             submit whose task was created (finite, >= 0).
         download_max_bytes_oversize: Size in bytes of the body served for the
             ``[[sim:download=oversize]]`` marker.
+        idempotency_ttl_seconds: How long an ``Idempotency-Key`` is remembered, counted from
+            the creation of its task (it is also forgotten when the task itself expires).
+        account_credits: The account's balance, shared by every API key; ``None`` is
+            unlimited. A submit reserves ``credits_per_image * n``; once the task is terminal
+            the reservation becomes the final charge (``credits_per_image`` per generated image
+            when completed, 0 when failed or cancelled: refunded). A submit whose reservation
+            exceeds the balance left is answered 402 ``insufficient_quota``. ``POST
+            /_sim/account`` adds to or sets the balance at run time.
+        key_quota_credits: Lifetime cap of the credits charged to each API key (same
+            accounting per key); ``None`` is unlimited. Exceeding it: 402
+            ``key_quota_exhausted``.
+        daily_quota_credits: Cap per API key per window of ``quota_window_seconds``; ``None``
+            is unlimited. A key's window starts at its first accepted submission and restarts
+            every ``quota_window_seconds`` (on :meth:`SimulatorState.now`, so tests may use
+            ``advance_time``); only tasks created in the current window count. Exceeding it:
+            402 ``key_daily_quota_exhausted`` with a ``Retry-After`` header.
+        quota_window_seconds: Length of the ``daily_quota_credits`` window (> 0).
+        denied_models: Models this account may not use: a submit for one is answered 403
+            ``permission_error`` ("Access denied for this model", ``param: "model"``).
+        task_list_echoes_prompt: Whether the entries of ``GET /v1/tasks`` carry ``"prompt"``.
+            The real list's fields are not documented, so clients must also work without it
+            (set ``False`` to check that they do).
+        fetch_reference_images: Whether the ``image_urls`` of a created task are downloaded
+            (10 s timeout, redirects followed, at most 10 MB each, JPEG/PNG/WEBP/GIF/BMP/TIFF).
+            A task then completes only once every fetch succeeded, and its result images show
+            the first reference in their left half; a failed fetch makes the task fail with
+            ``image_processing_error`` (refunded). Off by default, so that offline runs may
+            use placeholder reference URLs (``https://example.com/a.png``) as before.
+        allow_private_image_urls: Whether ``image_urls`` may name an internal host (loopback,
+            private, link-local, ``localhost``...: literal addresses and such names only, no
+            DNS lookup). The simulator runs offline, so by default it accepts any host; when
+            ``False`` such a URL is refused at submit with 400 ``param: "image_urls"``, as a
+            public API would.
 
     Examples:
         >>> config = SimulatorConfig(latency_seconds=0.2, jitter_seconds=0.0)
@@ -68,6 +103,8 @@ class SimulatorConfig(BaseModel):
         1
         >>> SimulatorConfig(fault_rates={"poll_503": 0.1}).fault_rates["poll_503"]
         0.1
+        >>> sorted(SimulatorConfig(denied_models={"doubao-seedream-4.0"}).denied_models)
+        ['doubao-seedream-4.0']
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -85,6 +122,15 @@ class SimulatorConfig(BaseModel):
     fault_rates: dict[str, float] = Field(default_factory=dict)
     late_submit_seconds: float = Field(default=5.0, ge=0.0, allow_inf_nan=False)
     download_max_bytes_oversize: int = Field(default=64 * 1024 * 1024, ge=8)
+    idempotency_ttl_seconds: float = Field(default=86400.0, ge=0.0, allow_inf_nan=False)
+    account_credits: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
+    key_quota_credits: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
+    daily_quota_credits: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
+    quota_window_seconds: float = Field(default=86400.0, gt=0.0, allow_inf_nan=False)
+    denied_models: frozenset[str] = frozenset()
+    task_list_echoes_prompt: bool = True
+    fetch_reference_images: bool = False
+    allow_private_image_urls: bool = True
 
     @field_validator("api_keys")
     @classmethod

@@ -3,10 +3,24 @@
 Every error answer of the simulator has the body
 ``{"error": {"code": <int HTTP status>, "message": "...", "type": "...", "param": "...",
 "fallback_suggestion": "..."}}`` where ``param`` and ``fallback_suggestion`` are optional.
+
+Newer answers (section 5 of ``evolink-api.md``) add to this:
+
+- a string ``code`` instead of the integer status on the quota refusals (402
+  ``insufficient_quota``, ``key_quota_exhausted``, ``key_daily_quota_exhausted``: the
+  account's own refusals and ``[[sim:quota_error=CODE]]``) and on 409 ``idempotency_conflict``;
+  ``[[sim:submit_status=402]]`` keeps the integer code of section 3, so both readings can be
+  exercised;
+- ``action_url`` and ``request_id`` in the body of 402 answers;
+- a ``Retry-After`` header (whole seconds, the same number as the ``"retry after N seconds"``
+  hint) on every simulated 429 and 503, and on ``key_daily_quota_exhausted``;
+- an ``x-request-id`` header on every error answer (the app adds it, see
+  :meth:`SimulatorHTTPError.headers`).
 """
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 #: ``error.type`` for each documented HTTP status.
@@ -30,6 +44,7 @@ DEFAULT_MESSAGES: dict[int, str] = {
     402: "Insufficient credits",
     403: "Access denied for this model",
     404: "Resource not found",
+    409: "Conflict",
     413: "Image file too large",
     429: "Rate limit exceeded",
     500: "Internal server error, please try again later",
@@ -39,6 +54,28 @@ DEFAULT_MESSAGES: dict[int, str] = {
 
 #: HTTP statuses that markers such as ``[[sim:submit_status=...]]`` may ask for.
 SIMULATED_STATUSES: frozenset[int] = frozenset(ERROR_TYPES)
+
+#: Statuses whose simulated answers carry a retry hint and a ``Retry-After`` header.
+RETRY_HINT_STATUSES: frozenset[int] = frozenset({429, 503})
+
+#: ``error.code`` strings of the 402 quota refusals.
+QUOTA_CODES: frozenset[str] = frozenset(
+    {"insufficient_quota", "key_quota_exhausted", "key_daily_quota_exhausted"}
+)
+
+#: ``error.action_url`` of 402 answers.
+BILLING_URL = "https://evolink.ai/dashboard/billing"
+
+
+def new_request_id() -> str:
+    """A fresh request id, ``req-`` and 16 hex digits.
+
+    Examples:
+        >>> rid = new_request_id()
+        >>> rid.startswith("req-"), len(rid)
+        (True, 20)
+    """
+    return f"req-{secrets.token_hex(8)}"
 
 
 def retry_after_suggestion(seconds: int) -> str:
@@ -57,6 +94,9 @@ def error_body(
     *,
     param: str | None = None,
     fallback_suggestion: str | None = None,
+    code: int | str | None = None,
+    action_url: str | None = None,
+    request_id: str | None = None,
 ) -> dict[str, Any]:
     """Build the documented error body for an HTTP status.
 
@@ -65,6 +105,9 @@ def error_body(
         message: Human-readable message; defaults to :data:`DEFAULT_MESSAGES`.
         param: Name of the offending request field, if any.
         fallback_suggestion: Hint such as ``"retry after 30 seconds"``.
+        code: ``error.code``; defaults to the integer ``status``.
+        action_url: ``error.action_url`` (402 answers), if any.
+        request_id: ``error.request_id``, if any.
 
     Returns:
         The JSON-ready body.
@@ -74,9 +117,11 @@ def error_body(
         'invalid_request_error'
         >>> error_body(503, fallback_suggestion="retry after 30 seconds")["error"]["code"]
         503
+        >>> error_body(402, code="insufficient_quota")["error"]["code"]
+        'insufficient_quota'
     """
     error: dict[str, Any] = {
-        "code": status,
+        "code": code if code is not None else status,
         "message": message if message is not None else DEFAULT_MESSAGES.get(status, "Error"),
         "type": ERROR_TYPES.get(
             status, "invalid_request_error" if status < 500 else "internal_server_error"
@@ -86,6 +131,10 @@ def error_body(
         error["param"] = param
     if fallback_suggestion is not None:
         error["fallback_suggestion"] = fallback_suggestion
+    if action_url is not None:
+        error["action_url"] = action_url
+    if request_id is not None:
+        error["request_id"] = request_id
     return {"error": error}
 
 
@@ -97,11 +146,18 @@ class SimulatorHTTPError(Exception):
         message: ``error.message``.
         param: ``error.param`` or ``None``.
         fallback_suggestion: ``error.fallback_suggestion`` or ``None``.
+        code: ``error.code`` when it is not the integer status (a string code), else ``None``.
+        retry_after: Seconds of the ``Retry-After`` header, or ``None`` for no header.
+        action_url: ``error.action_url`` or ``None``.
+        request_id: ``error.request_id`` (and the ``x-request-id`` header) or ``None``, in
+            which case the header carries a fresh id and the body none.
 
     Examples:
         >>> err = SimulatorHTTPError(404, "Task not found or expired")
         >>> err.body()["error"]["type"]
         'not_found_error'
+        >>> SimulatorHTTPError(429, retry_after=3).headers()["Retry-After"]
+        '3'
     """
 
     def __init__(
@@ -111,12 +167,20 @@ class SimulatorHTTPError(Exception):
         *,
         param: str | None = None,
         fallback_suggestion: str | None = None,
+        code: int | str | None = None,
+        retry_after: int | None = None,
+        action_url: str | None = None,
+        request_id: str | None = None,
     ) -> None:
         super().__init__(message or DEFAULT_MESSAGES.get(status, "Error"))
         self.status = status
         self.message = message
         self.param = param
         self.fallback_suggestion = fallback_suggestion
+        self.code = code
+        self.retry_after = retry_after
+        self.action_url = action_url
+        self.request_id = request_id
 
     def body(self) -> dict[str, Any]:
         """The JSON body of this error."""
@@ -125,7 +189,17 @@ class SimulatorHTTPError(Exception):
             self.message,
             param=self.param,
             fallback_suggestion=self.fallback_suggestion,
+            code=self.code,
+            action_url=self.action_url,
+            request_id=self.request_id,
         )
+
+    def headers(self) -> dict[str, str]:
+        """Response headers: ``x-request-id`` always, ``Retry-After`` when set."""
+        headers = {"x-request-id": self.request_id or new_request_id()}
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(self.retry_after)
+        return headers
 
 
 def simulated_error(
@@ -133,11 +207,58 @@ def simulated_error(
 ) -> SimulatorHTTPError:
     """An error for a fault marker or a random fault, with a retry hint for 429 and 503.
 
+    The hint is both the ``fallback_suggestion`` text and a ``Retry-After`` header.
+
     Examples:
         >>> simulated_error(429, 2).fallback_suggestion
         'retry after 2 seconds'
+        >>> simulated_error(503, 2).headers()["Retry-After"]
+        '2'
         >>> simulated_error(500, 2).fallback_suggestion is None
         True
     """
-    suggestion = retry_after_suggestion(retry_after) if status in (429, 503) else None
-    return SimulatorHTTPError(status, message, fallback_suggestion=suggestion)
+    if status in RETRY_HINT_STATUSES:
+        return SimulatorHTTPError(
+            status,
+            message,
+            fallback_suggestion=retry_after_suggestion(retry_after),
+            retry_after=retry_after,
+        )
+    return SimulatorHTTPError(status, message)
+
+
+def quota_error(
+    code: str, message: str | None = None, *, retry_after: int | None = None
+) -> SimulatorHTTPError:
+    """A 402 quota refusal with a string ``code``, ``action_url`` and ``request_id``.
+
+    Args:
+        code: One of :data:`QUOTA_CODES`.
+        message: ``error.message``; defaults to a sentence naming the code.
+        retry_after: Seconds until the refusal may go away (daily windows): sets the
+            ``Retry-After`` header and the ``"retry after N seconds"`` suggestion.
+
+    Examples:
+        >>> err = quota_error("key_daily_quota_exhausted", retry_after=60)
+        >>> body = err.body()["error"]
+        >>> body["code"], body["type"], body["fallback_suggestion"]
+        ('key_daily_quota_exhausted', 'insufficient_quota_error', 'retry after 60 seconds')
+        >>> body["action_url"], body["request_id"].startswith("req-")
+        ('https://evolink.ai/dashboard/billing', True)
+    """
+    default = {
+        "insufficient_quota": "Insufficient credits",
+        "key_quota_exhausted": "The quota of this API key is used up",
+        "key_daily_quota_exhausted": "The daily quota of this API key is used up",
+    }
+    return SimulatorHTTPError(
+        402,
+        message if message is not None else default.get(code, "Insufficient credits"),
+        code=code,
+        retry_after=retry_after,
+        fallback_suggestion=(
+            retry_after_suggestion(retry_after) if retry_after is not None else None
+        ),
+        action_url=BILLING_URL,
+        request_id=new_request_id(),
+    )

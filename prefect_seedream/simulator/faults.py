@@ -17,14 +17,18 @@ every time.
 | marker | effect | ``*N`` counts |
 |---|---|---|
 | ``[[sim:task_error=CODE]]`` | the task ends ``failed`` with ``error.code`` CODE (any code, e.g. ``content_policy_violation``, ``service_error``); message ``simulated failure: CODE`` | tasks created with this prompt |
-| ``[[sim:submit_status=STATUS]]`` | submit answers HTTP STATUS (400, 401, 402, 403, 404, 413, 429, 500, 502, 503) with the documented error body; no task is created | submissions of this prompt |
-| ``[[sim:retry_after=R]]`` | seconds in the ``"retry after R seconds"`` ``fallback_suggestion`` of simulated 429/503 answers (default 1) | (not counted) |
+| ``[[sim:submit_status=STATUS]]`` | submit answers HTTP STATUS (400, 401, 402, 403, 404, 413, 429, 500, 502, 503) with the documented error body (integer ``code``, as section 3 of the contract shows it); no task is created | submissions of this prompt |
+| ``[[sim:quota_error=CODE]]`` | submit answers 402 with the string ``code`` CODE (``insufficient_quota``, ``key_quota_exhausted`` or ``key_daily_quota_exhausted``, the last with a ``Retry-After`` header), ``action_url`` and ``request_id``, as the account's own quota refusals do; no task is created | submissions of this prompt |
+| ``[[sim:retry_after=R]]`` | seconds in the ``"retry after R seconds"`` ``fallback_suggestion`` and the ``Retry-After`` header of simulated 429/503 answers (default 1) | (not counted) |
+| ``[[sim:create_then_status=STATUS]]`` | the task IS created (charged, its ``Idempotency-Key`` remembered), then the submit answers HTTP STATUS (any of the ``submit_status`` statuses, typically 500/502/503) with the documented error body instead of the task: a gateway failing after the creation | tasks created with this prompt |
 | ``[[sim:drop_after_create]]`` | the task is created, then the connection is dropped mid-response (declared Content-Length larger than the bytes sent); the client sees a transport error, not a status | tasks created with this prompt |
 | ``[[sim:submit_delay=SECONDS]]`` | the task is created, then the submit response is delayed SECONDS | tasks created with this prompt |
 | ``[[sim:submit_hang]]`` | the task is created (counted, and it runs and completes like any other task, so a poll by id finds it), then the submit response is held open without sending a single byte until the client disconnects; when the server shuts down, the connection is closed without an answer | tasks created with this prompt |
 | ``[[sim:latency=SECONDS]]`` | this task's latency (no jitter) instead of the configured one; a huge value never finishes | tasks created with this prompt |
 | ``[[sim:images=K]]`` | generate K images (0..15, capped so that reference images + K <= 15) instead of ``n``; ``credits_used`` follows K | tasks created with this prompt |
 | ``[[sim:extra_fields]]`` | task objects carry unknown extra fields at top level and in ``task_info`` / ``usage`` | tasks created with this prompt |
+| ``[[sim:cancel]]`` | the task ends with the terminal status ``cancelled`` (no ``error``, no ``results``, ``credits_used`` 0: refunded) instead of completed or failed (``task_error``); a failed reference fetch still fails it | tasks created with this prompt |
+| ``[[sim:unknown_status=NAME]]`` | polls of a task that is not yet terminal answer ``status: NAME`` (NAME matches ``[a-z_]{1,40}`` and is none of the five known statuses; progress as usual) instead of pending/processing; terminal answers are unchanged | polls of each task answered while it is not terminal |
 | ``[[sim:poll_404*N]]`` | the first N polls of each task answer 404 ``not_found_error`` (eventual consistency) | polls of each task |
 | ``[[sim:poll_status=STATUS*N]]`` | the first N polls of each task answer HTTP STATUS with the documented error body (429/503 with a retry hint) | polls of each task |
 | ``[[sim:poll_malformed*N]]`` | the first N polls of each task answer 200 with a body that is not valid JSON | polls of each task |
@@ -35,6 +39,10 @@ every time.
 | ``[[sim:download=expired]]`` | result URLs answer 404 as if expired | downloads of each URL |
 | ``[[sim:download_delay=SECONDS]]`` | 200 with the full Content-Length; the first half of the image (at least the 8-byte PNG signature) is sent, then the body pauses SECONDS, then the rest is sent (a client killed during the pause leaves a partial image); when the server shuts down during the pause, the connection is dropped | downloads of each URL |
 
+Polls answered by a poll marker do not count toward ``unknown_status``; neither do the task's
+entries in ``GET /v1/tasks`` nor an idempotent replay, which show the status a poll would show
+at that moment without using up a count.
+
 The three poll markers combine in the order ``poll_404``, ``poll_status``, ``poll_malformed``:
 each one, while it fires, consumes its own count, so ``[[sim:poll_404*1]][[sim:poll_status=503*2]]``
 gives 404, 503, 503, then normal answers. Downloads likewise check ``download_status``, then
@@ -43,11 +51,13 @@ counted by) a download that none of these turned into a fault.
 
 The submit answer of a created task: ``submit_hang`` (marker or random) wins, and nothing is
 sent; otherwise the answer waits ``submit_delay`` plus ``late_submit_seconds`` when the random
-``submit_late`` fired, then ``drop_after_create`` cuts it or it is sent. Markers that fire on
-the same submission are each counted, even when ``submit_hang`` makes the others moot. An
-answer that waits (hang or delay) is registered as held: on server shutdown its connection is
+``submit_late`` fired, then ``create_then_status`` (marker or the random ``create_then_500``)
+answers its error status, or else ``drop_after_create`` cuts the answer, or it is sent.
+Markers that fire on the same submission are each counted, even when ``submit_hang`` or
+``create_then_status`` makes the others moot. An answer that waits (hang or delay) is registered as held: on server shutdown its connection is
 closed without an answer, so that shutdown never waits for it. ``GET /_sim/stats`` counts these
-answers (``submits_hung``, ``submits_late``, ``submits_dropped``, ``submits_undelivered``) and
+answers (``submits_hung``, ``submits_late``, ``submits_dropped``, ``submits_errored`` for
+``create_then_status``, and ``submits_undelivered``, which includes the errored ones) and
 ``GET /_sim/tasks`` tells for each task whether its answer was delivered (``answered``).
 
 Random faults
@@ -58,17 +68,24 @@ Random faults
 ``task_content_policy`` (at task creation), ``submit_hang`` (the task is created, its answer
 never comes, as with the marker), ``submit_late`` (the task is created, its answer is delayed
 ``SimulatorConfig.late_submit_seconds``, default 5, on top of any ``submit_delay``),
+``create_then_500`` (the task is created and charged, then the submit answers 500),
 ``poll_500``, ``poll_503``, ``poll_429``, ``download_500``, ``download_truncated``. At creation
 they are drawn in the order task errors, ``drop_after_create``, ``submit_hang``,
-``submit_late``; a random fault is not drawn when a marker already caused the same fault, nor
-``submit_late`` when the answer hangs. A fault whose rate is 0 draws no random number, so a
+``submit_late``, ``create_then_500``; a random fault is not drawn when a marker already caused
+the same fault, nor ``submit_late`` or ``create_then_500`` when the answer hangs. A fault
+whose rate is 0 draws no random number, so a
 configuration without fault rates consumes none, and the same requests in the same order give
 the same faults (``POST /_sim/reset`` re-seeds).
 
-Order of decisions on a submit: authentication, JSON and contract validation (markers only act
-on bodies that pass it), marker syntax, ``submit_status``, random ``submit_500`` /
-``submit_429`` / ``submit_503``, the per-key concurrency limit, then the task is created with its creation-time faults, then its
-answer is hung, delayed, dropped or sent.
+Order of decisions on a submit: authentication; JSON and contract validation (markers only act
+on bodies that pass it), the reference hosts (``allow_private_image_urls``), marker syntax and
+the ``Idempotency-Key`` header's syntax; the idempotency lookup (a replay or a conflict is
+answered here, before any fault marker, quota or concurrency check); the denied models (403);
+``submit_status``, ``quota_error``, random ``submit_500`` / ``submit_429`` / ``submit_503``;
+the account's quotas (402: ``insufficient_quota``, ``key_quota_exhausted``,
+``key_daily_quota_exhausted``); the per-key concurrency limit (429); then the task is created
+with its creation-time faults (and charged, and its ``Idempotency-Key`` remembered), then its
+answer is hung, delayed, errored, dropped or sent.
 """
 
 from __future__ import annotations
@@ -81,7 +98,7 @@ from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Generic, Literal, TypeVar, cast
 
-from .errors import SIMULATED_STATUSES
+from .errors import QUOTA_CODES, SIMULATED_STATUSES
 
 T = TypeVar("T")
 
@@ -91,7 +108,13 @@ MARKER_RE = re.compile(r"\[\[sim:([A-Za-z0-9_]+)(?:=([^\]*]*))?(?:\*([0-9]+))?\]
 #: Values of ``[[sim:download=...]]``.
 DOWNLOAD_MODES: frozenset[str] = frozenset({"truncated", "not_image", "oversize", "expired"})
 
+#: Statuses ``[[sim:unknown_status=...]]`` may not name: the ones clients know.
+KNOWN_TASK_STATUSES: frozenset[str] = frozenset(
+    {"pending", "processing", "completed", "failed", "cancelled"}
+)
+
 _ERROR_CODE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
+_STATUS_NAME_RE = re.compile(r"^[a-z_]{1,40}$")
 
 
 class MarkerError(ValueError):
@@ -139,13 +162,17 @@ class FaultPlan:
 
     task_error: Marker[str] | None = None
     submit_status: Marker[int] | None = None
+    quota_error: Marker[str] | None = None
     retry_after: Marker[int] | None = None
+    create_then_status: Marker[int] | None = None
     drop_after_create: Marker[bool] | None = None
     submit_delay: Marker[float] | None = None
     submit_hang: Marker[bool] | None = None
     latency: Marker[float] | None = None
     images: Marker[int] | None = None
     extra_fields: Marker[bool] | None = None
+    cancel: Marker[bool] | None = None
+    unknown_status: Marker[str] | None = None
     poll_404: Marker[bool] | None = None
     poll_status: Marker[int] | None = None
     poll_malformed: Marker[bool] | None = None
@@ -165,9 +192,9 @@ class FaultPlan:
 
 
 _FLAG_KEYS = frozenset(
-    {"drop_after_create", "submit_hang", "extra_fields", "poll_404", "poll_malformed"}
+    {"drop_after_create", "submit_hang", "extra_fields", "cancel", "poll_404", "poll_malformed"}
 )
-_STATUS_KEYS = frozenset({"submit_status", "poll_status", "download_status"})
+_STATUS_KEYS = frozenset({"submit_status", "create_then_status", "poll_status", "download_status"})
 _SECONDS_KEYS = frozenset({"submit_delay", "latency", "download_delay"})
 KNOWN_MARKERS: frozenset[str] = frozenset(f.name for f in fields(FaultPlan))
 
@@ -202,6 +229,18 @@ def _parse_value(key: str, raw: str | None) -> object:
     if key == "task_error":
         if not _ERROR_CODE_RE.match(raw):
             raise MarkerError("simulator marker 'task_error': code must match [A-Za-z0-9_.-]+")
+        return raw
+    if key == "unknown_status":
+        if not _STATUS_NAME_RE.match(raw) or raw in KNOWN_TASK_STATUSES:
+            raise MarkerError(
+                "simulator marker 'unknown_status': NAME must match [a-z_]{1,40} and not be "
+                "one of " + ", ".join(sorted(KNOWN_TASK_STATUSES))
+            )
+        return raw
+    if key == "quota_error":
+        if raw not in QUOTA_CODES:
+            allowed = ", ".join(sorted(QUOTA_CODES))
+            raise MarkerError(f"simulator marker 'quota_error': value must be one of {allowed}")
         return raw
     if key == "download":
         if raw not in DOWNLOAD_MODES:
@@ -259,6 +298,8 @@ class FaultCounters:
         True
         >>> counters.take("prompt", "latency", None)
         False
+        >>> counters.peek("prompt", "poll_404", marker), counters.peek("other", "poll_404", marker)
+        (False, True)
     """
 
     def __init__(self) -> None:
@@ -275,6 +316,12 @@ class FaultCounters:
             return False
         self._used[(scope, name)] = used + 1
         return True
+
+    def peek(self, scope: str, name: str, marker: Marker[object] | None) -> bool:
+        """Whether ``marker`` would fire now, without using up one of its N."""
+        if marker is None:
+            return False
+        return marker.limit is None or self._used.get((scope, name), 0) < marker.limit
 
     def clear(self) -> None:
         """Forget every count."""
@@ -335,6 +382,7 @@ class FaultAction:
         status: The HTTP status for ``kind == "status"``.
         retry_after: Seconds for the "retry after" hint of 429/503 answers.
         source: The marker key or random fault name that caused it (for logs and tests).
+        code: String ``error.code`` of a ``quota_error`` 402, else ``None``.
 
     Examples:
         >>> FaultAction("status", 503, retry_after=1, source="poll_503").status
@@ -345,6 +393,7 @@ class FaultAction:
     status: int | None = None
     retry_after: int = 1
     source: str = ""
+    code: str | None = None
 
 
 @dataclass(frozen=True)
@@ -361,6 +410,9 @@ class CreationFaults:
         submit_hang: Whether the submit answer is never sent (marker or random fault).
         submit_late: Whether the random ``submit_late`` fault delays the answer by
             ``SimulatorConfig.late_submit_seconds`` (on top of ``submit_delay``).
+        cancelled: Whether the task ends ``cancelled`` (``cancel`` marker).
+        create_then_status: HTTP status answered instead of the created task
+            (``create_then_status`` marker or random ``create_then_500``), or ``None``.
 
     Examples:
         >>> CreationFaults().error_code is None
@@ -375,6 +427,8 @@ class CreationFaults:
     submit_delay: float = 0.0
     submit_hang: bool = False
     submit_late: bool = False
+    cancelled: bool = False
+    create_then_status: int | None = None
 
 
 _RANDOM_TASK_ERRORS: dict[str, str] = {
@@ -395,11 +449,19 @@ def decide_submit_fault(
         503
         >>> decide_submit_fault(plan, "p", counters, dice) is None
         True
+        >>> plan = parse_fault_plan("q [[sim:quota_error=key_quota_exhausted]]")
+        >>> decide_submit_fault(plan, "q", counters, dice).code
+        'key_quota_exhausted'
     """
     if counters.take(prompt, "submit_status", plan.submit_status):
         assert plan.submit_status is not None
         return FaultAction(
             "status", plan.submit_status.value, plan.retry_after_seconds, "submit_status"
+        )
+    if counters.take(prompt, "quota_error", plan.quota_error):
+        assert plan.quota_error is not None
+        return FaultAction(
+            "status", 402, plan.retry_after_seconds, "quota_error", plan.quota_error.value
         )
     fault = dice.first(["submit_500", "submit_429", "submit_503"])
     if fault is not None:
@@ -423,6 +485,12 @@ def decide_creation_faults(
         [True, False]
         >>> late = FaultDice({"submit_late": 1.0}, 0)
         >>> decide_creation_faults(FaultPlan(), "p", counters, late).submit_late
+        True
+        >>> plan = parse_fault_plan("c [[sim:create_then_status=502*1]] [[sim:cancel]]")
+        >>> faults = decide_creation_faults(plan, "c", counters, dice)
+        >>> faults.create_then_status, faults.cancelled
+        (502, True)
+        >>> decide_creation_faults(plan, "c", counters, dice).create_then_status is None
         True
     """
     error_code: str | None = None
@@ -455,7 +523,16 @@ def decide_creation_faults(
     )
     hang = counters.take(prompt, "submit_hang", plan.submit_hang) or dice.roll("submit_hang")
     late = not hang and dice.roll("submit_late")
-    return CreationFaults(error_code, latency, images, extra_fields, drop, delay, hang, late)
+    cancelled = counters.take(prompt, "cancel", plan.cancel)
+    create_then: int | None = None
+    if counters.take(prompt, "create_then_status", plan.create_then_status):
+        assert plan.create_then_status is not None
+        create_then = plan.create_then_status.value
+    elif not hang and dice.roll("create_then_500"):
+        create_then = 500
+    return CreationFaults(
+        error_code, latency, images, extra_fields, drop, delay, hang, late, cancelled, create_then
+    )
 
 
 def decide_poll_fault(

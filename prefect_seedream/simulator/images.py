@@ -3,6 +3,9 @@
 An image depends only on the prompt, its index, its size and its format: the two gradient
 colours come from ``sha256(prompt)`` (all images of one prompt share a palette) and the pattern
 drawn on top from ``sha256(index + prompt)``, so the images of a task differ from each other.
+A task whose reference images were fetched (``SimulatorConfig.fetch_reference_images``) shows
+its first reference, resized to fill the left half (``width // 2`` by ``height`` pixels), in
+every result image; the rest is drawn as above.
 """
 
 from __future__ import annotations
@@ -47,7 +50,14 @@ def served_size(width: int, height: int, max_side: int | None) -> tuple[int, int
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def render_image(prompt: str, index: int, width: int, height: int, fmt: ImageFormat) -> bytes:
+def render_image(
+    prompt: str,
+    index: int,
+    width: int,
+    height: int,
+    fmt: ImageFormat,
+    reference: bytes | None = None,
+) -> bytes:
     """Render one result image.
 
     Args:
@@ -56,6 +66,7 @@ def render_image(prompt: str, index: int, width: int, height: int, fmt: ImageFor
         width: Width in pixels.
         height: Height in pixels.
         fmt: ``"png"`` or ``"jpeg"``.
+        reference: An encoded reference image, pasted (resized) over the left half.
 
     Returns:
         The encoded image.
@@ -66,6 +77,11 @@ def render_image(prompt: str, index: int, width: int, height: int, fmt: ImageFor
         True
         >>> data == render_image("a red fox", 0, 64, 32, "png")
         True
+        >>> blue = io.BytesIO()
+        >>> Image.new("RGB", (8, 8), (0, 0, 255)).save(blue, format="PNG")
+        >>> pasted = render_image("a red fox", 0, 64, 32, "png", reference=blue.getvalue())
+        >>> Image.open(io.BytesIO(pasted)).getpixel((10, 20))
+        (0, 0, 255)
     """
     palette = hashlib.sha256(prompt.encode("utf-8")).digest()
     pattern = hashlib.sha256(f"{index}:{prompt}".encode()).digest()
@@ -92,6 +108,10 @@ def render_image(prompt: str, index: int, width: int, height: int, fmt: ImageFor
             draw.ellipse(box, fill=accent)
         else:
             draw.rectangle(box, outline=accent, width=outline_width)
+    if reference is not None and width >= 2:
+        with Image.open(io.BytesIO(reference)) as source:
+            pasted = source.convert("RGB").resize((width // 2, height))
+        image.paste(pasted, (0, 0))
 
     buffer = io.BytesIO()
     if fmt == "png":

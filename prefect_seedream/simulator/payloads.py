@@ -9,7 +9,10 @@ A submit answer::
      "usage": {"billing_rule": "per_call", "credits_reserved": 2.0, "user_group": "default"}}
 
 A poll adds ``results`` (completed) or ``error`` (failed), ``task_info.can_cancel`` false and
-``usage.credits_used`` once the task is terminal.
+``usage.credits_used`` once the task is terminal (``cancelled`` tasks have neither ``results``
+nor ``error``, and ``credits_used`` 0). The same body is used for the entries of
+``GET /v1/tasks`` (plus ``prompt`` when ``SimulatorConfig.task_list_echoes_prompt``) and for
+idempotent replays.
 """
 
 from __future__ import annotations
@@ -93,9 +96,21 @@ def submit_payload(task: SimTask, config: SimulatorConfig) -> dict[str, Any]:
 
 
 def task_payload(
-    task: SimTask, now: float, base_url: str, config: SimulatorConfig
+    task: SimTask,
+    now: float,
+    base_url: str,
+    config: SimulatorConfig,
+    status: str | None = None,
 ) -> dict[str, Any]:
     """The HTTP 200 body of a poll at state-clock time ``now``.
+
+    Args:
+        task: The task.
+        now: State-clock time.
+        base_url: Root URL of the simulator (for result URLs).
+        config: The simulator's configuration.
+        status: Status shown instead of pending/processing (``[[sim:unknown_status]]``, see
+            :meth:`SimulatorState.visible_status`); ignored once the task is terminal.
 
     Examples:
         >>> from prefect_seedream.simulator.rules import MODEL_RULES
@@ -106,27 +121,37 @@ def task_payload(
         >>> body = task_payload(task, 2.0, "http://127.0.0.1:8787/", SimulatorConfig())
         >>> body["status"], body["error"]["code"], body["usage"]["credits_used"]
         ('failed', 'service_error', 0.0)
+        >>> body = task_payload(task, 0.5, "http://127.0.0.1:8787/", SimulatorConfig(),
+        ...                     status="queued")
+        >>> body["status"], body["progress"], body["task_info"]["estimated_time"]
+        ('queued', 50, 1)
     """
-    status, progress = task.status_at(now)
+    actual, progress = task.status_at(now)
     body: dict[str, Any] = {
         "created": task.created,
         "id": task.id,
         "model": task.model.name,
         "object": OBJECT_TYPE,
         "progress": progress,
-        "status": status,
+        "status": actual,
     }
-    if status == "completed":
+    if actual == "completed":
         body["results"] = result_urls(task, base_url, config)
         body["task_info"] = {"can_cancel": False}
         used: int | None = task.image_count
-    elif status == "failed":
+    elif actual == "failed":
         code = task.error_code or "unknown_error"
-        body["error"] = {"code": code, "message": f"simulated failure: {code}"}
+        message = task.error_message or f"simulated failure: {code}"
+        body["error"] = {"code": code, "message": message}
+        body["task_info"] = {"can_cancel": False}
+        used = 0
+    elif actual == "cancelled":
         body["task_info"] = {"can_cancel": False}
         used = 0
     else:
-        remaining = max(0, math.ceil(task.finishes_at - now))
+        if status is not None:
+            body["status"] = status
+        remaining = max(0, math.ceil(task.scheduled_end - now))
         body["task_info"] = {"can_cancel": True, "estimated_time": remaining}
         used = None
     body["type"] = "image"

@@ -15,6 +15,8 @@ other's mistakes.
 
 Both: aspect ratio W/H in [1/16, 16]; ``n`` in 1..15; ``len(image_urls) + n <= 15``; prompt
 1..2000 characters; ``callback_url`` https only, no internal address, <= 2048 characters.
+``image_urls`` items must be http(s) URLs; when ``SimulatorConfig.allow_private_image_urls``
+is off they must not name an internal host either (:func:`check_reference_hosts`).
 """
 
 from __future__ import annotations
@@ -216,6 +218,30 @@ def _check_image_urls(value: Any, rules: ModelRules) -> tuple[str, ...]:
         if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
             raise _invalid("each image_urls item must be an http(s) URL", "image_urls")
     return tuple(value)
+
+
+def check_reference_hosts(image_urls: tuple[str, ...]) -> None:
+    """Refuse reference URLs on internal hosts, as a public API does.
+
+    Only the host as written is checked (an IP literal, ``localhost``, ``*.localhost``,
+    ``*.local``); names are not resolved.
+
+    Raises:
+        SimulatorHTTPError: 400 ``invalid_request_error`` with ``param: "image_urls"``.
+
+    Examples:
+        >>> check_reference_hosts(("https://cdn.example.com/a.png",))
+        >>> try:
+        ...     check_reference_hosts(("http://127.0.0.1:8000/a.png",))
+        ... except SimulatorHTTPError as err:
+        ...     err.status, err.param
+        (400, 'image_urls')
+    """
+    for url in image_urls:
+        if _is_internal_host(urlsplit(url).hostname or ""):
+            raise _invalid(
+                f"image_urls must not point to an internal address: {url[:100]}", "image_urls"
+            )
 
 
 def validate_generation_request(body: Any) -> GenerationRequest:

@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from .app import create_app, get_state
 from .config import FAULT_RATE_KEYS, SimulatorConfig
 from .holds import ClientAddress, HeldResponses
+from .references import ReferenceFetcher
 from .state import SimulatorState
 
 DEFAULT_PORT = 8787
@@ -65,21 +66,30 @@ class SimulatorServer(uvicorn.Server):
     requests. Before it starts, this server closes the connections of held submits (hung or
     delayed: the client sees the connection close without an answer) and ends every held
     wait (:meth:`HeldResponses.release`: paused downloads drop their connection), so the
-    shutdown waits for none of them.
+    shutdown waits for none of them. Reference image fetches in progress are cancelled.
 
     Args:
         config: uvicorn's configuration.
         holds: The held responses of the app being served.
+        references: The app's reference image fetcher, if any.
     """
 
-    def __init__(self, config: uvicorn.Config, holds: HeldResponses) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        holds: HeldResponses,
+        references: ReferenceFetcher | None = None,
+    ) -> None:
         super().__init__(config)
         self.holds = holds
+        self.references = references
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        """Release held responses, then shut down like uvicorn."""
+        """Release held responses, cancel reference fetches, then shut down like uvicorn."""
         _close_held_connections(self.server_state.connections, self.holds.clients)
         self.holds.release()
+        if self.references is not None:
+            await self.references.aclose()
         await super().shutdown(sockets=sockets)
 
 
@@ -91,7 +101,8 @@ def _uvicorn_server(app: FastAPI, log_level: str) -> SimulatorServer:
         lifespan="off",
         timeout_graceful_shutdown=2,
     )
-    return SimulatorServer(config, get_state(app).holds)
+    state = get_state(app)
+    return SimulatorServer(config, state.holds, state.references)
 
 
 def _url_host(host: str) -> str:
@@ -166,6 +177,21 @@ class RunningSimulator:
         """``POST /_sim/reset``: forget every task and counter."""
         self._client.post("/_sim/reset").raise_for_status()
 
+    def account(self, **changes: Any) -> dict[str, Any]:
+        """``POST /_sim/account`` with ``changes`` (``add_credits``, ``set_credits``,
+        ``reset_quotas``); without changes it only reads. Returns the account state.
+
+        Examples:
+            >>> config = SimulatorConfig(latency_seconds=0.1, account_credits=5)
+            >>> with running_simulator(config) as sim:
+            ...     sim.account(add_credits=2.5)["credits_balance"]
+            7.5
+        """
+        response = self._client.post("/_sim/account", json=changes)
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
+
     def tasks(self, prompt: str | None = None) -> list[dict[str, Any]]:
         """``GET /_sim/tasks``: the live tasks, of one exact prompt text if given."""
         params = {"prompt": prompt} if prompt is not None else None
@@ -175,7 +201,7 @@ class RunningSimulator:
         return tasks
 
     def close(self) -> None:
-        """Release the HTTP client used by :meth:`stats` and :meth:`reset`."""
+        """Release the HTTP client used by :meth:`stats`, :meth:`reset` and the others."""
         self._client.close()
 
 
@@ -199,13 +225,17 @@ def running_simulator(
     config: SimulatorConfig | None = None,
     host: str = "127.0.0.1",
     log_level: str = "warning",
+    port: int = 0,
+    fallback_to_free_port: bool = False,
 ) -> Iterator[RunningSimulator]:
-    """Serve a simulator on a free loopback port in a background thread.
+    """Serve a simulator on a loopback port (a free one by default) in a background thread.
 
     Args:
         config: Behaviour of the simulator; defaults to ``SimulatorConfig()``.
         host: Interface to listen on.
         log_level: uvicorn log level; the access log is always off.
+        port: Port to listen on (0: a free one).
+        fallback_to_free_port: When ``port`` is taken, listen on a free one instead of failing.
 
     Yields:
         A :class:`RunningSimulator`; the server shuts down when the block exits.
@@ -217,7 +247,12 @@ def running_simulator(
         {'ok': True}
     """
     app = create_app(config)
-    sock = _bind(host, 0)
+    try:
+        sock = _bind(host, port)
+    except OSError:
+        if not fallback_to_free_port or port == 0:
+            raise
+        sock = _bind(host, 0)
     port = sock.getsockname()[1]
     server = _uvicorn_server(app, log_level)
     thread = threading.Thread(
@@ -291,6 +326,48 @@ def build_parser() -> argparse.ArgumentParser:
         default=5.0,
         help="delay of answers hit by the random submit_late fault (default 5)",
     )
+    parser.add_argument(
+        "--account-credits",
+        type=float,
+        default=None,
+        metavar="X",
+        help="the account's balance, shared by every key (default: unlimited)",
+    )
+    parser.add_argument(
+        "--key-quota",
+        type=float,
+        default=None,
+        metavar="X",
+        help="lifetime credits per API key (default: unlimited)",
+    )
+    parser.add_argument(
+        "--daily-quota",
+        type=float,
+        default=None,
+        metavar="X",
+        help="credits per API key per quota window (default: unlimited)",
+    )
+    parser.add_argument(
+        "--quota-window",
+        type=float,
+        default=86400.0,
+        metavar="SECONDS",
+        help="length of the --daily-quota window (default 86400)",
+    )
+    parser.add_argument(
+        "--deny-model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="answer 403 to submits for this model (repeatable)",
+    )
+    parser.add_argument(
+        "--fetch-reference-images",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="download the image_urls of tasks, as the real API does (a failure fails the task; "
+        "default: on; SimulatorConfig's default is off)",
+    )
     parser.add_argument("--log-level", default="warning", help="uvicorn log level")
     return parser
 
@@ -303,6 +380,14 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         >>> config = config_from_args(args)
         >>> config.image_max_side is None, config.api_keys
         (True, {'k'})
+        >>> args = build_parser().parse_args(
+        ...     ["--account-credits", "10", "--daily-quota", "4", "--quota-window", "60",
+        ...      "--deny-model", "doubao-seedream-4.0"])
+        >>> config = config_from_args(args)
+        >>> config.account_credits, config.daily_quota_credits, config.quota_window_seconds
+        (10.0, 4.0, 60.0)
+        >>> sorted(config.denied_models)
+        ['doubao-seedream-4.0']
     """
     return SimulatorConfig(
         api_keys=set(args.api_key) if args.api_key else None,
@@ -315,6 +400,12 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         max_concurrent_tasks_per_key=args.max_concurrency,
         fault_rates=dict(args.fault_rate),
         late_submit_seconds=args.late_submit_seconds,
+        account_credits=args.account_credits,
+        key_quota_credits=args.key_quota,
+        daily_quota_credits=args.daily_quota,
+        quota_window_seconds=args.quota_window,
+        denied_models=frozenset(args.deny_model),
+        fetch_reference_images=args.fetch_reference_images,
     )
 
 

@@ -1,15 +1,23 @@
-"""In-memory state of a simulator: tasks, counters, statistics and concurrency.
+"""In-memory state of a simulator: tasks, counters, statistics, concurrency and credits.
 
 One :class:`SimulatorState` lives in ``app.state.sim``. Every route runs on the server's single
 asyncio event loop and never awaits while it changes the state, so no lock is needed.
 Time is read through :meth:`SimulatorState.now`, which tests may move forward with
 :meth:`SimulatorState.advance_time` instead of sleeping.
+
+A task's status is derived from the clock (:meth:`SimTask.status_at`), so nothing happens
+when a task finishes. What depends on tasks becoming terminal (the number of active tasks per
+key, the credits charged, the expiry of results) is settled lazily by
+:meth:`SimulatorState.settle`, which pops a heap of finish times: O(log n) per task, never a
+scan of every task per request.
 """
 
 from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
+import math
 import random
 import secrets
 import string
@@ -17,13 +25,24 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from .billing import Account, Reservation, credits_value
 from .config import SimulatorConfig
+from .errors import SimulatorHTTPError
 from .faults import CreationFaults, FaultCounters, FaultDice, FaultPlan
 from .holds import HeldResponses
+from .idempotency import IdempotencyStore, conflict_error
 from .images import ImageCache
+from .listing import ListQuery, page_of
+from .references import FetchOutcome, ReferenceFetcher
 from .rules import MAX_IMAGES_TOTAL, GenerationRequest, ModelRules
 
-TaskStatus = Literal["pending", "processing", "completed", "failed"]
+TaskStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]
+#: Statuses after which a task never changes.
+TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+#: Where the reference images of a task are: not fetched (none, or fetching is off),
+#: being fetched, all fetched, or one failed.
+FetchState = Literal["none", "pending", "done", "failed"]
 
 #: Fraction of a task's latency during which it is reported ``pending``.
 PENDING_FRACTION = 0.2
@@ -55,8 +74,9 @@ class SimTask:
         width: Requested width.
         height: Requested height.
         created: Unix time of creation (seconds).
-        created_at: :meth:`SimulatorState.now` at creation.
-        latency: Seconds from creation until the task is terminal.
+        created_at: :meth:`SimulatorState.now` at creation (strictly increasing per state).
+        latency: Seconds from creation until the task is terminal (when its reference images,
+            if fetched, are in by then).
         error_code: ``error.code`` of a task that fails, else ``None``.
         extra_fields: Whether task objects carry unknown extra fields.
         plan: The prompt's fault markers.
@@ -64,8 +84,18 @@ class SimTask:
         downloads: Number of downloads of this task's results so far.
         created_unix: :meth:`SimulatorState.wall_time` at creation (float seconds).
         answered: Whether the submit's 200 answer (with the task id) was sent on a connection
-            that was still open; ``False`` while a delayed answer waits, and for hung, dropped
-            and abandoned answers.
+            that was still open; ``False`` while a delayed answer waits, and for hung, dropped,
+            errored (``create_then_status``) and abandoned answers.
+        cancelled: Whether the task ends ``cancelled`` (``[[sim:cancel]]``).
+        error_message: ``error.message`` when it is not ``simulated failure: CODE`` (a failed
+            reference fetch).
+        image_urls: The reference image URLs of the request.
+        fetch_state: See :data:`FetchState`.
+        fetch_done_at: State-clock time at which the reference fetches ended.
+        reference: Bytes of the first reference image once fetched (pasted into results).
+        reference_digest: SHA-256 (hex) of :attr:`reference`.
+        reservation: What the task counts in the account (set at creation by the state).
+        settled: Whether the state has counted the task as terminal.
 
     Examples:
         >>> from prefect_seedream.simulator.rules import validate_generation_request
@@ -74,6 +104,8 @@ class SimTask:
         >>> task = state.create_task(req, "k", FaultPlan(), CreationFaults())
         >>> task.status_at(task.created_at + 0.5)
         ('processing', 50)
+        >>> task.status_at(task.created_at + 1.0), task.credits_at(task.created_at + 1.0)
+        (('completed', 100), 2.0)
     """
 
     id: str
@@ -94,11 +126,56 @@ class SimTask:
     downloads: int = 0
     created_unix: float = 0.0
     answered: bool = False
+    cancelled: bool = False
+    error_message: str | None = None
+    image_urls: tuple[str, ...] = ()
+    fetch_state: FetchState = "none"
+    fetch_done_at: float | None = None
+    reference: bytes | None = None
+    reference_digest: str | None = None
+    reservation: Reservation | None = None
+    settled: bool = False
+
+    @property
+    def scheduled_end(self) -> float:
+        """State-clock time at which the generation itself is over (creation + latency)."""
+        return self.created_at + self.latency
 
     @property
     def finishes_at(self) -> float:
-        """State-clock time at which the task becomes terminal."""
-        return self.created_at + self.latency
+        """State-clock time at which the task becomes terminal.
+
+        ``inf`` while reference images are being fetched; the fetch's end if one failed;
+        else the later of :attr:`scheduled_end` and the fetch's end.
+        """
+        if self.fetch_state == "pending":
+            return math.inf
+        if self.fetch_done_at is not None:
+            if self.fetch_state == "failed":
+                return self.fetch_done_at
+            return max(self.scheduled_end, self.fetch_done_at)
+        return self.scheduled_end
+
+    @property
+    def terminal_status(self) -> TaskStatus:
+        """The status the task ends with: a failed fetch, else cancelled, failed, completed."""
+        if self.fetch_state == "failed":
+            return "failed"
+        if self.cancelled:
+            return "cancelled"
+        return "failed" if self.error_code is not None else "completed"
+
+    @property
+    def reserved_credits(self) -> float:
+        """Credits reserved at creation: ``credits_per_image * n``."""
+        return self.model.credits_per_image * self.n
+
+    @property
+    def final_credits(self) -> float:
+        """The charge once terminal: per generated image if completed, else 0 (refunded)."""
+        if self.terminal_status != "completed":
+            return 0.0
+        return self.model.credits_per_image * self.image_count
 
     def is_active(self, now: float) -> bool:
         """Whether the task is still non-terminal at ``now``."""
@@ -108,15 +185,20 @@ class SimTask:
         """``(status, progress)`` at ``now``, derived from the elapsed time.
 
         Pending for the first 20% of the latency (progress 0), then processing with a
-        proportional progress in 1..99, then completed or failed (progress 100).
+        proportional progress in 1..99 (99 while reference fetches outlast the latency),
+        then :attr:`terminal_status` (progress 100).
         """
+        if now >= self.finishes_at:
+            return self.terminal_status, 100
         elapsed = now - self.created_at
-        if elapsed >= self.latency:
-            return ("failed" if self.error_code is not None else "completed"), 100
         if elapsed < PENDING_FRACTION * self.latency:
             return "pending", 0
-        progress = int(elapsed / self.latency * 100)
+        progress = int(elapsed / self.latency * 100) if self.latency > 0 else 99
         return "processing", min(99, max(1, progress))
+
+    def credits_at(self, now: float) -> float:
+        """The task's charge at ``now``: its reservation until terminal, then the final one."""
+        return self.reserved_credits if self.is_active(now) else self.final_credits
 
     def is_expired(self, now: float, ttl: float) -> bool:
         """Whether the task and its results are gone (``ttl`` seconds after completion)."""
@@ -143,7 +225,25 @@ class KeyCounters:
         return asdict(self)
 
 
-SubmitAnswerFault = Literal["hung", "late", "dropped", "undelivered"]
+@dataclass
+class AccountCounters:
+    """Idempotency and quota counters, for one API key or in total.
+
+    Examples:
+        >>> AccountCounters(quota_refusals=1).as_dict()["quota_refusals"]
+        1
+    """
+
+    idempotent_replays: int = 0
+    idempotency_conflicts: int = 0
+    quota_refusals: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters as a JSON-ready dict."""
+        return asdict(self)
+
+
+SubmitAnswerFault = Literal["hung", "late", "dropped", "errored", "undelivered"]
 
 
 @dataclass
@@ -155,9 +255,11 @@ class SubmitAnswerCounters:
         late: Answers delayed by ``submit_delay`` or the random ``submit_late`` (counted when
             the delay starts, whether or not the answer is delivered in the end).
         dropped: Answers cut by ``drop_after_create`` (marker or random).
+        errored: Answers replaced by an error status by ``create_then_status`` (marker or the
+            random ``create_then_500``).
         undelivered: Tasks created whose 200 answer was not sent on an open connection:
-            hung, dropped, delayed answers whose client had gone (or that a shutdown ended),
-            and answers to a client that disconnected before them.
+            hung, dropped, errored, delayed answers whose client had gone (or that a shutdown
+            ended), and answers to a client that disconnected before them.
 
     Examples:
         >>> SubmitAnswerCounters(hung=1).as_dict()["submits_hung"]
@@ -167,11 +269,15 @@ class SubmitAnswerCounters:
     hung: int = 0
     late: int = 0
     dropped: int = 0
+    errored: int = 0
     undelivered: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a JSON-ready dict, keys prefixed with ``submits_``."""
         return {f"submits_{name}": value for name, value in asdict(self).items()}
+
+
+IdempotentAnswer = Literal["replay", "conflict"]
 
 
 class SimulatorState:
@@ -194,16 +300,31 @@ class SimulatorState:
         self.images = ImageCache()
         self.totals = KeyCounters()
         self.per_key: dict[str, KeyCounters] = {}
+        self.account_totals = AccountCounters()
+        self.per_key_account: dict[str, AccountCounters] = {}
         self.submissions_by_prompt: dict[str, int] = {}
         self.answers = SubmitAnswerCounters()
         self.holds = HeldResponses()
+        self.account = Account(config)
+        self.idempotency: IdempotencyStore[SimTask] = IdempotencyStore()
+        self.references = ReferenceFetcher()
+        self.task_list_requests = 0
         self.time_offset = 0.0
         self._jitter_rng = random.Random(config.seed)
-        # Heaps of (time, task id), so that counting active tasks and forgetting expired ones
-        # cost O(log n) per task, not a scan of every task per request: a run of 20,000 rows
-        # would otherwise spend most of the simulator's CPU scanning.
-        self._running: dict[str, list[tuple[float, str]]] = {}
-        self._expiring: list[tuple[float, str]] = []
+        self._seq = itertools.count()
+        self._last_created_at = -math.inf
+        # Heaps of (time, sequence, task), so that counting active tasks, settling charges and
+        # forgetting expired tasks cost O(log n) per task, not a scan of every task per
+        # request: a run of 20,000 rows would otherwise spend most of the simulator's CPU
+        # scanning.
+        self._finishing: list[tuple[float, int, SimTask]] = []
+        self._expiring: list[tuple[float, int, SimTask]] = []
+        self._active: dict[str, int] = {}
+        self._active_total = 0
+        # Each key's tasks in creation order (for GET /v1/tasks), and how many of them have
+        # expired since the list was last compacted.
+        self._by_key: dict[str, list[SimTask]] = {}
+        self._expired_listed: dict[str, int] = {}
 
     # -- time -------------------------------------------------------------------------------
 
@@ -236,6 +357,13 @@ class SimulatorState:
             counters = self.per_key[key_id] = KeyCounters()
         return counters
 
+    def account_counters(self, key_id: str) -> AccountCounters:
+        """The idempotency and quota counters of one key, created on first use."""
+        counters = self.per_key_account.get(key_id)
+        if counters is None:
+            counters = self.per_key_account[key_id] = AccountCounters()
+        return counters
+
     def record_submit(self, key_id: str) -> None:
         """Count an authenticated submit request."""
         self.totals.submit_requests += 1
@@ -247,7 +375,7 @@ class SimulatorState:
         self.key_counters(key_id).polls += 1
 
     def record_answer(self, fault: SubmitAnswerFault) -> None:
-        """Count a submit answer that was hung, delayed, dropped or not delivered."""
+        """Count a submit answer that was hung, delayed, dropped, errored or not delivered."""
         setattr(self.answers, fault, getattr(self.answers, fault) + 1)
 
     def record_download(self, task: SimTask | None) -> None:
@@ -257,19 +385,44 @@ class SimulatorState:
             task.downloads += 1
             self.key_counters(task.key_id).downloads += 1
 
+    def record_quota_refusal(self, key_id: str) -> None:
+        """Count a submit answered 402."""
+        self.account_totals.quota_refusals += 1
+        self.account_counters(key_id).quota_refusals += 1
+
+    # -- settling ---------------------------------------------------------------------------
+
+    def settle(self) -> float:
+        """Count every task that became terminal by now; returns :meth:`now`.
+
+        A terminal task leaves its key's active count, its reservation is replaced by its final
+        charge, and its expiry is scheduled.
+        """
+        now = self.now()
+        while self._finishing and self._finishing[0][0] <= now:
+            when, _, task = heapq.heappop(self._finishing)
+            if task.settled or when != task.finishes_at:
+                continue  # a stale entry: the task's finish time moved
+            task.settled = True
+            self._active[task.key_id] -= 1
+            self._active_total -= 1
+            if task.reservation is not None:
+                self.account.settle(task.reservation, task.final_credits, now)
+            expiry = task.finishes_at + self.config.result_ttl_seconds
+            heapq.heappush(self._expiring, (expiry, next(self._seq), task))
+        return now
+
+    def _schedule_finish(self, task: SimTask) -> None:
+        heapq.heappush(self._finishing, (task.finishes_at, next(self._seq), task))
+
     # -- tasks ------------------------------------------------------------------------------
 
     def active_tasks(self, key_id: str | None = None) -> int:
         """Number of non-terminal tasks, of one key or of all keys."""
-        now = self.now()
-        keys = [key_id] if key_id is not None else list(self._running)
-        count = 0
-        for key in keys:
-            running = self._running.get(key, [])
-            while running and running[0][0] <= now:
-                heapq.heappop(running)
-            count += len(running)
-        return count
+        self.settle()
+        if key_id is None:
+            return self._active_total
+        return self._active.get(key_id, 0)
 
     def _draw_latency(self) -> float:
         jitter = self.config.jitter_seconds
@@ -290,7 +443,11 @@ class SimulatorState:
         plan: FaultPlan,
         faults: CreationFaults,
     ) -> SimTask:
-        """Create and remember a task, updating counters and peak concurrency.
+        """Create and remember a task, updating counters, peak concurrency and credits.
+
+        When ``SimulatorConfig.fetch_reference_images`` is on and the request has
+        ``image_urls``, their fetch starts in the background: this must then be called on the
+        server's running event loop.
 
         Args:
             request: The validated submit body.
@@ -304,6 +461,10 @@ class SimulatorState:
         self.prune()
         wall_time = self.wall_time()
         created = int(wall_time)
+        now = self.now()
+        if now <= self._last_created_at:  # keep creation times strictly increasing
+            now = math.nextafter(self._last_created_at, math.inf)
+        self._last_created_at = now
         latency = faults.latency if faults.latency is not None else self._draw_latency()
         images = faults.images if faults.images is not None else request.n
         images = min(images, MAX_IMAGES_TOTAL - len(request.image_urls))
@@ -317,16 +478,28 @@ class SimulatorState:
             width=request.width,
             height=request.height,
             created=created,
-            created_at=self.now(),
+            created_at=now,
             latency=latency,
             error_code=faults.error_code,
             extra_fields=faults.extra_fields,
             plan=plan,
             created_unix=wall_time,
+            cancelled=faults.cancelled,
+            image_urls=request.image_urls,
         )
+        fetch = bool(request.image_urls) and self.config.fetch_reference_images
+        if fetch:
+            task.fetch_state = "pending"
+            self.references.start(
+                request.image_urls, lambda outcome: self.finish_reference_fetch(task, outcome)
+            )
+        else:
+            self._schedule_finish(task)
         self.tasks[task.id] = task
-        heapq.heappush(self._running.setdefault(key_id, []), (task.finishes_at, task.id))
-        heapq.heappush(self._expiring, (task.finishes_at + self.config.result_ttl_seconds, task.id))
+        self._by_key.setdefault(key_id, []).append(task)
+        self._active[key_id] = self._active.get(key_id, 0) + 1
+        self._active_total += 1
+        task.reservation = self.account.open(key_id, task.reserved_credits, now)
         counters = self.key_counters(key_id)
         counters.tasks_created += 1
         self.totals.tasks_created += 1
@@ -336,6 +509,26 @@ class SimulatorState:
         self.totals.peak_concurrent_tasks = max(self.totals.peak_concurrent_tasks, concurrent)
         return task
 
+    def finish_reference_fetch(self, task: SimTask, outcome: FetchOutcome) -> None:
+        """Record the end of a task's reference fetches (ignored if the task was forgotten).
+
+        A failure makes the task fail now with ``image_processing_error``; a success lets it
+        complete at the end of its latency (or now, if that is over).
+        """
+        if self.tasks.get(task.id) is not task or task.fetch_state != "pending":
+            return
+        task.fetch_done_at = max(self.now(), task.created_at)
+        if outcome.ok:
+            task.fetch_state = "done"
+            task.reference = outcome.reference
+            if outcome.reference is not None:
+                task.reference_digest = hashlib.sha256(outcome.reference).hexdigest()
+        else:
+            task.fetch_state = "failed"
+            task.error_code = "image_processing_error"
+            task.error_message = outcome.error
+        self._schedule_finish(task)
+
     def find_task(self, task_id: str, key_id: str | None = None) -> SimTask | None:
         """A live task by id, optionally only if ``key_id`` created it; ``None`` if expired."""
         task = self.tasks.get(task_id)
@@ -344,6 +537,127 @@ class SimulatorState:
         if task.is_expired(self.now(), self.config.result_ttl_seconds):
             return None
         return task
+
+    def visible_status(self, task: SimTask, now: float, *, consume: bool) -> str:
+        """The status a poll shows at ``now``: ``[[sim:unknown_status=NAME]]`` replaces
+        pending/processing while its count lasts.
+
+        Args:
+            task: The task.
+            now: State-clock time.
+            consume: Whether this is a poll (it uses up one of the marker's N); task lists
+                and idempotent replays only look.
+
+        Examples:
+            >>> from prefect_seedream.simulator.faults import parse_fault_plan
+            >>> from prefect_seedream.simulator.rules import validate_generation_request
+            >>> state = SimulatorState(SimulatorConfig(latency_seconds=10, jitter_seconds=0))
+            >>> prompt = "a [[sim:unknown_status=queued*1]]"
+            >>> req = validate_generation_request(
+            ...     {"model": "doubao-seedream-4.5", "prompt": prompt})
+            >>> task = state.create_task(req, "k", parse_fault_plan(prompt), CreationFaults())
+            >>> now = task.created_at
+            >>> [state.visible_status(task, now, consume=c) for c in (False, True, True)]
+            ['queued', 'queued', 'pending']
+        """
+        status, _ = task.status_at(now)
+        marker = task.plan.unknown_status
+        if marker is None or status in TERMINAL_STATUSES:
+            return status
+        counters = self.fault_counters
+        fires = (
+            counters.take(task.id, "unknown_status", marker)
+            if consume
+            else counters.peek(task.id, "unknown_status", marker)
+        )
+        return marker.value if fires else status
+
+    # -- idempotency ------------------------------------------------------------------------
+
+    def idempotent_answer(
+        self, key_id: str, key: str, digest: str
+    ) -> tuple[IdempotentAnswer, SimTask] | None:
+        """Whether a submit with ``Idempotency-Key`` ``key`` is a replay of a live task.
+
+        Returns:
+            ``("replay", task)`` for the same body (counted), ``None`` when the key is not
+            remembered (or its task is gone: the key is forgotten).
+
+        Raises:
+            SimulatorHTTPError: 409 ``idempotency_conflict`` for another body (counted).
+        """
+        now = self.now()
+        record = self.idempotency.lookup(key_id, key, now)
+        if record is None:
+            return None
+        task = record.task
+        if self.tasks.get(task.id) is not task or task.is_expired(
+            now, self.config.result_ttl_seconds
+        ):
+            self.idempotency.forget(key_id, key)
+            return None
+        if record.body_hash != digest:
+            self.account_totals.idempotency_conflicts += 1
+            self.account_counters(key_id).idempotency_conflicts += 1
+            raise conflict_error(key)
+        self.account_totals.idempotent_replays += 1
+        self.account_counters(key_id).idempotent_replays += 1
+        return "replay", task
+
+    def remember_idempotency(self, key: str, digest: str, task: SimTask) -> None:
+        """Remember that ``key`` (of ``task``'s API key) created ``task``."""
+        expires_at = task.created_at + self.config.idempotency_ttl_seconds
+        self.idempotency.remember(task.key_id, key, digest, task, expires_at)
+
+    # -- credits ----------------------------------------------------------------------------
+
+    def quota_refusal(self, key_id: str, amount: float) -> SimulatorHTTPError | None:
+        """The 402 answer for a submit of ``key_id`` reserving ``amount``, or ``None``."""
+        now = self.settle()
+        return self.account.refusal(key_id, amount, now)
+
+    def account_snapshot(self) -> dict[str, Any]:
+        """The ``/_sim/account`` body (see :meth:`Account.snapshot`)."""
+        return self.account.snapshot(self.settle())
+
+    # -- listings ---------------------------------------------------------------------------
+
+    def tasks_of_key(self, key_id: str) -> list[SimTask]:
+        """The live tasks of one key, in creation order (expired ones are dropped)."""
+        self.prune()
+        tasks = self._by_key.get(key_id, [])
+        if self._expired_listed.get(key_id):
+            tasks[:] = [task for task in tasks if self.tasks.get(task.id) is task]
+            self._expired_listed[key_id] = 0
+        return tasks
+
+    def list_tasks(self, key_id: str, query: ListQuery) -> tuple[list[SimTask], int, float]:
+        """A page of ``GET /v1/tasks``: the key's matching tasks, newest first.
+
+        Returns:
+            The page's tasks, the number of matching tasks, and the time of the listing
+            (statuses are those a poll shows at that time, see :meth:`visible_status`).
+
+        Examples:
+            >>> state = SimulatorState(SimulatorConfig())
+            >>> state.list_tasks("k", ListQuery())
+            ([], 0, ...)
+        """
+        self.task_list_requests += 1
+        tasks = self.tasks_of_key(key_id)
+        now = self.now()
+
+        def matches(task: SimTask) -> bool:
+            if query.task_type is not None and query.task_type != "image":
+                return False
+            if query.model is not None and task.model.name != query.model:
+                return False
+            if query.status is not None:
+                return self.visible_status(task, now, consume=False) == query.status
+            return True
+
+        page, total = page_of(tasks, query, matches)
+        return page, total, now
 
     def task_listing(self, prompt: str | None = None) -> list[dict[str, Any]]:
         """The ``GET /_sim/tasks`` entries: live tasks in creation order, optionally of one prompt.
@@ -376,11 +690,14 @@ class SimulatorState:
         ]
 
     def prune(self) -> None:
-        """Forget tasks whose results have expired."""
-        now = self.now()
+        """Forget tasks whose results have expired, and expired idempotency keys."""
+        now = self.settle()
         while self._expiring and self._expiring[0][0] <= now:
-            _, task_id = heapq.heappop(self._expiring)
-            self.tasks.pop(task_id, None)
+            _, _, task = heapq.heappop(self._expiring)
+            if self.tasks.get(task.id) is task:
+                del self.tasks[task.id]
+                self._expired_listed[task.key_id] = self._expired_listed.get(task.key_id, 0) + 1
+        self.idempotency.prune(now)
 
     # -- statistics -------------------------------------------------------------------------
 
@@ -388,30 +705,65 @@ class SimulatorState:
         """The ``GET /_sim/stats`` body.
 
         Returns:
-            ``submit_requests``, ``tasks_created``, ``polls``, ``downloads``,
-            ``peak_concurrent_tasks``, ``active_tasks``, the :class:`SubmitAnswerCounters`
-            (``submits_hung``, ``submits_late``, ``submits_dropped``, ``submits_undelivered``),
+            ``submit_requests``, ``tasks_created`` (an idempotent replay creates nothing),
+            ``polls``, ``downloads``, ``peak_concurrent_tasks``, ``active_tasks``, the
+            :class:`SubmitAnswerCounters` (``submits_hung``, ``submits_late``,
+            ``submits_dropped``, ``submits_errored``, ``submits_undelivered``),
             ``submissions_by_prompt`` (tasks *created* per exact prompt text; rejected submit
-            requests are not counted) and ``per_key`` (keyed by :func:`key_id_for`, never by
-            the raw key).
+            requests are not counted), ``per_key`` (the :class:`KeyCounters`, keyed by
+            :func:`key_id_for`, never by the raw key), ``credits_charged`` (the sum over every
+            task ever created of its charge now: its reservation while it runs, its final
+            charge once terminal), ``credits_balance`` (``None`` when unlimited), the
+            :class:`AccountCounters` (``idempotent_replays``, ``idempotency_conflicts``,
+            ``quota_refusals``: 402 answers to submits), ``reference_fetches`` and
+            ``reference_fetch_failures`` (URL fetches attempted, failed),
+            ``task_list_requests`` (``GET /v1/tasks``) and ``per_key_billing``: for each key
+            of ``per_key``, ``credits_charged`` and its :class:`AccountCounters`.
         """
+        self.settle()
         body: dict[str, Any] = self.totals.as_dict()
-        body["active_tasks"] = self.active_tasks()
+        body["active_tasks"] = self._active_total
         body.update(self.answers.as_dict())
         body["submissions_by_prompt"] = dict(self.submissions_by_prompt)
         body["per_key"] = {key: c.as_dict() for key, c in sorted(self.per_key.items())}
+        balance = self.account.balance()
+        body["credits_charged"] = credits_value(self.account.charged)
+        body["credits_balance"] = credits_value(balance) if balance is not None else None
+        body.update(self.account_totals.as_dict())
+        body["reference_fetches"] = self.references.fetches
+        body["reference_fetch_failures"] = self.references.failures
+        body["task_list_requests"] = self.task_list_requests
+        body["per_key_billing"] = {
+            key: {
+                "credits_charged": credits_value(self.account.key_charged(key)),
+                **self.per_key_account.get(key, AccountCounters()).as_dict(),
+            }
+            for key in sorted(self.per_key)
+        }
         return body
 
     def reset(self) -> None:
-        """Forget every task and counter and re-seed the random generators."""
+        """Forget every task, counter, charge and idempotency key, cancel reference fetches
+        in progress, and re-seed the random generators."""
+        self.references.cancel_all()
+        self.references.reset_counters()
         self.tasks.clear()
-        self._running.clear()
+        self._finishing.clear()
         self._expiring.clear()
+        self._active.clear()
+        self._active_total = 0
+        self._by_key.clear()
+        self._expired_listed.clear()
         self.fault_counters.clear()
         self.dice.reset()
         self.images.clear()
         self.totals = KeyCounters()
         self.per_key.clear()
+        self.account_totals = AccountCounters()
+        self.per_key_account.clear()
         self.submissions_by_prompt.clear()
         self.answers = SubmitAnswerCounters()
+        self.account.reset()
+        self.idempotency.clear()
+        self.task_list_requests = 0
         self._jitter_rng = random.Random(self.config.seed)

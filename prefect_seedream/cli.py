@@ -271,7 +271,7 @@ def _run(args: argparse.Namespace, api: _PrefectAPI) -> int:
 
         with listening(on_row, on_total=lambda rows: bar.update(job, total=rows)):
             try:
-                state = asyncio.run(generate_dataset(
+                state = asyncio.run(generate_dataset.aio(
                     args.dataset, args.output, model=args.model, size=args.size, n=args.n,
                     prompt_priority=args.prompt_priority, max_concurrency=args.max_concurrency,
                     concurrency_limit_name=args.concurrency_limit, credentials=_credentials(args),
@@ -306,7 +306,7 @@ def _recover(args: argparse.Namespace, api: _PrefectAPI) -> int:
         return 2
     api.ready()
     with _api_or_simulator(args):
-        state = asyncio.run(recover_dataset(
+        state = asyncio.run(recover_dataset.aio(
             args.output, credentials=_credentials(args), max_wait_seconds=args.max_wait,
             return_state=True,
         ))

@@ -74,19 +74,26 @@ def _suffix(path: str) -> str:
     return "." + name.rsplit(".", 1)[-1] if "." in name else ""
 
 
-def read_records(path: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
+def read_records(
+    path: str, storage_options: dict[str, Any] | None = None
+) -> Iterator[tuple[int, dict[str, Any] | str]]:
     """Stream a dataset's records as ``(row number, mapping)``; a string is a row's error.
+
+    Args:
+        path: The dataset's path or fsspec URL.
+        storage_options: fsspec options to read it with.
 
     Raises:
         DatasetError: unknown format, no ``prompt`` column, not UTF-8, or no rows.
     """
     suffix = _suffix(path)
+    options = storage_options or {}
     if suffix in CSV_FORMATS:
-        records = _csv_records(path, CSV_FORMATS[suffix])
+        records = _csv_records(path, CSV_FORMATS[suffix], options)
     elif suffix in JSONL_FORMATS:
-        records = _jsonl_records(path)
+        records = _jsonl_records(path, options)
     elif suffix in PARQUET_FORMATS:
-        records = _parquet_records(path)
+        records = _parquet_records(path, options)
     else:
         raise DatasetError(
             f"dataset {path!r}: unknown format {suffix or '(no extension)'}; "
@@ -110,8 +117,10 @@ def read_records(path: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
         raise DatasetError(f"dataset {path!r} has no rows")
 
 
-def _csv_records(path: str, delimiter: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    with fsspec.open(path, "rt", encoding="utf-8", newline="") as handle:
+def _csv_records(
+    path: str, delimiter: str, options: dict[str, Any]
+) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    with fsspec.open(path, "rt", encoding="utf-8", newline="", **options) as handle:
         reader = csv.DictReader(handle, delimiter=delimiter)
         header = [name.strip().lstrip("\ufeff") for name in (reader.fieldnames or [])]
         if not header:
@@ -138,8 +147,8 @@ def _csv_records(path: str, delimiter: str) -> Iterator[tuple[int, dict[str, Any
             yield number, {key: value for key, value in row.items() if value not in (None, "")}
 
 
-def _jsonl_records(path: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    with fsspec.open(path, "rt", encoding="utf-8") as handle:
+def _jsonl_records(path: str, options: dict[str, Any]) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    with fsspec.open(path, "rt", encoding="utf-8", **options) as handle:
         number = 0
         for line in handle:
             if not line.strip():
@@ -159,14 +168,14 @@ def _jsonl_records(path: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
             yield number, value
 
 
-def _parquet_records(path: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
+def _parquet_records(path: str, options: dict[str, Any]) -> Iterator[tuple[int, dict[str, Any] | str]]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
         raise DatasetError(
             "reading Parquet needs pyarrow: pip install 'prefect-seedream[parquet]'"
         ) from None
-    with fsspec.open(path, "rb") as handle:
+    with fsspec.open(path, "rb", **options) as handle:
         parquet = pq.ParquetFile(handle)
         if "prompt" not in parquet.schema_arrow.names:
             raise DatasetError(f"dataset {path!r} has no 'prompt' column")
@@ -293,7 +302,11 @@ def _validation_reason(exc: ValidationError) -> str:
 
 
 def iter_rows(
-    path: str, defaults: RowDefaults, first: int = 1, last: int | None = None
+    path: str,
+    defaults: RowDefaults,
+    first: int = 1,
+    last: int | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> Iterator[DatasetRow]:
     """Stream a dataset as validated rows; duplicate ids make later rows invalid.
 
@@ -304,6 +317,7 @@ def iter_rows(
             ``row_number``). Earlier rows are read for their id only, so that a duplicate
             id is found across the whole file, whichever range is read.
         last: Number of the last row to yield; the file is not read beyond it.
+        storage_options: fsspec options to read the dataset with.
 
     Examples:
         ```python
@@ -312,7 +326,7 @@ def iter_rows(
         ```
     """
     seen_ids: set[str] = set()
-    for number, record in read_records(path):
+    for number, record in read_records(path, storage_options):
         if last is not None and number > last:
             return
         if number < first:

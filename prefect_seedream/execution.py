@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
@@ -91,11 +92,13 @@ class RowsReport:
     reconciled: int = 0
 
 
-def scan_dataset(dataset: str, defaults: RowDefaults) -> DatasetScan:
+def scan_dataset(
+    dataset: str, defaults: RowDefaults, storage_options: dict[str, Any] | None = None
+) -> DatasetScan:
     """Pass 1: validate every row (streamed) and estimate the credits; spends nothing."""
     logger = get_run_logger()
     scan = DatasetScan()
-    for row in iter_rows(dataset, defaults):
+    for row in iter_rows(dataset, defaults, storage_options=storage_options):
         scan.rows += 1
         if isinstance(row, InvalidRow):
             scan.invalid += 1
@@ -181,7 +184,10 @@ async def execute_rows(
                 guard=guard,
             )
             await run_batches(
-                iter_rows(job.dataset, options.row_defaults(), rows.first, rows.last),
+                iter_rows(
+                    job.dataset, options.row_defaults(), rows.first, rows.last,
+                    options.dataset_storage_options,
+                ),
                 runner=runner,
                 parts=parts,
                 rows_per_task=job.rows_per_task,

@@ -115,6 +115,7 @@ async def generate_dataset(
     resubmit_unknown: bool = False,
     wait_for_quota: bool = False,
     storage_options: dict[str, Any] | None = None,
+    dataset_storage_options: dict[str, Any] | None = None,
     rows_per_task: Annotated[int, Field(ge=1, le=10_000)] | None = None,
     row_events: RowEvents = ROW_EVENTS,
     reference_store: str | None = None,
@@ -176,6 +177,9 @@ async def generate_dataset(
         wait_for_quota: When the key's daily quota is used up and the API says when it
             renews, pause until then instead of stopping.
         storage_options: fsspec options for `output` (for example endpoint_url).
+        dataset_storage_options: fsspec options to read `dataset` with; default:
+            `storage_options` when the dataset is on the same kind of storage as the output
+            (rows in memory are written into the output).
         rows_per_task: Rows per task run; default: 1 up to 50 rows, else about 50 task runs.
         row_events: Per-row events: `failures` (default: `seedream.generation.failed` for each
             failed row), `all` (also `.submitted` and `.completed`) or `none`.
@@ -220,6 +224,9 @@ async def generate_dataset(
     resolved = resolve_credentials(credentials)  # fail now, not per row, when there is no key
     if is_in_memory(dataset):  # rows that came through the API (the body of a flow run)
         dataset = await asyncio.to_thread(spill_rows, dataset, output, storage_options)
+    options = options.model_copy(update={
+        "dataset_storage_options": _dataset_options(dataset, output, storage_options, dataset_storage_options),
+    })
     limit = None
     if concurrency_limit_name and not dry_run:
         limit = await read_concurrency_limit(concurrency_limit_name)
@@ -229,7 +236,7 @@ async def generate_dataset(
         if warning:
             logger.warning(warning)
 
-    scan = scan_dataset(dataset, options.row_defaults())
+    scan = scan_dataset(dataset, options.row_defaults(), options.dataset_storage_options)
     summary = DatasetRunSummary(dry_run=dry_run, estimated_credits=scan.estimated_credits)
     notify_total(scan.rows)
     if dry_run:
@@ -266,6 +273,17 @@ async def generate_dataset(
 _OUTPUT_DEFAULT: str = inspect.signature(generate_dataset.fn).parameters["output"].default
 
 
+def _dataset_options(
+    dataset: str, output: str, storage_options: dict[str, Any] | None, given: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """The fsspec options the dataset is read with: as given, else the output's when both are
+    on the same kind of storage (in-memory rows are written into the output)."""
+    if given is not None or not storage_options:
+        return given
+    same_kind = dataset.split("://", 1)[0] == output.split("://", 1)[0] and "://" in dataset
+    return storage_options if same_kind else None
+
+
 async def _publish_gallery(gallery: Gallery, tables: RunTables, store: ImageStore) -> None:
     """The gallery of this process's images, or (sharded runs) of the manifest's first ones."""
     if not gallery.shown:
@@ -282,7 +300,7 @@ generate_dataset.on_cancellation_hooks.append(record_stopped_run)
 generate_dataset.on_crashed_hooks.append(record_stopped_run)
 
 
-@flow(
+@dual_flow(
     name="seedream-generate-shard",
     validate_parameters=True,
     description="Generate one row range of a sharded dataset run (started by seedream-generate-dataset).",
@@ -357,7 +375,7 @@ async def generate_shard(
     return Completed(message=message) if not counts.not_succeeded else Failed(message=message)
 
 
-@flow(
+@dual_flow(
     name="seedream-recover-dataset",
     validate_parameters=True,
     description="Collect the remote tasks a stopped dataset run left in flight, without paying again.",

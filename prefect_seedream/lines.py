@@ -95,6 +95,7 @@ def lines_from_ledger(
     last: int | None = None,
     *,
     run_id: str | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> Iterator[RunLine]:
     """The lines of rows ``first..last`` as the ledger tells them (a stopped run's rows).
 
@@ -103,7 +104,7 @@ def lines_from_ledger(
     never submitted ``skipped``, invalid rows ``failed``. A row's charge counts for the run
     ``run_id`` when that run made its submission (a shard's attempt that was lost).
     """
-    for row in iter_rows(dataset, defaults, first, last):
+    for row in iter_rows(dataset, defaults, first, last, storage_options):
         if isinstance(row, InvalidRow):
             yield RunLine(line=invalid_line(row))
         else:

@@ -57,6 +57,7 @@ class RunOptions(BaseModel):
         wait_for_quota: Pause (instead of stopping) when the key's daily quota is used up and
             the API says when it renews.
         storage_options: fsspec options of the output.
+        dataset_storage_options: fsspec options to read the dataset with.
         rows_per_task: Rows per Prefect task run (None: chosen by the dataset's size).
         row_events: Which per-row events to emit.
         reference_store: An fsspec prefix (``s3://bucket/refs``) where local reference images
@@ -93,6 +94,7 @@ class RunOptions(BaseModel):
     resubmit_unknown: bool = False
     wait_for_quota: bool = False
     storage_options: dict[str, Any] | None = None
+    dataset_storage_options: dict[str, Any] | None = None
     rows_per_task: Annotated[int, Field(ge=1, le=10_000)] | None = None
     row_events: RowEvents = ROW_EVENTS
     reference_store: str | None = None

@@ -170,7 +170,10 @@ def merge_manifest(
 
     uri = parts.merge(
         total_rows,
-        lambda first, last: lines_from_ledger(dataset, ledger, defaults, first, last, run_id=run_id),
+        lambda first, last: lines_from_ledger(
+            dataset, ledger, defaults, first, last, run_id=run_id,
+            storage_options=options.dataset_storage_options,
+        ),
         on_line,
     )
     parts.remove()

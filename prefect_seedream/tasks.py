@@ -363,6 +363,7 @@ async def generate_images(
     resubmit_unknown: bool = False,
     reference_store: str | None = None,
     reference_storage_options: dict[str, Any] | None = None,
+    reference_public_url: str | None = None,
 ) -> GeneratedImages:
     """Submit, wait and store in one task run, resuming from the ledger instead of paying twice.
 
@@ -389,6 +390,8 @@ async def generate_images(
             by local paths in ``request.image_urls`` are uploaded once and sent as presigned
             URLs; without it, such a request is refused before anything is spent.
         reference_storage_options: fsspec options of ``reference_store``.
+        reference_public_url: The public base URL of ``reference_store``, if it is served
+            publicly (then no URL is presigned).
 
     Returns:
         The stored images, task id, credits and submission count.
@@ -414,7 +417,11 @@ async def generate_images(
         if next_step_of(record, ledger.store, resubmit_unknown=resubmit_unknown) is NextStep.REUSE:
             get_run_logger().info("%s: already stored by an earlier run (task %s)", record.row_id, record.task_id)
             return GeneratedImages.of(record, reused=True)
-        references = ReferenceStore(reference_store, reference_storage_options) if reference_store else None
+        references = (
+            ReferenceStore(reference_store, reference_storage_options, public_url=reference_public_url,
+                           url_life_seconds=2 * max_wait_seconds)
+            if reference_store else None
+        )
         if request.local_references and references is None:
             raise SeedreamConfigurationError(no_store_message(request.local_references[0]))
         options = GenerationOptions(
@@ -517,7 +524,11 @@ async def generate_many(
     resolve_credentials(credentials)  # fail now, not per request, when there is no key
     dataset = await asyncio.to_thread(spill_rows, requests, destination, storage_options)
     limit = await read_concurrency_limit(concurrency_limit_name) if concurrency_limit_name else None
-    scan = await asyncio.to_thread(scan_dataset, dataset, options.row_defaults())
+    if "://" in destination and storage_options:  # the requests were written into the destination
+        options = options.model_copy(update={"dataset_storage_options": storage_options})
+    scan = await asyncio.to_thread(
+        scan_dataset, dataset, options.row_defaults(), options.dataset_storage_options
+    )
     results: list[GeneratedImages | None] = [None] * scan.rows
 
     def collect(item: RunLine) -> None:

@@ -93,12 +93,14 @@ def get_state(app: FastAPI) -> SimulatorState:
     return state
 
 
-def _authenticate(request: Request, config: SimulatorConfig) -> str:
+def _authenticate(request: Request, state: SimulatorState) -> str:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
+        state.unauthorized_requests += 1
         raise SimulatorHTTPError(401, "Missing or invalid Authorization header")
-    if config.api_keys is not None and token not in config.api_keys:
+    if state.config.api_keys is not None and token not in state.config.api_keys:
+        state.unauthorized_requests += 1
         raise SimulatorHTTPError(401, "Invalid or expired token")
     return key_id_for(token)
 
@@ -313,7 +315,7 @@ def create_app(config: SimulatorConfig | None = None) -> FastAPI:
 
     @app.post("/v1/images/generations")
     async def submit(request: Request) -> Response:
-        key_id = _authenticate(request, config)
+        key_id = _authenticate(request, state)
         state.record_submit(key_id)
         try:
             outcome = await _refuse_or_create(request, key_id)
@@ -328,7 +330,7 @@ def create_app(config: SimulatorConfig | None = None) -> FastAPI:
 
     @app.get("/v1/tasks")
     async def list_tasks_of_key(request: Request) -> Response:
-        key_id = _authenticate(request, config)
+        key_id = _authenticate(request, state)
         query = parse_list_query(request.query_params)
         page, total, now = state.list_tasks(key_id, query)
         base_url = str(request.base_url)
@@ -345,7 +347,7 @@ def create_app(config: SimulatorConfig | None = None) -> FastAPI:
 
     @app.get("/v1/tasks/{task_id}")
     async def query_task(task_id: str, request: Request) -> Response:
-        key_id = _authenticate(request, config)
+        key_id = _authenticate(request, state)
         state.record_poll(key_id)
         if not TASK_ID_RE.match(task_id):
             raise SimulatorHTTPError(400, "Invalid task ID format", param="task_id")

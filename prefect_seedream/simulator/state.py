@@ -309,6 +309,7 @@ class SimulatorState:
         self.idempotency: IdempotencyStore[SimTask] = IdempotencyStore()
         self.references = ReferenceFetcher()
         self.task_list_requests = 0
+        self.unauthorized_requests = 0
         self.time_offset = 0.0
         self._jitter_rng = random.Random(config.seed)
         self._seq = itertools.count()
@@ -717,7 +718,8 @@ class SimulatorState:
             :class:`AccountCounters` (``idempotent_replays``, ``idempotency_conflicts``,
             ``quota_refusals``: 402 answers to submits), ``reference_fetches`` and
             ``reference_fetch_failures`` (URL fetches attempted, failed),
-            ``task_list_requests`` (``GET /v1/tasks``) and ``per_key_billing``: for each key
+            ``task_list_requests`` (``GET /v1/tasks``), ``unauthorized_requests`` (401 answers:
+            no key, or a key not in ``api_keys``) and ``per_key_billing``: for each key
             of ``per_key``, ``credits_charged`` and its :class:`AccountCounters`.
         """
         self.settle()
@@ -733,6 +735,7 @@ class SimulatorState:
         body["reference_fetches"] = self.references.fetches
         body["reference_fetch_failures"] = self.references.failures
         body["task_list_requests"] = self.task_list_requests
+        body["unauthorized_requests"] = self.unauthorized_requests
         body["per_key_billing"] = {
             key: {
                 "credits_charged": credits_value(self.account.key_charged(key)),
@@ -766,4 +769,5 @@ class SimulatorState:
         self.account.reset()
         self.idempotency.clear()
         self.task_list_requests = 0
+        self.unauthorized_requests = 0
         self._jitter_rng = random.Random(self.config.seed)

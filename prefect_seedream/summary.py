@@ -11,8 +11,9 @@ from prefect_seedream.account import AccountStop
 from prefect_seedream.manifest import ManifestLine, RowStatus, RunLine, iter_manifest_lines
 
 RESUBMIT_UNKNOWN_HINT = (
-    "check the Evolink dashboard, then re-run with --resubmit-unknown "
-    "(resubmit_unknown=True) to submit them again"
+    "the API's task list did not show their tasks; re-run with --resubmit-unknown "
+    "(resubmit_unknown=True) to send them again with the same Idempotency-Key (a task a lost "
+    "submission created is returned, not paid twice)"
 )
 RECOVER_HINT = "collect them with `prefect-seedream recover OUTPUT` (flow seedream-recover-dataset)"
 

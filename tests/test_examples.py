@@ -34,7 +34,7 @@ def fetching_simulator() -> Iterator[RunningSimulator]:
 def readme_examples() -> dict[str, str]:
     """The README's code blocks that start with `# examples/<name>.py`, by name."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"```python\n# examples/([\w.]+)\n(.*?)```", text, flags=re.S)
+    blocks = re.findall(r"```python\n# examples/([\w.]+)\n(.*?)```", text, flags=re.DOTALL)
     return {name: body for name, body in blocks}
 
 

@@ -7,7 +7,6 @@ Every test runs real flows on a real Prefect API and talks HTTP to the simulator
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
 import subprocess

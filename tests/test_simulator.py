@@ -32,15 +32,12 @@ from prefect_seedream.simulator import (
     running_simulator,
 )
 from prefect_seedream.simulator.server import build_parser, config_from_args
+from tests.sim_http import FAST, KEY, M40, M45, OTHER_KEY, SUBMIT, body, client, make_client, sim
 
-KEY = "sk-test-alpha"
-OTHER_KEY = "sk-test-beta"
-M45 = "doubao-seedream-4.5"
-M40 = "doubao-seedream-4.0"
-SUBMIT = "/v1/images/generations"
+__all__ = ["client", "sim"]  # fixtures, shared with the other simulator tests
+
 TASK_ID = re.compile(r"^task-unified-(\d+)-[a-z0-9]{8}$")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-FAST = {"latency_seconds": 0.1, "jitter_seconds": 0.0}
 SUBMIT_ANSWER_STATS = ("submits_hung", "submits_late", "submits_dropped", "submits_undelivered")
 
 
@@ -52,29 +49,6 @@ def shared_sim() -> Iterator[RunningSimulator]:
     config = SimulatorConfig(**FAST, download_max_bytes_oversize=2_000_000)
     with running_simulator(config) as sim:
         yield sim
-
-
-@pytest.fixture
-def sim(shared_sim: RunningSimulator) -> RunningSimulator:
-    shared_sim.reset()
-    return shared_sim
-
-
-@pytest.fixture
-def client(sim: RunningSimulator) -> Iterator[httpx.Client]:
-    with make_client(sim) as c:
-        yield c
-
-
-def make_client(
-    sim: RunningSimulator, key: str = KEY, timeout: httpx.Timeout | float = 10
-) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {key}"}
-    return httpx.Client(base_url=sim.base_url, headers=headers, timeout=timeout)
-
-
-def body(prompt: str = "a lighthouse at dusk", model: str = M45, **fields: Any) -> dict[str, Any]:
-    return {"model": model, "prompt": prompt, **fields}
 
 
 def submit_ok(client: httpx.Client, **fields: Any) -> dict[str, Any]:

@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 
 from prefect_seedream.simulator import RunningSimulator, SimulatorConfig, running_simulator
+from tests.sim_http import M45, SUBMIT, client, make_client, sim
 
-KEY = "sk-test-alpha"
-M45 = "doubao-seedream-4.5"
-SUBMIT = "/v1/images/generations"
+__all__ = ["client", "sim"]  # fixtures, shared with the other simulator tests
+
 FETCH = {
     "latency_seconds": 0.1,
     "jitter_seconds": 0.0,
@@ -117,23 +117,6 @@ def images() -> Iterator[ImageServer]:
 def shared_sim() -> Iterator[RunningSimulator]:
     with running_simulator(SimulatorConfig(**FETCH, account_credits=10)) as sim:
         yield sim
-
-
-@pytest.fixture
-def sim(shared_sim: RunningSimulator) -> RunningSimulator:
-    shared_sim.reset()
-    return shared_sim
-
-
-@pytest.fixture
-def client(sim: RunningSimulator) -> Iterator[httpx.Client]:
-    with make_client(sim) as c:
-        yield c
-
-
-def make_client(sim: RunningSimulator) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {KEY}"}
-    return httpx.Client(base_url=sim.base_url, headers=headers, timeout=10)
 
 
 def submit_ok(client: httpx.Client, urls: list[str], **fields: Any) -> dict[str, Any]:

@@ -60,7 +60,7 @@ from prefect_seedream.generation import (
 from prefect_seedream.hooks import record_stopped_run
 from prefect_seedream.ledger import LedgerRecord, NextStep, TaskLedger
 from prefect_seedream.lines import update_manifest_lines
-from prefect_seedream.options import RunOptions
+from prefect_seedream.options import RunOptions, dataset_storage_options_for
 from prefect_seedream.output_lock import OutputLock, check_held_by
 from prefect_seedream.parts import RunParts
 from prefect_seedream.progress import RunProgress, notify_total
@@ -225,7 +225,9 @@ async def generate_dataset(
     if is_in_memory(dataset):  # rows that came through the API (the body of a flow run)
         dataset = await asyncio.to_thread(spill_rows, dataset, output, storage_options)
     options = options.model_copy(update={
-        "dataset_storage_options": _dataset_options(dataset, output, storage_options, dataset_storage_options),
+        "dataset_storage_options": dataset_storage_options_for(
+            dataset, output, storage_options, dataset_storage_options
+        ),
     })
     limit = None
     if concurrency_limit_name and not dry_run:
@@ -271,17 +273,6 @@ async def generate_dataset(
 
 
 _OUTPUT_DEFAULT: str = inspect.signature(generate_dataset.fn).parameters["output"].default
-
-
-def _dataset_options(
-    dataset: str, output: str, storage_options: dict[str, Any] | None, given: dict[str, Any] | None
-) -> dict[str, Any] | None:
-    """The fsspec options the dataset is read with: as given, else the output's when both are
-    on the same kind of storage (in-memory rows are written into the output)."""
-    if given is not None or not storage_options:
-        return given
-    same_kind = dataset.split("://", 1)[0] == output.split("://", 1)[0] and "://" in dataset
-    return storage_options if same_kind else None
 
 
 async def _publish_gallery(gallery: Gallery, tables: RunTables, store: ImageStore) -> None:

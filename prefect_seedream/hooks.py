@@ -16,6 +16,7 @@ from typing import Any
 
 from prefect.states import State
 
+from prefect_seedream.options import dataset_storage_options_for
 from prefect_seedream.parts import RunParts
 from prefect_seedream.runs import merge_manifest
 from prefect_seedream.storage import ImageStore
@@ -29,15 +30,23 @@ def record_stopped_run(flow: Any, flow_run: Any, state: State) -> None:
     their ids are already in the ledger, and the manifest lists them ``in_flight``.
     """
     parameters = flow_run.parameters
-    if parameters.get("dry_run") or not isinstance(parameters.get("output", "output"), str):
+    output = parameters.get("output", "output")
+    if parameters.get("dry_run") or not isinstance(output, str):
         return
-    store = ImageStore(parameters.get("output", "output"), parameters.get("storage_options"))
+    storage_options = parameters.get("storage_options")
+    store = ImageStore(output, storage_options)
     parts = RunParts(store, str(flow_run.id))
     run = parts.description()
     if run is None:  # stopped before any row ran: nothing to tell
         return
+    options = run.options.model_copy(update={  # run.json holds no fsspec options
+        "storage_options": storage_options,
+        "dataset_storage_options": dataset_storage_options_for(
+            run.dataset, output, storage_options, parameters.get("dataset_storage_options")
+        ),
+    })
     uri = merge_manifest(
-        store, parts, run.dataset, run.api, run.options, run.total_rows, str(flow_run.id),
+        store, parts, run.dataset, run.api, options, run.total_rows, str(flow_run.id),
         DatasetRunSummary(), None,
     )
     print(f"Run {state.type.value.lower()}: manifest of what was done written to {uri}")

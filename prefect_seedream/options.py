@@ -38,6 +38,29 @@ from prefect_seedream.references import ReferenceStore
 from prefect_seedream.runner import RetryOptions
 
 
+#: The options that are fsspec options: they may hold credentials, and are never written out.
+STORAGE_OPTION_FIELDS = ("storage_options", "dataset_storage_options", "reference_storage_options")
+
+
+def dataset_storage_options_for(
+    dataset: str, output: str, storage_options: dict[str, Any] | None, given: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """The fsspec options a dataset is read with: as given, else the output's when both are
+    on the same kind of storage (in-memory rows are written into the output).
+
+    Examples:
+        >>> s3 = {"key": "k"}
+        >>> dataset_storage_options_for("s3://b/rows.jsonl", "s3://b/out", s3, None)
+        {'key': 'k'}
+        >>> dataset_storage_options_for("rows.csv", "s3://b/out", s3, None) is None
+        True
+    """
+    if given is not None or not storage_options:
+        return given
+    same_kind = "://" in dataset and dataset.split("://", 1)[0] == output.split("://", 1)[0]
+    return storage_options if same_kind else None
+
+
 class RunOptions(BaseModel):
     """How the rows of a dataset run are generated (the flow's parameters of that name).
 
@@ -142,6 +165,11 @@ class RunOptions(BaseModel):
     def retry(self) -> RetryOptions:
         """Retries of each row."""
         return RetryOptions(self.retries, self.retry_delay_seconds)
+
+    def without_secrets(self) -> RunOptions:
+        """These options without the fsspec options (they may hold storage credentials), for
+        what is written to the output (``run.json``)."""
+        return self.model_copy(update=dict.fromkeys(STORAGE_OPTION_FIELDS))
 
     def share(self, *, rows: int, total_rows: int) -> RunOptions:
         """The options of a shard of ``rows`` of the ``total_rows``: its share of the budget."""

@@ -42,7 +42,7 @@ class RunDescription(BaseModel):
     Attributes:
         dataset: The dataset's path or URL (in-memory rows: the file they were written to).
         api: The API's normalised address (the ledger's records are kept per API).
-        options: The run's options.
+        options: The run's options, without fsspec options (they may hold credentials).
         total_rows: Rows in the dataset.
     """
 

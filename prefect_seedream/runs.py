@@ -86,7 +86,7 @@ async def run_in_output(
         await asyncio.to_thread(_clear_leftovers, store)
         parts = RunParts(store, run_id)
         await asyncio.to_thread(parts.describe, RunDescription(
-            dataset=dataset, api=api, options=options, total_rows=total_rows,
+            dataset=dataset, api=api, options=options.without_secrets(), total_rows=total_rows,
         ))
         artifact = await ProgressArtifact.create(total=total_rows)
         progress = RunProgress(total_rows, artifact, logger)

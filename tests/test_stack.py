@@ -314,3 +314,8 @@ def test_losing_a_worker_mid_shard_loses_nothing(
     lines = _manifest(output)
     assert [line["row_id"] for line in lines] == list(rows)
     assert all(line["status"] == "succeeded" for line in lines), lines
+    # Truthful credits (issue 16): the rows the lost attempt paid for count too, 8 x 2 credits,
+    # not only the rows the restarted shard submitted itself (it submitted none).
+    charged = sum(line["credits"] for line in lines)
+    assert charged == 16.0, lines
+    assert "Credits:    16\n" in out, out

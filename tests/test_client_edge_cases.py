@@ -215,6 +215,45 @@ async def test_submit_retried_after_429_or_5xx(first: httpx.Response, sleeps: li
     assert len(sleeps) == 1
 
 
+async def test_every_retry_of_a_submission_sends_the_same_idempotency_key(sleeps: list[float]) -> None:
+    """Issue 16: a 5xx may come after the task was created; the same key makes the retry a
+    replay. A new submission (a new call) gets a new key; a given key is sent as it is."""
+    handler = Recorder(
+        httpx.Response(502, json=error_json(502, "Upstream AI service unavailable", type="upstream_error")),
+        httpx.Response(500, json=error_json(500, "Internal error", type="internal_server_error")),
+        httpx.Response(200, json=task_json(), headers={"idempotency-replayed": "true"}),
+    )
+    async with make_client(handler) as client:
+        task = await client.submit(REQUEST)
+        keys = [request.headers["Idempotency-Key"] for request in handler.requests]
+        assert len(keys) == 3 and len(set(keys)) == 1 and keys[0].startswith("seedream-")
+        assert task.replayed
+        handler.answers = [httpx.Response(200, json=task_json())]
+        again = await client.submit(REQUEST)
+        assert handler.requests[-1].headers["Idempotency-Key"] not in keys and not again.replayed
+        await client.submit(REQUEST, idempotency_key="seedream-given")
+        assert handler.requests[-1].headers["Idempotency-Key"] == "seedream-given"
+
+
+async def test_retry_after_header_is_honoured_and_codes_are_the_apis(sleeps: list[float]) -> None:
+    """A `Retry-After` header is a hint as good as the text; 402's string code is the code."""
+    handler = Recorder(
+        httpx.Response(429, json=error_json(429, "slow down", type="rate_limit_error"),
+                       headers={"Retry-After": "7"}),
+        httpx.Response(402, json={"error": {"code": "key_daily_quota_exhausted", "message": "daily cap",
+                                            "type": "insufficient_quota_error", "request_id": "req-1"}},
+                       headers={"Retry-After": "3600"}),
+    )
+    async with make_client(handler) as client:
+        with pytest.raises(SeedreamError) as info:
+            await client.submit(REQUEST)
+    assert sleeps[0] >= 7.0  # the header's delay, not the backoff's
+    error = info.value
+    assert error.code == "key_daily_quota_exhausted" and error.status_code == 402  # type: ignore[attr-defined]
+    assert error.account_scope == "account" and error.renews and error.retry_after == 3600.0  # type: ignore[attr-defined]
+    assert error.request_id == "req-1" and not error.retryable  # type: ignore[attr-defined]
+
+
 async def test_submit_5xx_gives_up_after_max_attempts(sleeps: list[float]) -> None:
     handler = Recorder(httpx.Response(500, json=error_json(500, "Internal error")))
     async with make_client(handler) as client:

@@ -1,26 +1,36 @@
 # Two commands do everything on a fresh machine with Python 3.11:
 #   make run    generate images for the sample dataset (bundled simulator when no API key is set)
 #   make test   the whole test suite (installs Debian's chromium for the browser test if missing)
+# CI (.ci/run) also runs:
+#   make check-package   build the sdist and wheel, twine check, the quick start from the wheel alone
+#   make check-versions  the fast tests at both ends of the supported Python and Prefect ranges
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: run test test-fast bench compare soak simulator stack-up stack-down clean
+.PHONY: run test test-fast check-package check-versions bench compare soak simulator stack-up stack-down clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.core: pyproject.toml | $(BIN)/python
+# pip >= 25.1 installs PEP 735 dependency groups (`--group dev`); a new venv's pip may be older.
+$(VENV)/.pip: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	@touch $@
+
+$(VENV)/.core: pyproject.toml | $(VENV)/.pip
 	$(PIP) -e .
 	@touch $@
 
-$(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(PIP) -e '.[dev]'
+# The package and the test suite's packages (the `dev` group of pyproject.toml).
+$(VENV)/.dev: pyproject.toml | $(VENV)/.pip
+	$(PIP) -e . --group dev
 	@touch $@ $(VENV)/.core
 
+# No SEEDREAM_API_KEY: the bundled simulator (the command refuses to run without a key otherwise).
 run: $(VENV)/.core
-	$(BIN)/prefect-seedream run examples/prompts.csv --output output
+	$(BIN)/prefect-seedream run examples/prompts.csv --output output $(if $(SEEDREAM_API_KEY),,--simulator)
 
 test: $(VENV)/.dev
 	@bash .ci/install-browser.sh || { [ -z "$$CI" ] && echo "warning: chromium could not be installed (needs root and apt); the browser tests will be skipped"; }
@@ -29,6 +39,12 @@ test: $(VENV)/.dev
 
 test-fast: $(VENV)/.dev
 	$(BIN)/pytest -q
+
+check-package: $(VENV)/.dev
+	TOOLS_PYTHON=$(BIN)/python PYTHON=$(PYTHON) bash .ci/check-package.sh
+
+check-versions:
+	bash .ci/check-versions.sh
 
 bench: $(VENV)/.core
 	$(BIN)/python benchmarks/dataset_benchmark.py --rows 200 --latency 2 --concurrency 16

@@ -29,8 +29,9 @@ The parts:
   (``prefect-home/``), analytics off, ``PREFECT_UI_API_URL`` for a non-default port.
 * **Work pool** ``seedream-process`` (type ``process``), our block types
   (``prefect block register -m prefect_seedream``), the ``--limit NAME=N`` global concurrency
-  limits, and the ``--deploy`` deployments of ``deployments/prefect.yaml`` (run in place from
-  this checkout: its pull step sets the working directory to the repo's root).
+  limits, and the ``--deploy`` deployments of ``deployments/prefect.yaml`` (module entrypoints
+  of the installed package; deployed from ``deployments/``, the runs' working directory, where
+  the default dataset ``prompts.csv`` is).
 * **Workers**: K ``prefect worker start --pool POOL`` processes, each the leader of its own
   session. A process worker runs each flow run as a subprocess
   (``python -m prefect.runner._workspace_supervisor``, which execs ``python -m prefect.engine``)
@@ -56,9 +57,10 @@ A Docker or Kubernetes work pool instead of a process pool changes this:
   ``kubernetes`` from ``prefect-kubernetes`` with RBAC to create Jobs). Workers become thin
   schedulers (one or two per pool for availability); compute scales with pods, and the pool's
   concurrency limit, not the number of workers, bounds parallel shards.
-* **Code**: an image with ``prefect-seedream[s3]`` installed (and ``flows/`` for entrypoints
-  given as file paths), built and pushed by a ``build``/``push`` step or CI; the pull step
-  points at a path inside the image instead of this checkout's ``{{ $PWD }}``.
+* **Code**: an image with ``prefect-seedream[s3]`` installed (every entrypoint is a module of
+  the package: nothing else to copy), built and pushed by a ``build``/``push`` step or CI; a
+  ``set_working_directory`` pull step points at a folder inside the image instead of the
+  folder ``prefect deploy`` ran in.
 * **Environment**: pods do not inherit the worker's environment. ``SEEDREAM_API_KEY`` comes
   from a Kubernetes Secret / Docker env in the pool's base job template or job variables, as
   do ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` and ``PREFECT_API_URL``; set CPU and memory requests.
@@ -447,7 +449,7 @@ class Stack:
         """Environment for a Prefect client process (CLI, flow, script) of this stack.
 
         The caller's ``PREFECT_*`` variables are dropped (a user's profile or ``PREFECT_API_URL``
-        must not leak in); ``PWD`` is the repo's root, which ``{{ $PWD }}`` in prefect.yaml uses.
+        must not leak in); ``PWD`` is the repo's root.
         """
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env.update(
@@ -466,15 +468,17 @@ class Stack:
         """Call the server's REST API (``path`` below ``/api``) and return the decoded JSON."""
         return api_request(self.api_url, method, path, body, timeout)
 
-    def cli(self, *args: str, timeout: float = 300.0, check: bool = True) -> str:
-        """Run ``prefect ARGS`` against this stack from the repo's root; return its output.
+    def cli(
+        self, *args: str, timeout: float = 300.0, check: bool = True, cwd: Path = REPO
+    ) -> str:
+        """Run ``prefect ARGS`` against this stack from ``cwd``; return its output.
 
         Raises:
             StackError: it exited non-zero (with ``check``); the output is in the message.
         """
         result = subprocess.run(
-            [str(VENV_BIN / "prefect"), *args], cwd=REPO, env=self.client_env(), check=False,
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+            [str(VENV_BIN / "prefect"), *args], cwd=cwd, env=self.client_env({"PWD": str(cwd)}),
+            check=False, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
         )  # fmt: skip
         output = result.stdout + result.stderr
         if check and result.returncode != 0:
@@ -956,10 +960,11 @@ def _prefect_yaml_deployments() -> dict[str, dict[str, Any]]:
 def deploy(stack: Stack, names: Sequence[str]) -> list[str]:
     """Deploy ``names`` (or ``["all"]``) from ``deployments/prefect.yaml`` to the stack's pool.
 
-    Runs ``prefect --no-prompt deploy --prefect-file deployments/prefect.yaml --name NAME``
-    from the repo's root. When a deployment's ``work_pool.name`` differs from the stack's pool,
-    it is deployed alone with ``--pool`` (``prefect deploy`` ignores ``--pool`` when deploying
-    several at once).
+    Runs ``prefect --no-prompt deploy --name NAME`` in ``deployments/``: ``prefect deploy``
+    records that folder as the runs' working directory (prefect.yaml has no pull step), so the
+    default dataset ``prompts.csv`` beside it is found. When a deployment's ``work_pool.name``
+    differs from the stack's pool, it is deployed alone with ``--pool`` (``prefect deploy``
+    ignores ``--pool`` when deploying several at once).
 
     Returns:
         The deployments' full names (``flow-name/deployment-name``).
@@ -974,16 +979,17 @@ def deploy(stack: Stack, names: Sequence[str]) -> list[str]:
     unknown = [n for n in selected if n not in known]
     if unknown:
         raise StackError(f"not in {PREFECT_FILE.name}: {unknown}; known: {sorted(known)}")
-    base = ["--no-prompt", "deploy", "--prefect-file", str(PREFECT_FILE.relative_to(REPO))]
+    base = ["--no-prompt", "deploy", "--prefect-file", PREFECT_FILE.name]
+    here = PREFECT_FILE.parent
     same_pool = [n for n in selected if known[n].get("work_pool", {}).get("name") == stack.pool]
     other_pool = [n for n in selected if n not in same_pool]
     if same_pool:
         if len(same_pool) == len(known):
-            stack.cli(*base, "--all")
+            stack.cli(*base, "--all", cwd=here)
         else:
-            stack.cli(*base, *[arg for n in same_pool for arg in ("--name", n)])
+            stack.cli(*base, *[arg for n in same_pool for arg in ("--name", n)], cwd=here)
     for name in other_pool:
-        stack.cli(*base, "--name", name, "--pool", stack.pool)
+        stack.cli(*base, "--name", name, "--pool", stack.pool, cwd=here)
     deployments = stack.api("POST", "/deployments/filter",
                             {"deployments": {"name": {"any_": selected}}})  # fmt: skip
     flows = {f["id"]: f["name"] for f in stack.api("POST", "/flows/filter", {})}

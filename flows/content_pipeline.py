@@ -1,99 +1,28 @@
-"""A scheduled content pipeline: build today's prompts from a template, then generate them.
+"""The scheduled content pipeline, kept here for imports and file entrypoints that name it.
 
-Every run writes `<output_root>/<YYYY-MM-DD>/prompts.jsonl` (the prompts it built, one row
-per subject and style) and runs the dataset flow over it into the same dated folder, so each
-day's images, manifest and ledger stay together and a re-run of the same day pays nothing twice.
+The pipeline is part of the package: :mod:`prefect_seedream.pipelines.content`, deployed as
+``prefect_seedream.pipelines.content:daily_content``. This module re-exports it, so that
+``from flows.content_pipeline import daily_content`` and the entrypoint
+``flows/content_pipeline.py:daily_content`` still load the same flow (``seedream-daily-content``).
+
+Examples:
+    >>> from prefect_seedream.pipelines import content
+    >>> daily_content is content.daily_content and daily_content.name
+    'seedream-daily-content'
 """
 
+from prefect_seedream.pipelines.content import (
+    DEFAULT_STYLES,
+    DEFAULT_SUBJECTS,
+    DEFAULT_TEMPLATE,
+    build_prompts,
+    daily_content,
+)
 
-import json
-from datetime import datetime, timezone
-from pathlib import Path
-from typing import Annotated, Literal
-
-import fsspec
-from prefect import flow, get_run_logger
-from prefect.states import State
-from pydantic import Field
-
-from prefect_seedream.api.models import DEFAULT_MODEL, SeedreamModel
-from prefect_seedream.credentials import SeedreamCredentials
-from prefect_seedream.flows import generate_dataset
-
-DEFAULT_TEMPLATE = "A {style} image of {subject}, editorial quality, no text"
-DEFAULT_SUBJECTS = ["a lighthouse at dawn", "a city street after rain", "a mountain lake in autumn"]
-DEFAULT_STYLES = ["watercolor", "photographic"]
-
-
-def build_prompts(template: str, subjects: list[str], styles: list[str]) -> list[dict[str, str]]:
-    """One dataset row per subject and style, with a stable id.
-
-    Examples:
-        >>> build_prompts("A {style} {subject}", ["fox"], ["pencil"])
-        [{'id': 'fox-pencil', 'prompt': 'A pencil fox'}]
-    """
-    rows = []
-    for subject in subjects:
-        for style in styles:
-            slug = "-".join(f"{subject} {style}".lower().split())[:80]
-            rows.append({"id": slug, "prompt": template.format(subject=subject, style=style)})
-    return rows
-
-
-@flow(name="seedream-daily-content", validate_parameters=True)
-async def daily_content(
-    template: str = DEFAULT_TEMPLATE,
-    subjects: list[str] = DEFAULT_SUBJECTS,
-    styles: list[str] = DEFAULT_STYLES,
-    output_root: str = "output/daily",
-    model: SeedreamModel = DEFAULT_MODEL,
-    size: Literal["1K", "2K", "4K"] = "2K",
-    max_concurrency: Annotated[int, Field(ge=1, le=64)] = 4,
-    max_credits: Annotated[float, Field(gt=0)] | None = 50.0,
-    credentials: SeedreamCredentials | None = None,
-    day: str | None = None,
-) -> State:
-    """Generate the day's images from a prompt template.
-
-    Args:
-        template: Prompt template with `{subject}` and `{style}` placeholders.
-        subjects: What to picture, one prompt per subject and style.
-        styles: Visual styles to combine with each subject.
-        output_root: Folder or fsspec URL; each day goes to `<output_root>/<YYYY-MM-DD>`.
-        model: Seedream model.
-        size: Size preset (1K exists on 4.0 only).
-        max_concurrency: Most generations in flight at once.
-        max_credits: Budget of one day's run.
-        credentials: A SeedreamCredentials block; default: SEEDREAM_API_KEY / SEEDREAM_BASE_URL.
-        day: The day to (re)generate, YYYY-MM-DD; default: today (UTC).
-
-    Returns:
-        The final state of the day's dataset run.
-
-    Examples:
-        ```python
-        import asyncio
-        from flows.content_pipeline import daily_content
-
-        asyncio.run(daily_content(subjects=["a red fox"], styles=["pencil sketch"]))
-        ```
-    """
-    day = day or datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    folder = f"{output_root.rstrip('/')}/{day}"
-    rows = build_prompts(template, subjects, styles)
-    dataset = f"{folder}/prompts.jsonl"
-    if "://" not in folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-    with fsspec.open(dataset, "w", encoding="utf-8") as handle:
-        handle.write("".join(json.dumps(row) + "\n" for row in rows))
-    get_run_logger().info("%d prompts for %s written to %s", len(rows), day, dataset)
-    return await generate_dataset(
-        dataset,
-        folder,
-        model=model,
-        size=size,
-        max_concurrency=max_concurrency,
-        max_credits=max_credits,
-        credentials=credentials,
-        return_state=True,
-    )
+__all__ = [
+    "DEFAULT_STYLES",
+    "DEFAULT_SUBJECTS",
+    "DEFAULT_TEMPLATE",
+    "build_prompts",
+    "daily_content",
+]

@@ -1,4 +1,5 @@
-"""The ``prefect-seedream`` command: run a dataset, recover in-flight tasks, run the simulator.
+"""The ``prefect-seedream`` command: run a dataset, recover in-flight tasks, write a
+deployable project (``init``), run the simulator.
 
 ``run`` and ``recover`` talk to the real API with ``SEEDREAM_API_KEY`` (or a credentials
 block); with ``--simulator`` they start the bundled simulator on a loopback port and use it
@@ -185,6 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     recover.add_argument("output", help="the output folder (or URL) of the earlier run")
     _common(recover)
 
+    init = commands.add_parser(
+        "init", help="write a deployable prefect.yaml and the sample prompts.csv into a folder"
+    )
+    init.add_argument("directory", nargs="?", default=".", metavar="DIR",
+                      help="the project folder (default: the current folder; created if missing)")
+    init.add_argument("--force", action="store_true", help="overwrite prefect.yaml and prompts.csv")
+
     commands.add_parser("simulator", help="run the local Evolink simulator (see its --help)")
     return parser
 
@@ -314,6 +322,34 @@ def _recover(args: argparse.Namespace, api: _PrefectAPI) -> int:
     return 0 if state.is_completed() else 1
 
 
+def _init(args: argparse.Namespace) -> int:
+    """Write the project files (see :mod:`prefect_seedream.project`) and say what to run next."""
+    from prefect_seedream.project import SAMPLE_DATASET, WORK_POOL, ProjectExistsError, init_project
+
+    try:
+        written = init_project(args.directory, force=args.force)
+    except ProjectExistsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: cannot write into {args.directory!r}: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}")
+    folder = shlex.quote(args.directory)
+    print(
+        f"\nTry it on the bundled simulator (nothing is spent):\n"
+        f"  prefect-seedream run {shlex.quote(os.path.join(args.directory, SAMPLE_DATASET))} "
+        f"--output {shlex.quote(os.path.join(args.directory, 'output'))} --simulator\n"
+        f"Deploy it (with PREFECT_API_URL pointing at your Prefect server):\n"
+        f"  cd {folder}\n"
+        f"  prefect work-pool create {WORK_POOL} --type process\n"
+        f"  prefect --no-prompt deploy --all\n"
+        f"  prefect worker start --pool {WORK_POOL}"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``prefect-seedream``."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -325,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     needs_api = argv[:1] in (["run"], ["recover"]) and not {"-h", "--help"} & set(argv)
     with _prefect_api(start=needs_api) as api:
         args = build_parser().parse_args(argv)
+        if args.command == "init":
+            return _init(args)
         _configure_prefect(args.verbose, api.embedded)
         if args.command == "run":
             return _run(args, api)

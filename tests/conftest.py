@@ -11,6 +11,7 @@ from collections.abc import Iterator
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="seedream-prefect-home-"))
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -74,7 +75,10 @@ def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    # moto keeps its buckets in process-wide state that outlives a server: start each test empty.
+    httpx.post(f"{url}/moto-api/reset").raise_for_status()
     try:
-        yield f"http://{host}:{port}"
+        yield url
     finally:
         server.stop()

@@ -1,7 +1,9 @@
-"""Deployments: prefect.yaml registers what it promises; a schedule really runs the pipeline."""
+"""Deployments: the prefect.yaml that `prefect-seedream init` writes registers what it promises
+and runs on a worker from that folder; a schedule really runs the pipeline."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -24,23 +26,35 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         yield running
 
 
-def _cli(server: PrefectServer, *args: str) -> str:
+def _cli(server: PrefectServer, *args: str, program: str = "prefect", cwd: Path = REPO) -> str:
     result = subprocess.run(
-        [venv_bin("prefect"), *args], cwd=REPO, env=server.client_env(),
-        capture_output=True, text=True, timeout=300,
+        [venv_bin(program), *args], cwd=cwd, env=server.client_env({"PWD": str(cwd)}),
+        capture_output=True, text=True, timeout=300, check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
 
-def test_prefect_yaml_registers_the_deployments(server: PrefectServer) -> None:
+@pytest.mark.timeout(600)
+def test_an_init_folder_deploys_and_its_dataset_deployment_runs_on_a_worker(
+    server: PrefectServer, simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """What a pip user does: `prefect-seedream init`, `prefect deploy --all` in that folder, a
+    process worker started anywhere; a run with the deployment's defaults works in the folder."""
+    project = tmp_path / "project"
+    _cli(server, "init", str(project), program="prefect-seedream", cwd=tmp_path)
     _cli(server, "work-pool", "create", "seedream-process", "--type", "process")
 
-    _cli(server, "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all")
+    _cli(server, "--no-prompt", "deploy", "--all", cwd=project)
 
     dataset = server.api("GET", "/deployments/name/seedream-generate-dataset/generate-dataset")
     assert dataset["work_pool_name"] == "seedream-process"
     assert dataset["entrypoint"] == "prefect_seedream.flows:generate_dataset"
+    assert dataset["parameters"] == {"dataset": "prompts.csv", "output": "output/ui-runs"}
+    # No pull section in prefect.yaml: the runs work in the folder `prefect deploy` ran in.
+    assert dataset["pull_steps"] == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": str(project.resolve())}}
+    ]
     schema = dataset["parameter_openapi_schema"]["properties"]
     assert schema["model"]["enum"] == ["doubao-seedream-4.0", "doubao-seedream-4.5"]
     assert all(prop.get("description") for prop in schema.values())
@@ -50,6 +64,7 @@ def test_prefect_yaml_registers_the_deployments(server: PrefectServer) -> None:
     assert shard["work_pool_name"] == "seedream-process"
 
     daily = server.api("GET", "/deployments/name/seedream-daily-content/daily-content")
+    assert daily["entrypoint"] == "prefect_seedream.pipelines.content:daily_content"
     [schedule] = daily["schedules"]
     assert schedule["schedule"]["cron"] == "0 7 * * *"
     assert schedule["schedule"]["timezone"] == "UTC"
@@ -59,6 +74,27 @@ def test_prefect_yaml_registers_the_deployments(server: PrefectServer) -> None:
     automations = server.api("POST", "/automations/filter", {})
     [trigger] = [a for a in automations if recover["id"] in str(a["actions"])]
     assert trigger["trigger"]["expect"] == ["seedream.dataset.failed"]
+    assert recover["entrypoint"] == "prefect_seedream.flows:recover_dataset"
+
+    worker = tmp_path / "worker"  # the worker runs elsewhere: the deployment says where to work
+    worker.mkdir()
+    env = {"SEEDREAM_API_KEY": "sk-deploy-test", "SEEDREAM_BASE_URL": simulator.base_url,
+           "PREFECT_WORKER_QUERY_SECONDS": "2"}
+    argv = [venv_bin("prefect"), "worker", "start", "--pool", "seedream-process"]
+    with serve_deployment(
+        server, argv, "seedream-generate-dataset/generate-dataset", worker, extra_env=env, cwd=worker
+    ) as started:
+        run = server.api("POST", f"/deployments/{dataset['id']}/create_flow_run", {})
+        deadline = time.monotonic() + 300
+        state = run["state"]["type"]
+        while state not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") and time.monotonic() < deadline:
+            time.sleep(2)
+            state = server.api("GET", f"/flow_runs/{run['id']}")["state"]["type"]
+    assert state == "COMPLETED", f"{state}:\n{started.log_path.read_text()[-3000:]}"
+    manifest = project / "output" / "ui-runs" / "manifest.jsonl"
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert [line["status"] for line in lines] == ["succeeded"] * 14
+    assert simulator.stats()["tasks_created"] == 14
 
 
 @pytest.mark.timeout(720)

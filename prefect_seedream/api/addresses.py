@@ -33,8 +33,8 @@ def parse_ip_literal(host: str) -> IPAddress | None:
     Examples:
         >>> str(parse_ip_literal("0x7f000001"))
         '127.0.0.1'
-        >>> str(parse_ip_literal("::ffff:10.0.0.1"))
-        '::ffff:a00:1'
+        >>> parse_ip_literal("::ffff:10.0.0.1").ipv4_mapped
+        IPv4Address('10.0.0.1')
         >>> parse_ip_literal("example.com") is None
         True
     """

@@ -358,9 +358,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["none", "plain", "resubmit-unknown"],
         default="none",
         help="then run the flow again into the same output: 'plain' must create no new "
-        "task (idempotent re-run); 'resubmit-unknown' (resubmit_unknown=True) pays again "
-        "for outcome-unknown rows, which this script must flag as duplicates "
-        "(a check of the checker; exit code 1 expected)",
+        "task (idempotent re-run), nor must 'resubmit-unknown' (resubmit_unknown=True: "
+        "outcome-unknown rows are sent again with their Idempotency-Key, a replay)",
     )
     parser.add_argument(
         "--settle-timeout",

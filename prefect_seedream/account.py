@@ -20,6 +20,7 @@ This module knows no Prefect.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import Literal
@@ -27,6 +28,8 @@ from typing import Literal
 from pydantic import BaseModel
 
 from prefect_seedream.api.errors import InsufficientQuotaError, SeedreamAPIError
+
+logger = logging.getLogger("prefect_seedream.account")
 
 #: Longest pause for a renewing quota (a longer ``Retry-After`` stops the run instead).
 MAX_QUOTA_PAUSE_SECONDS = 24 * 3600.0
@@ -192,7 +195,10 @@ class SubmissionGate:
         elif self.stopped is None:
             self.stopped = stop
             if self.on_stop is not None:
-                self.on_stop(stop)
+                try:
+                    self.on_stop(stop)
+                except Exception:  # sharing the stop is an aid: this run stops regardless
+                    logger.warning("the account stop could not be shared with the other shards", exc_info=True)
         return True
 
     def stop_for(self, model: str | None) -> AccountStop | None:
@@ -201,7 +207,10 @@ class SubmissionGate:
             now = self.clock()
             if now - self._peeked_at >= self.peek_every:
                 self._peeked_at = now
-                self.stopped = self.peek()
+                try:
+                    self.stopped = self.peek()
+                except Exception:  # the store failed to answer: no stop seen, look again later
+                    logger.warning("another shard's account stop could not be read", exc_info=True)
         if self.stopped is not None:
             return self.stopped
         return self.stopped_models.get(model) if model is not None else None

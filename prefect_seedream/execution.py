@@ -7,6 +7,7 @@ dataset flow and for the shard flow.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,13 +25,13 @@ from prefect_seedream.batches import rows_per_task_for, run_batches
 from prefect_seedream.budget import CreditBudget
 from prefect_seedream.clients import api_client, shared_clients
 from prefect_seedream.credentials import SeedreamCredentials, resolve_credentials
-from prefect_seedream.dataset import InvalidRow, RowDefaults, iter_rows
+from prefect_seedream.dataset import InvalidRow, RowDefaults, ValidRow, iter_rows
 from prefect_seedream.defaults import FAILURES_LOGGED
-from prefect_seedream.ledger import TaskLedger
+from prefect_seedream.ledger import TaskLedger, prompt_sha256
 from prefect_seedream.manifest import RunLine
 from prefect_seedream.options import RunOptions
 from prefect_seedream.parts import RunParts
-from prefect_seedream.reconcile import TaskListIndex
+from prefect_seedream.reconcile import PromptKey, TaskListIndex, shared_prompt_keys
 from prefect_seedream.runner import RowLimiter, RowRunner
 from prefect_seedream.slots import SlotPool
 from prefect_seedream.storage import ImageStore
@@ -135,6 +136,16 @@ async def read_concurrency_limit(name: str) -> int:
     return int(found.limit)
 
 
+def dataset_shared_prompts(job: RowsJob) -> set[PromptKey]:
+    """The (prompt sha256, model) pairs of the whole dataset (every shard's rows) that several
+    rows have: a lost answer of such a row is never matched by its prompt alone."""
+    options = job.options
+    rows = iter_rows(job.dataset, options.row_defaults(), storage_options=options.dataset_storage_options)
+    return shared_prompt_keys(
+        (prompt_sha256(row.request.prompt), row.request.model) for row in rows if isinstance(row, ValidRow)
+    )
+
+
 async def execute_rows(
     job: RowsJob,
     rows: RowRange,
@@ -167,7 +178,10 @@ async def execute_rows(
     )
     try:
         async with shared_clients(), api_client(job.credentials) as client:
-            finder = TaskListIndex(client, submit_timeout=resolve_credentials(job.credentials).submit_timeout)
+            finder = TaskListIndex(
+                client, submit_timeout=resolve_credentials(job.credentials).submit_timeout,
+                shared_prompts=lambda: asyncio.to_thread(dataset_shared_prompts, job),
+            )
             runner = RowRunner(
                 ledger=TaskLedger(store, client.identity),
                 client=client,

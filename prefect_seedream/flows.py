@@ -64,7 +64,7 @@ from prefect_seedream.options import RunOptions, dataset_storage_options_for
 from prefect_seedream.output_lock import OutputLock, check_held_by
 from prefect_seedream.parts import RunParts
 from prefect_seedream.progress import RunProgress, notify_total
-from prefect_seedream.reconcile import TaskListIndex
+from prefect_seedream.reconcile import PromptKey, TaskListIndex, shared_prompt_keys
 from prefect_seedream.runs import ShardPlan, run_in_output
 from prefect_seedream.shards import check_shard_deployment, unfair_share_warning
 from prefect_seedream.sources import is_in_memory, spill_rows
@@ -438,7 +438,15 @@ async def recover_dataset(
             collected[record.row_id] = record
 
     async with OutputLock(store, str(flow_run.id)), shared_clients(), api_client(credentials) as client:
-        finder = TaskListIndex(client, submit_timeout=resolve_credentials(credentials).submit_timeout)
+        shared = shared_prompt_keys((r.prompt_sha256, r.model) for r in records if r.prompt_sha256)
+
+        async def shared_prompts() -> set[PromptKey]:
+            return shared
+
+        finder = TaskListIndex(
+            client, submit_timeout=resolve_credentials(credentials).submit_timeout,
+            shared_prompts=shared_prompts,
+        )
         for record in records:
             if record.task_id:
                 finder.claim(record.task_id)

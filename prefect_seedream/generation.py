@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from prefect_seedream.account import SubmissionsPaused, SubmissionsStopped
 from prefect_seedream.api.client import PollPolicy, SeedreamClient
 from prefect_seedream.api.errors import (
     NotFoundError,
@@ -274,6 +275,7 @@ async def generate_recorded(
     thumbnails: bool = True,
     on_terminal: Callable[[], Awaitable[Any]] | None = None,
     before_submit: Callable[[], Awaitable[None]] | None = None,
+    before_send: Callable[[], None] | None = None,
     finder: TaskListIndex | None = None,
     run_id: str | None = None,
 ) -> LedgerRecord:
@@ -296,6 +298,10 @@ async def generate_recorded(
             give its concurrency slot to the next row while this one downloads.
         before_submit: Awaited before a submission is sent (nothing is written yet); raises
             to stop the attempt (the runner checks its submission gate and budget there).
+        before_send: Called once the intent is saved, right before the request leaves; raises
+            :class:`SubmissionsStopped` or :class:`SubmissionsPaused` to withdraw the
+            submission (the runner checks its gate again: an account-wide answer may have
+            come while the intent was written). The record then says it was not sent.
         finder: Looks up, in the API's task list, the task of an earlier submission whose
             outcome is unknown (found: re-attached, nothing is submitted).
         run_id: The run making the submission (its charge is that run's).
@@ -361,7 +367,7 @@ async def generate_recorded(
         if before_submit is not None:
             await before_submit()
         estimated_time = await _submit_recorded(
-            record, request, client, ledger, reporter, run_id, options.references
+            record, request, client, ledger, reporter, run_id, options.references, before_send
         )
         done = await _wait_recorded(record, client, ledger, reporter, options, estimated_time=estimated_time)
     if on_terminal is not None:
@@ -384,9 +390,13 @@ async def _submit_recorded(
     reporter: StepReporter,
     run_id: str | None,
     references: ReferenceStore | None,
+    before_send: Callable[[], None] | None = None,
 ) -> float | None:
     """Write the intent, submit, record the answer; returns the task's estimated time."""
     sent = await _api_request(record, request, references)
+    # A key already in doubt (an earlier submission's 5xx or lost answer) stays in doubt
+    # whatever this submission hears: its task may exist.
+    key_reused = record.key_in_doubt and record.idempotency_key is not None
     record.begin_submission(
         request.reserved_credits, run_id=run_id,
         sent_image_urls=list(sent.image_urls) if request.local_references else None,
@@ -394,6 +404,18 @@ async def _submit_recorded(
     if record.sent_image_urls is not None:  # the key's first body, again: a replay matches it
         sent = sent.model_copy(update={"image_urls": tuple(record.sent_image_urls)})
     await ledger.asave(record)  # durable before a byte is sent
+    if before_send is not None:
+        try:
+            before_send()
+        except (SubmissionsStopped, SubmissionsPaused) as exc:  # withdrawn: nothing was sent
+            stop = exc.stop if isinstance(exc, SubmissionsStopped) else None
+            record.submission_refused(
+                stop.code if stop else "quota_paused",
+                stop.skip_message() if stop else str(exc),
+                key_settled=not key_reused, stopped=True,
+            )
+            await ledger.asave(record)
+            raise
     try:
         task = await submit_request(
             client, sent, reporter, record.row_id, idempotency_key=record.idempotency_key
@@ -405,13 +427,16 @@ async def _submit_recorded(
     except SeedreamAPIError as exc:  # answered: no task is known to exist
         record.submission_refused(
             exc.code, exc.detail,
-            key_settled=not isinstance(exc, ServerError),  # a 5xx may follow a creation
+            # a 5xx (this answer or an earlier attempt's) may follow a creation
+            key_settled=not (key_reused or exc.submission_in_doubt or isinstance(exc, ServerError)),
             stopped=exc.account_scope is not None,
         )
         await ledger.asave(record)
         raise
-    except SeedreamConnectionError as exc:  # never sent
-        record.submission_refused(exc.code, str(exc))
+    except SeedreamConnectionError as exc:  # this attempt never sent
+        record.submission_refused(
+            exc.code, str(exc), key_settled=not (key_reused or exc.submission_in_doubt)
+        )
         await ledger.asave(record)
         raise
     record.submitted(task)

@@ -10,7 +10,14 @@ the oldest submission it is asked about) and recognises a row's task by, in orde
 2. otherwise the prompt (compared by sha256), the model, and a creation time within the
    submission's window (from its intent, written before sending, to the submit timeout
    after it), when the listed task carries its prompt, with exactly one such task not
-   claimed by another row.
+   claimed by another row, that shows no other submission's key, and only when no other row
+   of the run's dataset has the same prompt and model (such a row's task, or its submission
+   still unanswered, would be indistinguishable from this one's: only the key tells them
+   apart).
+
+A task of another pipeline on the same account, with the same prompt and model, created in
+the same window, while the list shows prompts but not keys, cannot be told apart from ours
+either; that is the one wrong match this rule leaves possible.
 
 The API does not document which request fields its task list shows: when it shows neither,
 nothing is matched (never a guess: a wrong match would store another prompt's images as this
@@ -26,6 +33,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from prefect_seedream.api.client import SeedreamClient
@@ -42,6 +50,23 @@ CLOCK_SLACK_SECONDS = 5.0
 KEY_FIELDS = ("idempotency_key", "client_request_id")
 #: The newest page is read again for a later lookup at most this often.
 HEAD_REFRESH_SECONDS = 1.0
+
+#: A prompt's identity in the task list: (sha256 of the prompt, model).
+PromptKey = tuple[str, str | None]
+
+
+def shared_prompt_keys(keys: Iterable[PromptKey]) -> set[PromptKey]:
+    """The (prompt sha256, model) pairs that occur more than once.
+
+    Examples:
+        >>> sorted(shared_prompt_keys([("a", "m"), ("b", "m"), ("a", "m"), ("a", "n")]))
+        [('a', 'm')]
+    """
+    seen: set[PromptKey] = set()
+    shared: set[PromptKey] = set()
+    for key in keys:
+        (shared if key in seen else seen).add(key)
+    return shared
 
 
 def listed_prompt(task: GenerationTask) -> str | None:
@@ -79,6 +104,9 @@ class TaskListIndex:
         submit_timeout: How long after its intent a lost submission may have created its task.
         page_size: Tasks per page read.
         max_pages: Most pages read per model (a bound on the cost of a huge account).
+        shared_prompts: Returns the (prompt sha256, model) pairs that several rows of the run
+            have; called once, at the first lookup by prompt (a pass over the dataset, paid
+            only when an answer was lost). None: the run has a single row.
 
     Examples:
         ```python
@@ -94,8 +122,11 @@ class TaskListIndex:
         submit_timeout: float = SUBMIT_TIMEOUT_SECONDS,
         page_size: int = 100,
         max_pages: int = 50,
+        shared_prompts: Callable[[], Awaitable[set[PromptKey]]] | None = None,
     ) -> None:
         self.client = client
+        self._shared_prompts = shared_prompts
+        self._shared: set[PromptKey] | None = None
         self.submit_timeout = submit_timeout
         self.page_size = page_size
         self.max_pages = max_pages
@@ -118,14 +149,16 @@ class TaskListIndex:
         try:
             async with self._lock:
                 tasks = await self._read_back_to(record.model, start, end)
+                shared = await self._shared_keys()
         except SeedreamError as exc:  # the list is an aid: without it the row stays unknown
             logger.warning("the task list could not be read (%s); %s stays unknown", exc, record.row_id)
             return None
         window = [
             task for task in tasks
             if task.id not in self._claimed and task.created is not None and start <= task.created <= end
+            and listed_key(task) in (None, record.idempotency_key)  # another key: another's task
         ]
-        match = self._match(record, window)
+        match = self._match(record, window, shared)
         if match is not None:
             self._claimed.add(match.id)
             self.found += 1
@@ -135,12 +168,19 @@ class TaskListIndex:
         """A task known to belong to some row (never matched to another)."""
         self._claimed.add(task_id)
 
-    def _match(self, record: LedgerRecord, window: list[GenerationTask]) -> GenerationTask | None:
+    async def _shared_keys(self) -> set[PromptKey]:
+        if self._shared is None:
+            self._shared = await self._shared_prompts() if self._shared_prompts else set()
+        return self._shared
+
+    def _match(
+        self, record: LedgerRecord, window: list[GenerationTask], shared: set[PromptKey]
+    ) -> GenerationTask | None:
         if record.idempotency_key:
             keyed = [task for task in window if listed_key(task) == record.idempotency_key]
             if keyed:
                 return keyed[0]
-        if record.prompt_sha256 is None:
+        if record.prompt_sha256 is None or (record.prompt_sha256, record.model) in shared:
             return None
         same_prompt = [
             task for task in window

@@ -303,6 +303,8 @@ class RowRunner:
             error = ManifestError(code="output_lock_lost", message=str(exc))
             return RunLine(line=line_for(row, "skipped", error=error))
         except _OverBudget:
+            if record.outcome_unknown:  # an earlier submission may still have been billed
+                return RunLine(line=line_from_record(row, record), at_risk=record.charge().at_risk)
             message = (
                 f"reserving {reservation.wanted:g} credits would pass max_credits={self.budget.limit:g} "
                 f"({self.budget.spent:g} spent, {self.budget.reserved:g} reserved)"
@@ -351,7 +353,9 @@ class RowRunner:
             async with self.limiter.hold() as slot:
                 if clock.started is None:
                     self.guard()
-                    if not self.budget.try_reserve(reservation.amount):
+                    # A row that re-attaches reserves nothing: the budget never stops it
+                    # (its task is paid for already, and only collecting it is left).
+                    if reservation.amount > 0 and not self.budget.try_reserve(reservation.amount):
                         raise _OverBudget()
                     clock.start()
                 while True:
@@ -363,10 +367,11 @@ class RowRunner:
                     if delay is None:
                         return
                     retry += 1
-                    if record.state is not LedgerState.SUBMITTED:
+                    if record.state is not LedgerState.SUBMITTED and not record.outcome_unknown:
                         break  # nothing of the row is in flight at the API: give the slot back
-                    # Its task is still running (the polls failed): it keeps its slot, or the
-                    # API would see more than the limit while it is struggling.
+                    # Its task is still running (the polls failed), or may be (its answer was
+                    # lost, the task list is looked at in a moment): it keeps its slot, or the
+                    # API would see more than the limit.
                     await asyncio.sleep(delay)
             will_submit = self._will_submit(record)
             await asyncio.sleep(delay)
@@ -389,6 +394,7 @@ class RowRunner:
                 thumbnails=self.gallery.wants_more(),
                 on_terminal=slot.aclose,  # downloading holds no slot: next row goes
                 before_submit=before_submit,
+                before_send=lambda: self.gate.check(row.request.model),
                 finder=self.finder,
                 run_id=self.run_id,
             )
@@ -403,9 +409,13 @@ class RowRunner:
                 return None  # the account refuses it: the row is skipped (or in flight)
             if not isinstance(exc, (TaskFailedError, SubmissionOutcomeUnknownError)):
                 record.note_error(exc.code, _message_of(exc))  # else the transition said why
-            if isinstance(exc, SubmissionOutcomeUnknownError) and self.finder and not exc.looked_up:
-                # The answer was lost: look for the task in the API's task list, once, in a
-                # moment (nothing is submitted: found, the row re-attaches; else it stays unknown).
+            if (
+                isinstance(exc, SubmissionOutcomeUnknownError) and self.finder and not exc.looked_up
+                and (not self.generation.resubmit_unknown or retry < self.retry.retries)
+            ):
+                # The answer was lost: look for the task in the API's task list, in a moment
+                # (found, the row re-attaches; else it stays unknown, or with resubmit_unknown
+                # is sent again with its key: that counts as one of the row's retries).
                 return LOOKUP_DELAY_SECONDS
             if not is_worth_retrying(exc) or retry >= self.retry.retries:
                 return None

@@ -125,12 +125,26 @@ def with_stable_ids(records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any
     """
     seen: Counter[str] = Counter()
     for record in records:
-        if record.get("id") not in (None, ""):
+        if not _missing_id(record.get("id")):
             yield record
             continue
         base = content_id(record)
         seen[base] += 1
-        yield {"id": base if seen[base] == 1 else f"{base}-{seen[base]}", **record}
+        yield {**record, "id": base if seen[base] == 1 else f"{base}-{seen[base]}"}
+
+
+def _missing_id(value: Any) -> bool:
+    """No id: absent, None, blank, or a DataFrame's missing value (NaN).
+
+    Examples:
+        >>> [_missing_id(v) for v in (None, "", "  ", float("nan"), "x", 0)]
+        [True, True, True, True, False, False]
+    """
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    return isinstance(value, float) and math.isnan(value)
 
 
 def spill_rows(data: Any, output: str, storage_options: dict[str, Any] | None = None) -> str:

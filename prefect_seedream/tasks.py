@@ -190,7 +190,10 @@ async def submit_generation(
             return task.id
         ```
     """
-    key = idempotency_key or f"seedream-task-run-{current_task_run.id}"
+    # The task run's id: the same on every Prefect retry of this task run. Outside a task run
+    # (``submit_generation.fn(...)``), None: the client makes a new key for this call.
+    task_run_id = current_task_run.id
+    key = idempotency_key or (f"seedream-task-run-{task_run_id}" if task_run_id else None)
     async with api_client(credentials) as client:
         return await submit_request(
             client, request, _reporter(), label or slug(request.prompt), idempotency_key=key

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -30,6 +31,27 @@ def make_client(
 def body(prompt: str = "a lighthouse at dusk", model: str = M45, **fields: Any) -> dict[str, Any]:
     """A submit body."""
     return {"model": model, "prompt": prompt, **fields}
+
+
+def wait_terminal(client: httpx.Client, task_id: str, timeout: float = 8.0) -> dict[str, Any]:
+    """Poll a task until it is completed, failed or cancelled (an error answer is polled again)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.get(f"/v1/tasks/{task_id}")
+        if response.status_code == 200:
+            task: dict[str, Any] = response.json()
+            if task["status"] in ("completed", "failed", "cancelled"):
+                return task
+        assert time.monotonic() < deadline, f"task {task_id} did not finish: {response.text}"
+        time.sleep(0.02)
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> None:
+    """Wait until ``condition()`` is true."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
 
 
 @pytest.fixture

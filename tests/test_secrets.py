@@ -300,6 +300,7 @@ async def _run_and_search(
         _assert_no_canary(str(path), data)
 
 
+@pytest.mark.slow  # a whole run with debug logs searched everywhere: about a minute
 async def test_api_key_from_the_environment_never_leaks(
     canary_sim: RunningSimulator,
     tmp_path: Path,
@@ -313,6 +314,7 @@ async def test_api_key_from_the_environment_never_leaks(
     await _run_and_search(canary_sim, tmp_path, debug_logs, caplog, capsys)
 
 
+@pytest.mark.slow  # a whole run with debug logs searched everywhere: about a minute
 async def test_api_key_from_a_credentials_block_parameter_never_leaks(
     canary_sim: RunningSimulator,
     tmp_path: Path,

@@ -32,7 +32,20 @@ from prefect_seedream.simulator import (
     running_simulator,
 )
 from prefect_seedream.simulator.server import build_parser, config_from_args
-from tests.sim_http import FAST, KEY, M40, M45, OTHER_KEY, SUBMIT, body, client, make_client, sim
+from tests.sim_http import (
+    FAST,
+    KEY,
+    M40,
+    M45,
+    OTHER_KEY,
+    SUBMIT,
+    body,
+    client,
+    make_client,
+    sim,
+    wait_terminal,
+    wait_until,
+)
 
 __all__ = ["client", "sim"]  # fixtures, shared with the other simulator tests
 
@@ -56,25 +69,6 @@ def submit_ok(client: httpx.Client, **fields: Any) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     payload: dict[str, Any] = response.json()
     return payload
-
-
-def wait_terminal(client: httpx.Client, task_id: str, timeout: float = 5.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        response = client.get(f"/v1/tasks/{task_id}")
-        if response.status_code == 200:
-            task: dict[str, Any] = response.json()
-            if task["status"] in ("completed", "failed"):
-                return task
-        assert time.monotonic() < deadline, f"task {task_id} did not finish"
-        time.sleep(0.02)
-
-
-def wait_until(condition: Any, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def answer_stats(sim: RunningSimulator) -> dict[str, int]:

@@ -18,7 +18,19 @@ from prefect_seedream.simulator import (
     running_simulator,
 )
 from prefect_seedream.simulator.server import build_parser, config_from_args
-from tests.sim_http import FAST, KEY, M40, M45, OTHER_KEY, SUBMIT, body, client, make_client, sim
+from tests.sim_http import (
+    FAST,
+    KEY,
+    M40,
+    M45,
+    OTHER_KEY,
+    SUBMIT,
+    body,
+    client,
+    make_client,
+    sim,
+    wait_terminal,
+)
 
 __all__ = ["client", "sim"]  # fixtures, shared with the other simulator tests
 
@@ -53,16 +65,6 @@ def poll(client: httpx.Client, task_id: str) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     task: dict[str, Any] = response.json()
     return task
-
-
-def wait_terminal(client: httpx.Client, task_id: str, timeout: float = 5.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        task = poll(client, task_id)
-        if task["status"] in ("completed", "failed", "cancelled"):
-            return task
-        assert time.monotonic() < deadline, f"task {task_id} did not finish"
-        time.sleep(0.02)
 
 
 def error_of(

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from prefect_seedream.simulator import RunningSimulator, SimulatorConfig, running_simulator
-from tests.sim_http import M45, SUBMIT, client, make_client, sim
+from tests.sim_http import M45, SUBMIT, client, make_client, sim, wait_terminal, wait_until
 
 __all__ = ["client", "sim"]  # fixtures, shared with the other simulator tests
 
@@ -125,25 +125,6 @@ def submit_ok(client: httpx.Client, urls: list[str], **fields: Any) -> dict[str,
     assert response.status_code == 200, response.text
     payload: dict[str, Any] = response.json()
     return payload
-
-
-def wait_terminal(client: httpx.Client, task_id: str, timeout: float = 8.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        response = client.get(f"/v1/tasks/{task_id}")
-        assert response.status_code == 200, response.text
-        task: dict[str, Any] = response.json()
-        if task["status"] in ("completed", "failed", "cancelled"):
-            return task
-        assert time.monotonic() < deadline, f"task {task_id} did not finish"
-        time.sleep(0.02)
-
-
-def wait_until(condition: Any, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def result_image(client: httpx.Client, url: str) -> Image.Image:

@@ -46,6 +46,7 @@ from prefect_seedream.api.errors import (
     SeedreamConfigurationError,
     SeedreamConnectionError,
     SeedreamError,
+    ServerError,
     SubmissionOutcomeUnknownError,
     WaitTimeoutError,
     api_error_for_status,
@@ -543,6 +544,7 @@ class SeedreamClient:
         headers = {IDEMPOTENCY_HEADER: idempotency_key} if idempotency_key else None
         timeout = self._submit_timeout if is_submit else httpx.USE_CLIENT_DEFAULT
         attempt = 0
+        in_doubt = False  # an earlier attempt of this submission was answered 5xx
         while True:
             attempt += 1
             try:
@@ -567,8 +569,10 @@ class SeedreamClient:
                 if response.status_code < 400:
                     return self._json(response, is_submit, idempotency_key), response
                 error = self._api_error(response)
+            in_doubt = in_doubt or (is_submit and isinstance(error, ServerError))
             delay = self._retry_delay(error, attempt)
             if delay is None:
+                error.submission_in_doubt = in_doubt
                 raise error
             logger.debug("%s %s: %s; retrying in %.1f s", method, path, error, delay)
             await asyncio.sleep(delay)

@@ -76,10 +76,14 @@ class SeedreamError(Exception):
     Attributes:
         retryable: True when the same operation may succeed if tried again later.
         code: What happened, as manifests and events record it (see the module docstring).
+        submission_in_doubt: Set on the error that ends a submission's retries when an
+            earlier attempt of it may have created a task (a 5xx answer): the key that
+            submission carried must be sent again, never replaced by a new one.
     """
 
     retryable: bool = False
     code: str = "error"
+    submission_in_doubt: bool = False
 
 
 class SeedreamConfigurationError(SeedreamError, ValueError):
@@ -227,10 +231,12 @@ class PermissionDeniedError(SeedreamAPIError):
 
     @property
     def account_scope(self) -> AccountScope | None:
-        """``model`` when the answer is about the model (``param`` or message), else ``account``."""
-        if self.param == "model" or "model" in self.message.lower():
-            return "model"
-        return "account"
+        """``model`` when the answer names the model (``param: "model"``), else ``account``.
+
+        Only the field decides: a message that mentions models ("may not access any model")
+        is no proof the key may use the others, and stopping the whole run costs nothing.
+        """
+        return "model" if self.param == "model" else "account"
 
 
 class IdempotencyConflictError(SeedreamAPIError):

@@ -46,6 +46,9 @@ class AccountStop(BaseModel):
         model: The model refused, for a ``model`` scope.
         action_url: Where the API says to act, if it says.
         renews_in: Seconds until a daily quota renews, when the API says.
+        balance: The account's credits, for a run stopped before any submission because its
+            estimate is more than that (code ``insufficient_balance``).
+        estimate: The credits that run may need.
 
     Examples:
         >>> stop = AccountStop(status_code=402, code="insufficient_quota", message="No credits")
@@ -60,6 +63,13 @@ class AccountStop(BaseModel):
     model: str | None = None
     action_url: str | None = None
     renews_in: float | None = None
+    balance: float | None = None
+    estimate: float | None = None
+
+    @property
+    def before_any_submission(self) -> bool:
+        """True for the balance check's stop: nothing was sent, no API answer is quoted."""
+        return self.balance is not None and self.estimate is not None
 
     @classmethod
     def of(cls, error: SeedreamAPIError, model: str | None) -> AccountStop:
@@ -78,6 +88,11 @@ class AccountStop(BaseModel):
 
     def cause(self) -> str:
         """What is wrong, in words."""
+        if self.before_any_submission:
+            return (
+                f"the Evolink account holds {self.balance:g} credits, less than the "
+                f"{self.estimate:g} this run may need"
+            )
         if self.status_code == 401:
             return "the API key was refused"
         if self.status_code == 403:
@@ -93,6 +108,11 @@ class AccountStop(BaseModel):
     def fix(self) -> str:
         """What to do before running the same command again."""
         again = "then run the same command again: stored rows are skipped and nothing is paid twice"
+        if self.before_any_submission:
+            return (
+                f"Top up the account, or run what {self.balance:g} credits pay for with "
+                f"--max-credits {self.balance:g} (max_credits={self.balance:g}); {again}."
+            )
         if self.status_code == 401:
             return f"Check SEEDREAM_API_KEY (or the credentials block), {again}."
         if self.status_code == 403:
@@ -110,6 +130,8 @@ class AccountStop(BaseModel):
 
     def sentence(self) -> str:
         """One sentence naming the cause and the fix."""
+        if self.before_any_submission:
+            return f"Stopped before any submission: {self.cause()}. {self.fix()}"
         return (
             f"Stopped: {self.cause()} (HTTP {self.status_code} {self.code}: {self.message}). "
             f"{self.fix()}"
@@ -175,6 +197,11 @@ class SubmissionGate:
         self.stopped_models: dict[str, AccountStop] = {}
         self.paused_until: float | None = None
         self.pauses = 0
+
+    def close(self, stop: AccountStop) -> None:
+        """Close the gate before any submission (the balance is below the run's estimate)."""
+        if self.stopped is None:
+            self.stopped = stop
 
     def trip(self, error: SeedreamAPIError, model: str | None) -> bool:
         """Close (or pause) the gate for an account-wide answer; False for any other answer.

@@ -1,16 +1,24 @@
-"""A credit budget for one run: no submission may take the run past it."""
+"""A credit budget for one run: no submission may take the run past it.
+
+It also keeps the run's price per image of each model: the published price of the model table
+to begin with, then what the API's ``credits_reserved`` says once a submission of that model is
+answered (a model without a published price, or one the table does not know, is estimated at
+the highest known price until then).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from prefect_seedream.api.models import GenerationRequest, GenerationTask
 
 
 @dataclass
 class CreditBudget:
     """Credits reserved by submissions in flight, and spent by finished ones.
 
-    A submission reserves its pre-charge (``credits_per_image * n``) before it is
-    sent; when it ends, the reservation is replaced by what was really charged.
+    A submission reserves its pre-charge (price per image * ``n``) before it is sent; when it
+    ends, the reservation is replaced by what was really charged.
 
     Examples:
         >>> budget = CreditBudget(limit=5.0)
@@ -18,11 +26,19 @@ class CreditBudget:
         (True, False)
         >>> budget.settle(reserved=4.0, spent=2.0); budget.try_reserve(2.0)
         True
+        >>> request = GenerationRequest(model="doubao-seedream-5.0-pro", prompt="a fox")
+        >>> budget.estimate(request)  # no published price: the highest known one
+        2.5
+        >>> budget.learn(request, GenerationTask.model_validate(
+        ...     {"id": "t", "status": "pending", "usage": {"credits_reserved": 1.8}}))
+        >>> budget.estimate(request)
+        1.8
     """
 
     limit: float | None = None
     reserved: float = 0.0
     spent: float = 0.0
+    prices: dict[str, float] = field(default_factory=dict)
 
     def try_reserve(self, credits: float) -> bool:
         """Reserve credits if the budget allows it."""
@@ -35,3 +51,15 @@ class CreditBudget:
         """Release a reservation and record what was really spent."""
         self.reserved = max(0.0, self.reserved - reserved)
         self.spent += spent
+
+    def estimate(self, request: GenerationRequest) -> float:
+        """What a submission of ``request`` is expected to pre-charge."""
+        price = self.prices.get(request.model)
+        return price * request.n if price is not None else request.reserved_credits
+
+    def learn(self, request: GenerationRequest, task: GenerationTask) -> None:
+        """Take the API's ``credits_reserved`` of a fresh submission as the model's price."""
+        usage = task.usage
+        if task.replayed or usage is None or usage.credits_reserved is None or usage.credits_reserved < 0:
+            return
+        self.prices[request.model] = usage.credits_reserved / request.n

@@ -144,7 +144,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line's parser."""
-    from prefect_seedream.api.models import DEFAULT_MODEL, SeedreamModel
+    from prefect_seedream.api.models import DEFAULT_MODEL, MODEL_LIMITS, OutputFormat, Quality
 
     parser = argparse.ArgumentParser(prog="prefect-seedream", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -152,8 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="generate images for every row of a dataset")
     run.add_argument("dataset", help="a .csv, .tsv, .jsonl or .parquet file (path or fsspec URL)")
     run.add_argument("--output", default="output", help="folder or fsspec URL (default ./output)")
-    run.add_argument("--model", default=DEFAULT_MODEL, choices=get_args(SeedreamModel))
-    run.add_argument("--size", default=d.DEFAULT_SIZE, choices=get_args(d.SizePreset))
+    run.add_argument("--model", default=DEFAULT_MODEL, metavar="MODEL",
+                     help=f"default model (default {DEFAULT_MODEL}); known: {', '.join(MODEL_LIMITS)}; "
+                          "any other name is sent as is, its rules not checked locally")
+    run.add_argument("--size", default=d.DEFAULT_SIZE,
+                     help=f"default size: auto, a ratio such as 16:9 (with --quality), a preset or WxH "
+                          f"(default {d.DEFAULT_SIZE})")
+    run.add_argument("--quality", choices=get_args(Quality),
+                     help="default resolution of a ratio size (which values a model takes: see the README's Models)")
+    run.add_argument("--output-format", choices=get_args(OutputFormat),
+                     help="default image format of the 5.0 models (their default: jpeg)")
     run.add_argument("--n", type=int, default=d.DEFAULT_N, help="default most images per prompt (1-15)")
     run.add_argument("--prompt-priority", default=d.DEFAULT_PROMPT_PRIORITY, choices=get_args(d.PromptPriority))
     run.add_argument("--max-concurrency", type=int, default=d.MAX_CONCURRENCY,
@@ -212,11 +220,16 @@ def _same_command() -> str:
     return shlex.join(["prefect-seedream", *sys.argv[1:]])
 
 
+def _balance_text(balance: float | None) -> str:
+    return "unknown (GET /v1/credits did not answer)" if balance is None else f"{balance:g} credits"
+
+
 def _print_summary(args: argparse.Namespace, summary: Any, state: Any) -> None:
     print()
     print(f"Rows:       {summary.rows} ({summary.invalid} invalid)")
     if summary.dry_run:
         print(f"Estimate:   at most {summary.estimated_credits:g} credits (dry run: nothing submitted)")
+        print(f"Balance:    {_balance_text(summary.balance)}")
         return
     print(f"Succeeded:  {summary.succeeded} ({summary.reused} already stored by an earlier run)")
     print(f"Failed:     {summary.failed}")
@@ -229,6 +242,8 @@ def _print_summary(args: argparse.Namespace, summary: Any, state: Any) -> None:
     if summary.credits_at_risk:
         credits += f" (+{summary.credits_at_risk:g} reserved by submissions that may be charged)"
     print(f"Credits:    {credits}")
+    if summary.balance is not None:
+        print(f"Balance:    {_balance_text(summary.balance)} after the run")
     print(f"Manifest:   {summary.manifest}")
     print(f"Run state:  {state.type.value.title()}: {state.message}")
     if summary.stopped is not None:
@@ -280,7 +295,8 @@ def _run(args: argparse.Namespace, api: _PrefectAPI) -> int:
         with listening(on_row, on_total=lambda rows: bar.update(job, total=rows)):
             try:
                 state = asyncio.run(generate_dataset.aio(
-                    args.dataset, args.output, model=args.model, size=args.size, n=args.n,
+                    args.dataset, args.output, model=args.model, size=args.size, quality=args.quality,
+                    output_format=args.output_format, n=args.n,
                     prompt_priority=args.prompt_priority, max_concurrency=args.max_concurrency,
                     concurrency_limit_name=args.concurrency_limit, credentials=_credentials(args),
                     max_credits=args.max_credits, dry_run=args.dry_run, max_wait_seconds=args.max_wait,

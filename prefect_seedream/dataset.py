@@ -1,8 +1,12 @@
 """Read prompt datasets (CSV, JSONL, Parquet) as a stream and validate each row.
 
-A dataset has a ``prompt`` column and optional ``id``, ``model``, ``size``,
-``n``, ``prompt_priority`` and ``image_urls`` columns; other columns (``callback_url``
-among them: a run polls its tasks) are ignored. Flow parameters are the defaults and row values override them. A
+A dataset has a ``prompt`` column and optional ``id``, ``model``, ``size``, ``quality``,
+``n``, ``prompt_priority``, ``image_urls``, ``output_format``, ``watermark``, ``background``
+and ``web_search`` columns; other columns (``callback_url`` among them: a run polls its tasks)
+are ignored. Flow parameters are the defaults and row values override them; a default is
+applied only where the row's model takes that field (a run's ``size`` does not reach a
+layerize row); a model the table does not know gets only the run's ``quality`` and
+``output_format``, when set (it is otherwise sent as the row says). A
 problem with the whole file (unknown format, missing ``prompt`` column, not
 UTF-8, empty) raises :class:`DatasetError`; a problem with one row makes that
 row an :class:`InvalidRow` with the reason, and the others go on.
@@ -20,10 +24,13 @@ from typing import Any
 import fsspec
 from pydantic import ValidationError
 
-from prefect_seedream.api.models import GenerationRequest
+from prefect_seedream.api.models import GenerationRequest, find_model_limits
 from prefect_seedream.references import no_store_message
 
-ROW_FIELDS = ("id", "prompt", "model", "size", "n", "prompt_priority", "image_urls")
+ROW_FIELDS = (
+    "id", "prompt", "model", "size", "quality", "n", "prompt_priority", "image_urls",
+    "output_format", "watermark", "background", "web_search",
+)
 MAX_ROW_ID_CHARS = 128
 CSV_FORMATS = {".csv": ",", ".tsv": "\t"}
 JSONL_FORMATS = (".jsonl", ".ndjson")
@@ -44,6 +51,33 @@ class RowDefaults:
     n: int = 1
     prompt_priority: str | None = None
     local_references: bool = False
+    quality: str | None = None
+    output_format: str | None = None
+
+    def for_model(self, model: str) -> dict[str, Any]:
+        """The defaults that apply to a row of ``model``: those its model takes.
+
+        Examples:
+            >>> defaults = RowDefaults(model="doubao-seedream-4.5", size="2K", prompt_priority="standard")
+            >>> defaults.for_model("doubao-seedream-5.0-pro-layerize")
+            {}
+            >>> defaults.for_model("doubao-seedream-4.0")
+            {'size': '2K', 'prompt_priority': 'standard'}
+        """
+        limits = find_model_limits(model)
+        if limits is None:  # only what the run set on purpose (these have no default)
+            return {name: getattr(self, name) for name in ("quality", "output_format") if getattr(self, name)}
+        taken = {
+            "size": limits.takes_size,
+            "prompt_priority": bool(limits.prompt_priorities),
+            "quality": bool(limits.qualities),
+            "output_format": bool(limits.output_formats),
+        }
+        return {
+            name: getattr(self, name)
+            for name, takes in taken.items()
+            if takes and getattr(self, name) is not None
+        }
 
 
 @dataclass(frozen=True)
@@ -268,19 +302,17 @@ def parse_row(number: int, record: dict[str, Any] | str, defaults: RowDefaults) 
     if id_error is not None:
         return InvalidRow(number, row_id, prompt, id_error, parameters)
     try:
+        model = _text(record, "model") or defaults.model
         if prompt_value is None:
-            raise ValueError("prompt is missing")
+            limits = find_model_limits(model)
+            if limits is None or limits.prompt_required:
+                raise ValueError("prompt is missing")
+            prompt_value = ""
         if not isinstance(prompt_value, str):
             raise ValueError(f"prompt must be text, got {type(prompt_value).__name__}")
         if _has_control_chars(prompt_value, allow_whitespace=True):
             raise ValueError("prompt contains control characters")
-        parameters = {
-            "model": _text(record, "model") or defaults.model,
-            "size": _text(record, "size") or defaults.size,
-            "n": _int(record, "n", defaults.n),
-            "prompt_priority": _text(record, "prompt_priority") or defaults.prompt_priority,
-            "image_urls": _urls(record),
-        }
+        parameters = _parameters(record, model, defaults)
         request = GenerationRequest(prompt=prompt_value, **parameters)
         if request.local_references and not defaults.local_references:
             raise ValueError(no_store_message(request.local_references[0]))
@@ -289,6 +321,38 @@ def parse_row(number: int, record: dict[str, Any] | str, defaults: RowDefaults) 
     except ValueError as exc:
         return InvalidRow(number, row_id, prompt, str(exc), parameters)
     return ValidRow(number, row_id, request)
+
+
+def _parameters(record: dict[str, Any], model: str, defaults: RowDefaults) -> dict[str, Any]:
+    """A row's request fields: its own values, else the run's defaults its model takes."""
+    parameters: dict[str, Any] = {"model": model, **defaults.for_model(model)}
+    for name in ("size", "quality", "prompt_priority", "output_format", "background"):
+        value = _text(record, name)
+        if value:
+            parameters[name] = value
+    parameters["n"] = _int(record, "n", defaults.n)
+    parameters["image_urls"] = _urls(record)
+    for name in ("watermark", "web_search"):
+        flag = _bool(record, name)
+        if flag is not None:
+            parameters[name] = flag
+    return parameters
+
+
+def _bool(record: dict[str, Any], field: str) -> bool | None:
+    value = record.get(field)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off"):
+        return False
+    raise ValueError(f"{field} must be true or false, got {str(value)[:40]!r}")
 
 
 def _validation_reason(exc: ValidationError) -> str:

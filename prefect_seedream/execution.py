@@ -62,6 +62,8 @@ class RowsJob:
         total_rows: Rows of the whole dataset (they choose the rows per task run).
         concurrency_limit: The value of ``options.concurrency_limit_name``, when one is named.
         sharded: The run is one of several shards (they share stops through the output).
+        stop: Submissions are stopped before the run starts (the balance is below its
+            estimate): rows are still read, stored ones reused and tasks in flight collected.
     """
 
     dataset: str
@@ -71,6 +73,7 @@ class RowsJob:
     total_rows: int
     concurrency_limit: int | None = None
     sharded: bool = False
+    stop: AccountStop | None = None
 
     @property
     def rows_per_task(self) -> int:
@@ -176,6 +179,8 @@ async def execute_rows(
         on_stop=parts.write_stop if job.sharded else None,
         peek=parts.read_stop if job.sharded else None,
     )
+    if job.stop is not None:
+        gate.close(job.stop)
     try:
         async with shared_clients(), api_client(job.credentials) as client:
             finder = TaskListIndex(

@@ -22,7 +22,7 @@ from prefect.states import Completed, Failed, State
 from pydantic import Field
 
 from prefect_seedream.api.errors import SeedreamError
-from prefect_seedream.api.models import DEFAULT_MODEL, SeedreamModel
+from prefect_seedream.api.models import DEFAULT_MODEL, ModelName, OutputFormat, Quality
 from prefect_seedream.artifacts import Gallery, ProgressArtifact, RunTables
 from prefect_seedream.clients import api_client, shared_clients
 from prefect_seedream.credentials import SeedreamCredentials, resolve_credentials
@@ -40,7 +40,6 @@ from prefect_seedream.defaults import (
     SHARD_DEPLOYMENT,
     PromptPriority,
     RowEvents,
-    SizePreset,
 )
 from prefect_seedream.dispatch import dual_flow
 from prefect_seedream.events import emit_dataset_event
@@ -65,7 +64,7 @@ from prefect_seedream.output_lock import OutputLock, check_held_by
 from prefect_seedream.parts import RunParts
 from prefect_seedream.progress import RunProgress, notify_total
 from prefect_seedream.reconcile import PromptKey, TaskListIndex, shared_prompt_keys
-from prefect_seedream.runs import ShardPlan, run_in_output
+from prefect_seedream.runs import ShardPlan, account_balance, run_in_output
 from prefect_seedream.shards import check_shard_deployment, unfair_share_warning
 from prefect_seedream.sources import is_in_memory, spill_rows
 from prefect_seedream.storage import ImageStore
@@ -99,8 +98,10 @@ async def _rows_to_file(parameters: dict[str, Any]) -> dict[str, Any]:
 async def generate_dataset(
     dataset: DatasetParameter,
     output: str = "output",
-    model: SeedreamModel = DEFAULT_MODEL,
-    size: SizePreset = DEFAULT_SIZE,
+    model: ModelName = DEFAULT_MODEL,
+    size: str = DEFAULT_SIZE,
+    quality: Quality | None = None,
+    output_format: OutputFormat | None = None,
     n: Annotated[int, Field(ge=1, le=15)] = DEFAULT_N,
     prompt_priority: PromptPriority = DEFAULT_PROMPT_PRIORITY,
     max_concurrency: Annotated[int, Field(ge=1, le=MAX_CONCURRENCY_BOUND)] = MAX_CONCURRENCY,
@@ -153,11 +154,15 @@ async def generate_dataset(
 
     Args:
         dataset: Path or fsspec URL of a .csv, .tsv, .jsonl or .parquet file with a `prompt`
-            column (optional: id, model, size, n, prompt_priority, image_urls),
-            or the rows themselves (see above).
+            column (optional: id, model, size, quality, n, prompt_priority, image_urls,
+            output_format, watermark, background, web_search), or the rows themselves.
         output: Folder or fsspec URL (`s3://bucket/prefix`) for images and manifest.
-        model: Default model for rows that do not name one.
-        size: Default size preset (rows may give a preset or WxH); 1K exists on 4.0 only.
+        model: Default model for rows that do not name one: a known model, or any other
+            name, sent as is (its rules are then not checked locally).
+        size: Default size: `auto`, a ratio (`16:9`, with `quality`), a preset (`2K`) or
+            `WxH`; applied to the rows whose model takes a size.
+        quality: Default resolution of a ratio size (`1K`, `1.5K`, `2K`, `3K`, `4K`: per model).
+        output_format: Default image format of the 5.0 models (`png` or `jpeg`, their default).
         n: Default most images per prompt (1-15).
         prompt_priority: Default prompt priority (`fast` exists on 4.0 only).
         max_concurrency: Most generations in flight at once in this run (in each shard).
@@ -212,7 +217,8 @@ async def generate_dataset(
     """
     logger = get_run_logger()
     options = RunOptions(
-        model=model, size=size, n=n, prompt_priority=prompt_priority,
+        model=model, size=size, quality=quality, output_format=output_format, n=n,
+        prompt_priority=prompt_priority,
         max_concurrency=max_concurrency, concurrency_limit_name=concurrency_limit_name,
         max_credits=max_credits, max_wait_seconds=max_wait_seconds, poll_interval=poll_interval,
         retries=retries, retry_delay_seconds=retry_delay_seconds,
@@ -243,13 +249,16 @@ async def generate_dataset(
     notify_total(scan.rows)
     if dry_run:
         summary.rows, summary.invalid = scan.rows, scan.invalid
+        summary.balance = await account_balance(credentials or resolved)
+        balance = f"; the account holds {summary.balance:g}" if summary.balance is not None else ""
         return Completed(message=f"dry run: {scan.rows} rows, {scan.invalid} invalid, "
-                         f"at most {scan.estimated_credits:g} credits", data=summary)
+                         f"at most {scan.estimated_credits:g} credits{balance}", data=summary)
 
     tables = RunTables(scan.rows)
     gallery = await run_in_output(
         dataset, output, options, credentials or resolved, total_rows=scan.rows,
         run_id=str(flow_run.id), summary=summary, concurrency_limit=limit, tables=tables,
+        estimated_credits=scan.estimated_credits,
         shard_plan=ShardPlan(shards, shard_deployment, work_pool, generate_shard) if shards > 1 else None,
     )
     await tables.publish(summary)

@@ -100,6 +100,8 @@ class StepReporter:
             (a dataset run logs its failed rows itself, with a cap).
         events: Which ``seedream.generation.*`` events to emit: ``all``, ``failures``
             (a failed task only) or ``none``.
+        on_submitted: Called with the request and the API's task when a submission is
+            answered (a run learns the model's price from it).
 
     Examples:
         ```python
@@ -114,14 +116,18 @@ class StepReporter:
         level: int = logging.INFO,
         failure_level: int = logging.ERROR,
         events: RowEvents = "all",
+        on_submitted: Callable[[GenerationRequest, GenerationTask], None] | None = None,
     ) -> None:
         self.logger = logger
         self.level = level
         self.failure_level = failure_level
         self.events = events
+        self.on_submitted = on_submitted
 
     def submitted(self, label: str, request: GenerationRequest, task: GenerationTask) -> None:
         """A submission was answered with a task."""
+        if self.on_submitted is not None:
+            self.on_submitted(request, task)
         if task.replayed:
             self.logger.log(
                 self.level,
@@ -179,7 +185,7 @@ class StepReporter:
         if self.events == "all":
             emit_generation_event(
                 "completed", task.id, label=label, model=task.model,
-                payload={"images": len(task.results), "credits": task.credits},
+                payload={"images": len(task.image_urls), "credits": task.credits},
             )
 
     def stored(self, label: str, count: int, destination: str) -> None:
@@ -252,7 +258,7 @@ async def store_task_images(
 ) -> list[StoredImage]:
     """Download, verify and store every result of a completed task as ``<stem>-<i>.<ext>``."""
     return await store.save_results(
-        client, task.results, safe_stem(stem), max_bytes=max_bytes, thumbnails=thumbnails
+        client, task.image_urls, safe_stem(stem), max_bytes=max_bytes, thumbnails=thumbnails
     )
 
 

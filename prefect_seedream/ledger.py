@@ -364,7 +364,7 @@ class LedgerRecord(BaseModel):
         self._require(LedgerState.SUBMITTED, LedgerState.COMPLETED)
         self.state = LedgerState.COMPLETED
         self.finished_at = now or time.time()
-        self.results = list(task.results)
+        self.results = list(task.image_urls)
         if task.credits is not None:
             self.credits = task.credits
         self.error = None

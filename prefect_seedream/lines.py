@@ -37,6 +37,11 @@ def line_for(row: DatasetRow, status: RowStatus, **fields: Any) -> ManifestLine:
         request = row.request
         parameters = request.model_dump(include={"size", "n", "prompt_priority", "image_urls"})
         parameters["image_urls"] = list(request.image_urls)
+        parameters.update(request.model_dump(
+            include={"quality", "output_format", "watermark", "background"}, exclude_none=True
+        ))
+        if request.web_search:
+            parameters["web_search"] = True
         return ManifestLine(
             row_id=row.row_id,
             row_number=row.number,

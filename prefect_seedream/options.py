@@ -16,7 +16,14 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from prefect_seedream.api.models import DEFAULT_MODEL, GenerationRequest, SeedreamModel
+from prefect_seedream.api.models import (
+    DEFAULT_MODEL,
+    GenerationRequest,
+    ModelName,
+    OutputFormat,
+    Quality,
+    find_model_limits,
+)
 from prefect_seedream.dataset import RowDefaults
 from prefect_seedream.defaults import (
     DEFAULT_N,
@@ -31,7 +38,6 @@ from prefect_seedream.defaults import (
     ROW_EVENTS,
     PromptPriority,
     RowEvents,
-    SizePreset,
 )
 from prefect_seedream.generation import GenerationOptions, WaitOptions
 from prefect_seedream.references import ReferenceStore
@@ -65,8 +71,10 @@ class RunOptions(BaseModel):
     """How the rows of a dataset run are generated (the flow's parameters of that name).
 
     Attributes:
-        model: Default model for rows that name none.
-        size: Default size preset for rows that name none.
+        model: Default model for rows that name none (a known one, or any name: sent as is).
+        size: Default size for rows that name none: auto, a ratio (16:9), a preset, WxH.
+        quality: Default resolution of a ratio size (1K, 1.5K, 2K, 3K, 4K: per model).
+        output_format: Default image format of the 5.0 models (png or jpeg).
         n: Default most images per prompt.
         prompt_priority: Default prompt priority.
         max_concurrency: Most generations in flight at once in one process (one shard).
@@ -103,8 +111,10 @@ class RunOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: SeedreamModel = DEFAULT_MODEL
-    size: SizePreset = DEFAULT_SIZE
+    model: ModelName = DEFAULT_MODEL
+    size: str = DEFAULT_SIZE
+    quality: Quality | None = None
+    output_format: OutputFormat | None = None
     n: Annotated[int, Field(ge=1, le=15)] = DEFAULT_N
     prompt_priority: PromptPriority = DEFAULT_PROMPT_PRIORITY
     max_concurrency: Annotated[int, Field(ge=1, le=MAX_CONCURRENCY_BOUND)] = MAX_CONCURRENCY
@@ -126,9 +136,13 @@ class RunOptions(BaseModel):
 
     @model_validator(mode="after")
     def _request_defaults_fit_together(self) -> RunOptions:
+        limits = find_model_limits(self.model)
+        references = limits.min_reference_images if limits is not None else 0
+        chosen = {"quality": self.quality, "output_format": self.output_format}  # set on purpose
         GenerationRequest(
-            model=self.model, prompt="parameter check", size=self.size, n=self.n,
-            prompt_priority=self.prompt_priority,
+            model=self.model, prompt="parameter check", n=self.n,
+            image_urls=("https://example.com/reference.png",) * references,
+            **{**self.row_defaults().for_model(self.model), **{k: v for k, v in chosen.items() if v}},
         )
         return self
 
@@ -141,7 +155,8 @@ class RunOptions(BaseModel):
         """The request parameters rows may override."""
         return RowDefaults(
             model=self.model, size=self.size, n=self.n, prompt_priority=self.prompt_priority,
-            local_references=self.reference_store is not None,
+            local_references=self.reference_store is not None, quality=self.quality,
+            output_format=self.output_format,
         )
 
     def references(self) -> ReferenceStore | None:

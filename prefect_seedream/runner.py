@@ -255,7 +255,7 @@ class RowRunner:
         run of one row), at DEBUG otherwise; failures are logged by the runner, capped."""
         return StepReporter(
             logger, level=logging.INFO if verbose else logging.DEBUG,
-            failure_level=logging.DEBUG, events=self.row_events,
+            failure_level=logging.DEBUG, events=self.row_events, on_submitted=self.budget.learn,
         )
 
     async def run(self, row: DatasetRow, reporter: StepReporter) -> RunLine:
@@ -293,7 +293,7 @@ class RowRunner:
         # Reserved when the row gets its slot, not while it is queued: rows queued in later
         # batches must not take the budget from rows that will run first. A row that
         # re-attaches reserves nothing, unless it must submit after all (its task is gone).
-        reservation = _Reservation(self.budget, wanted=row.request.reserved_credits)
+        reservation = _Reservation(self.budget, wanted=self.budget.estimate(row.request))
         if step is NextStep.SUBMIT:
             reservation.amount = reservation.wanted
         clock = RowClock()

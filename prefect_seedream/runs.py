@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from prefect import get_run_logger
 from prefect.flows import Flow
 
 from prefect_seedream.artifacts import Gallery, ProgressArtifact, RunTables
+from prefect_seedream.balance import balance_stop, read_balance
+from prefect_seedream.clients import api_client
 from prefect_seedream.credentials import SeedreamCredentials, resolve_credentials
 from prefect_seedream.execution import RowRange, RowsJob, execute_rows
 from prefect_seedream.ledger import TaskLedger
@@ -67,8 +70,14 @@ async def run_in_output(
     shard_plan: ShardPlan | None = None,
     tables: RunTables | None = None,
     on_row: Callable[[RunLine], None] = lambda item: None,
+    estimated_credits: float | None = None,
 ) -> Gallery:
     """Run every row of ``dataset`` into ``output``; ``summary`` counts the manifest's lines.
+
+    With ``estimated_credits`` (the valid rows' pre-charges), the account's balance is read
+    first: when the run may need more than it holds, nothing is submitted (stored rows are
+    still reused and tasks in flight collected) and ``summary.stopped`` says why. The balance
+    after the run is in ``summary.balance``.
 
     Returns:
         The gallery of the images this process stored (empty for a sharded run).
@@ -82,6 +91,14 @@ async def run_in_output(
     job = RowsJob(
         dataset, options, credentials, run_id, total_rows, concurrency_limit=concurrency_limit,
     )
+    if estimated_credits is not None:
+        summary.balance_before = await account_balance(credentials)
+        job = dataclasses.replace(
+            job, stop=balance_stop(summary.balance_before, estimated_credits, options.max_credits)
+        )
+        if job.stop is not None:
+            logger.error("%s", job.stop.sentence())
+            shard_plan = None  # nothing will be submitted: no workers needed
     async with OutputLock(store, run_id) as lock:
         await asyncio.to_thread(_clear_leftovers, store)
         parts = RunParts(store, run_id)
@@ -142,7 +159,15 @@ async def run_in_output(
         )
         artifact.set_done(summary.rows)
         await artifact.finish()
+    if summary.balance_before is not None:
+        summary.balance = await account_balance(credentials)
     return gallery
+
+
+async def account_balance(credentials: SeedreamCredentials | None) -> float | None:
+    """The credits the account can still spend (None, with one warning, when unknown)."""
+    async with api_client(credentials) as client:
+        return await read_balance(client)
 
 
 def merge_manifest(

@@ -63,7 +63,7 @@ def _plain(value: Any) -> Any:
 
 def _record(row: Any) -> dict[str, Any]:
     if isinstance(row, GenerationRequest):
-        return {k: v for k, v in row.to_api_body().items() if v is not None}
+        return row.to_row()
     if isinstance(row, Mapping):
         plain = {str(key): _plain(value) for key, value in row.items()}
         return {key: value for key, value in plain.items() if value is not None}

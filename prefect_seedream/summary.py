@@ -36,8 +36,11 @@ class DatasetRunSummary(BaseModel):
         dry_run: True when nothing was submitted on purpose.
         manifest: The manifest's URI.
         stopped: Why the run stopped submitting, when an answer of the API concerned the
-            whole account (out of credits, key refused, ...): the rows not submitted are
-            ``skipped``, and the same command finishes them once the cause is fixed.
+            whole account (out of credits, key refused, ...) or the balance read before the
+            run was below its estimate: the rows not submitted are ``skipped``, and the same
+            command finishes them once the cause is fixed.
+        balance_before: The account's credits before the run (None: not read, or unknown).
+        balance: The account's credits after the run (a dry run: now).
 
     Examples:
         ```python
@@ -63,6 +66,8 @@ class DatasetRunSummary(BaseModel):
     dry_run: bool = False
     manifest: str | None = None
     stopped: AccountStop | None = None
+    balance_before: float | None = None
+    balance: float | None = None
 
     def add(self, item: RunLine) -> None:
         """Count one row's outcome (as written to the manifest).
@@ -128,6 +133,8 @@ class DatasetRunSummary(BaseModel):
         text = ", ".join(parts) + f"; {self.images} images, {self.credits:g} credits"
         if self.credits_at_risk:
             text += f" (+{self.credits_at_risk:g} reserved, may be charged)"
+        if self.balance is not None:
+            text += f"; {self.balance:g} credits left"
         if self.manifest:
             text += f"; see {self.manifest}"
         for hint in self.next_steps():

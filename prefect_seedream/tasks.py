@@ -542,7 +542,7 @@ async def generate_many(
         await run_in_output(
             dataset, destination, options, credentials, total_rows=scan.rows,
             run_id=str(current_task_run.id), summary=summary, concurrency_limit=limit,
-            on_row=collect,
+            on_row=collect, estimated_credits=scan.estimated_credits,
         )
     get_run_logger().info("%s", summary.message())
     return [result for result in results if result is not None]

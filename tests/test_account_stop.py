@@ -43,6 +43,9 @@ def make_sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     running: list[Any] = []
 
     def make(key: str = TEST_API_KEY, **config: Any) -> RunningSimulator:
+        # No balance endpoint: these tests are of the answers that stop a run midway (the
+        # balance read before a run stops it earlier: tests/test_balance.py).
+        config.setdefault("credits_endpoint", "missing")
         context = running_simulator(SimulatorConfig(latency_seconds=0.3, jitter_seconds=0.0, **config))
         sim = context.__enter__()
         running.append(context)
@@ -267,7 +270,9 @@ def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Complete
 
 def test_the_command_exits_3_and_says_why_when_the_account_is_out_of_credits(tmp_path: Path) -> None:
     dataset = write_jsonl(tmp_path / "rows.jsonl", rows(30))
-    config = SimulatorConfig(latency_seconds=0.2, jitter_seconds=0.0, account_credits=10.0)
+    config = SimulatorConfig(
+        latency_seconds=0.2, jitter_seconds=0.0, account_credits=10.0, credits_endpoint="missing"
+    )
     with running_simulator(config) as sim:
         env = {"SEEDREAM_API_KEY": TEST_API_KEY, "SEEDREAM_BASE_URL": sim.base_url}
         args = ["run", str(dataset), "--output", str(tmp_path / "out"), "--max-concurrency", "8"]

@@ -82,7 +82,7 @@ INVALID_RECORDS: list[tuple[Any, str]] = [
     ({"id": "prompt-obj", "prompt": {"text": "x"}}, "prompt must be text, got dict"),
     ({"id": "urls-obj", "prompt": "urls obj", "image_urls": {"a": 1}}, "image_urls must be a list"),
     ({"id": "urls-nums", "prompt": "urls nums", "image_urls": [1, 2]}, "image_urls must be a list"),
-    ({"id": "model-num", "prompt": "model num", "model": 45}, "not supported"),
+    ({"id": "model-num", "prompt": "model num", "model": 45}, "not a model name"),
     ({"id": "size-obj", "prompt": "size obj", "size": {"w": 1}}, "size must be text"),
     ([1, 2, 3], "JSON list, not an object"),
     ('"just a string"', "JSON str, not an object"),  # raw line: a JSON string

@@ -17,14 +17,14 @@ Examples:
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import fsspec
 from prefect import flow, get_run_logger
 from prefect.states import State
 from pydantic import Field
 
-from prefect_seedream.api.models import DEFAULT_MODEL, SeedreamModel
+from prefect_seedream.api.models import DEFAULT_MODEL, ModelName, Quality
 from prefect_seedream.credentials import SeedreamCredentials
 from prefect_seedream.flows import generate_dataset
 
@@ -54,8 +54,9 @@ async def daily_content(
     subjects: list[str] = DEFAULT_SUBJECTS,
     styles: list[str] = DEFAULT_STYLES,
     output_root: str = "output/daily",
-    model: SeedreamModel = DEFAULT_MODEL,
-    size: Literal["1K", "2K", "4K"] = "2K",
+    model: ModelName = DEFAULT_MODEL,
+    size: str = "2K",
+    quality: Quality | None = None,
     max_concurrency: Annotated[int, Field(ge=1, le=64)] = 4,
     max_credits: Annotated[float, Field(gt=0)] | None = 50.0,
     credentials: SeedreamCredentials | None = None,
@@ -68,8 +69,9 @@ async def daily_content(
         subjects: What to picture, one prompt per subject and style.
         styles: Visual styles to combine with each subject.
         output_root: Folder or fsspec URL; each day goes to `<output_root>/<YYYY-MM-DD>`.
-        model: Seedream model.
-        size: Size preset (1K exists on 4.0 only).
+        model: Seedream model (a known one, or any name: sent as is).
+        size: `auto`, a ratio (`16:9`, with `quality`), a preset (`2K`) or `WxH`.
+        quality: Resolution of a ratio size (`1K`, `1.5K`, `2K`, `3K`, `4K`: per model).
         max_concurrency: Most generations in flight at once.
         max_credits: Budget of one day's run.
         credentials: A SeedreamCredentials block; default: SEEDREAM_API_KEY / SEEDREAM_BASE_URL.
@@ -100,6 +102,7 @@ async def daily_content(
         folder,
         model=model,
         size=size,
+        quality=quality,
         max_concurrency=max_concurrency,
         max_credits=max_credits,
         credentials=credentials,

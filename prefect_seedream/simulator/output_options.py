@@ -130,7 +130,7 @@ def check_output_options(
             )
         if reference_count != 1:
             raise _invalid(
-                "background=transparent needs exactly one reference image (a PNG with alpha), "
+                "background=transparent needs exactly one image_urls item (a PNG with alpha), "
                 f"got {reference_count}",
                 "image_urls",
             )

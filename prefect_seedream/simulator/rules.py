@@ -239,7 +239,8 @@ def _check_image_urls(value: Any, rules: ModelRules) -> tuple[str, ...]:
         else:
             wanted = f"at most {rules.max_reference_images}"
         raise _invalid(
-            f"{rules.name} accepts {wanted} reference images, got {len(value)}", "image_urls"
+            f"image_urls: {rules.name} accepts {wanted} reference images, got {len(value)}",
+            "image_urls",
         )
     for url in value:
         if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):

@@ -53,7 +53,9 @@ class SimulatorConfig(BaseModel):
             ``ceil(latency_seconds)``.
         image_max_side: Served images are downscaled so that their largest side is at most
             this many pixels, keeping the aspect ratio; ``None`` serves the requested size.
-        image_format: Encoding of served images.
+        image_format: Encoding of the served images of the 4.x models (which take no
+            ``output_format``); the 5.0 models answer JPEG unless the body asks for PNG, and
+            layers and transparent results are always PNG with alpha.
         result_ttl_seconds: Result URLs (and the task itself) answer 404 this many seconds
             after the task completed. Evolink keeps results for 24 hours.
         max_concurrent_tasks_per_key: When an API key already has this many non-terminal tasks,

@@ -218,7 +218,8 @@ INVALID_4_0 = [
     ({"size": "3900x240"}, "size"),  # aspect ratio above 16
     ({"size": "240x3900"}, "size"),
     ({"prompt_priority": "urgent"}, "prompt_priority"),
-    ({"image_urls": [f"https://e.com/{i}.png" for i in range(6)]}, "image_urls"),
+    # 4.0 took 5 references on the seed pages; Evolink documents 14 today (section 6)
+    ({"image_urls": [f"https://e.com/{i}.png" for i in range(15)]}, "image_urls"),
     ({"image_urls": [f"https://e.com/{i}.png" for i in range(5)], "n": 11}, "n"),
 ]
 
@@ -307,6 +308,7 @@ def test_status_progression_with_clock(client: httpx.Client, sim: RunningSimulat
         "progress",
         "status",
         "results",
+        "result_data",
         "task_info",
         "type",
         "usage",

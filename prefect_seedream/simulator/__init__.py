@@ -7,11 +7,16 @@ against it. Faults are injected deterministically with ``[[sim:...]]`` markers i
 Besides sections 1-3 of the contract it implements what section 5 adds: ``Idempotency-Key``
 replays and conflicts, the account's credits and per-key quotas (402 with string codes),
 denied models (403), ``GET /v1/tasks``, ``Retry-After`` headers, the ``cancelled`` status and
-statuses outside the known ones, and (when enabled) the download of reference images.
+statuses outside the known ones, and (when enabled) the download of reference images. Section 6
+(the family as Evolink documents it today: 5.0 lite/pro/flash/layerize, ratio sizes and quality
+tiers, JPEG outputs, ``result_data``) is followed too.
 
 Modules:
     config: :class:`SimulatorConfig`.
-    rules: per-model validation rules of submit bodies (data, not code paths).
+    rules: validation of submit bodies against the per-model rules.
+    model_table: the models served, one entry of data each (:func:`model_catalog`).
+    sizes: ``size`` ratios and presets, ``quality`` tier tables.
+    output_options: model-specific output fields (``output_format``, ``background``...).
     errors: the contract's HTTP error bodies.
     faults: marker parsing and fault decisions.
     images: deterministic result images.

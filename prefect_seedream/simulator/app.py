@@ -59,7 +59,7 @@ from .faults import (
 )
 from .holds import HeldResponses, client_address
 from .idempotency import IDEMPOTENCY_HEADER, REPLAYED_HEADER, body_hash, parse_idempotency_key
-from .images import CONTENT_TYPES, EXTENSIONS, render_image, served_size
+from .images import CONTENT_TYPES, EXTENSIONS, render_alpha_image, render_image, served_size
 from .listing import parse_list_query
 from .payloads import submit_payload, task_payload
 from .responses import (
@@ -126,12 +126,17 @@ def _fault_error(fault: FaultAction, not_found_message: str) -> SimulatorHTTPErr
 async def _image_bytes(state: SimulatorState, task: SimTask, index: int) -> bytes:
     config = state.config
     width, height = served_size(task.width, task.height, config.image_max_side)
-    key = (task.prompt, index, width, height, config.image_format, task.reference_digest)
+    fmt = task.image_format(index, config.image_format)
+    alpha = task.is_alpha_image(index)
+    key = (task.prompt, index, width, height, fmt, alpha, task.reference_digest)
     data = state.images.get(key)
     if data is None:
-        data = await run_in_threadpool(
-            render_image, task.prompt, index, width, height, config.image_format, task.reference
-        )
+        if alpha:
+            data = await run_in_threadpool(render_alpha_image, task.prompt, index, width, height)
+        else:
+            data = await run_in_threadpool(
+                render_image, task.prompt, index, width, height, fmt, task.reference
+            )
         state.images.put(key, data)
     return data
 
@@ -271,7 +276,7 @@ def create_app(config: SimulatorConfig | None = None) -> FastAPI:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             raise SimulatorHTTPError(400, "Malformed JSON body") from None
-        generation = validate_generation_request(body)
+        generation = validate_generation_request(body, state.models)
         if not config.allow_private_image_urls:
             check_reference_hosts(generation.image_urls)
         try:
@@ -368,17 +373,19 @@ def create_app(config: SimulatorConfig | None = None) -> FastAPI:
         state.record_download(task)
         match = _FILE_RE.match(filename)
         not_found = SimulatorHTTPError(404, "Resource not found or expired")
-        if task is None or match is None or match.group(2) != EXTENSIONS[config.image_format]:
+        if task is None or match is None:
             raise not_found
         index = int(match.group(1))
+        fmt = task.image_format(index, config.image_format)
         now = state.now()
         if (
-            index >= task.image_count
+            match.group(2) != EXTENSIONS[fmt]
+            or index >= task.image_count
             or task.status_at(now)[0] != "completed"
             or task.is_expired(now, config.result_ttl_seconds)
         ):
             raise not_found
-        media_type = CONTENT_TYPES[config.image_format]
+        media_type = CONTENT_TYPES[fmt]
         url_scope = f"{task.id}/{index}"
         fault = decide_download_fault(task.plan, url_scope, state.fault_counters, state.dice)
         if fault is not None:

@@ -28,8 +28,50 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .config import SimulatorConfig
+from .config import PriceList, SimulatorConfig
 from .errors import SimulatorHTTPError, quota_error
+
+#: Credits per generated image as Evolink publishes them today (``evolink-api.md`` section 6,
+#: read December 2026): the same at every size and quality. 4.0, 4.5 and 5.0-lite are the
+#: published figures. No Evolink price was found for the 5.0 pro/flash models, so these are
+#: assumptions: Evolink's lite price (2.2 credits for $0.032, about 68.75 credits per dollar)
+#: applied to the list prices other gateways show (flash $0.018 -> 1.25; pro $0.09 at 2K ->
+#: 6.2). Layerize is billed per output image (the base and each layer), at its parent's price.
+#: Web search (``model_params.tools``) is charged by Evolink per search; not simulated.
+CREDITS_PER_IMAGE: dict[str, float] = {
+    "doubao-seedream-4.0": 1.5,
+    "doubao-seedream-4.5": 2.5,
+    "doubao-seedream-5.0-lite": 2.2,
+    "doubao-seedream-5.0-pro": 6.2,
+    "doubao-seedream-5.0-flash": 1.25,
+    "doubao-seedream-5.0-pro-layerize": 6.2,
+    "doubao-seedream-5.0-flash-layerize": 1.25,
+}
+
+#: Prices of the seed pages and section 1 of the contract, where they differ from
+#: :data:`CREDITS_PER_IMAGE` (4.5 was 2 credits). ``SimulatorConfig.price_list`` picks one.
+SEED_PAGE_CREDITS: dict[str, float] = {"doubao-seedream-4.5": 2.0}
+
+
+def credits_per_image(model: str, price_list: PriceList = "seed_pages") -> float:
+    """Credits billed per generated image of ``model`` under a price list.
+
+    Args:
+        model: A model of :data:`CREDITS_PER_IMAGE`.
+        price_list: ``"seed_pages"`` (the default of :class:`SimulatorConfig`: 4.5 at 2.0)
+            or ``"published"`` (today's prices: 4.5 at 2.5).
+
+    Examples:
+        >>> credits_per_image("doubao-seedream-4.5"), credits_per_image(
+        ...     "doubao-seedream-4.5", "published")
+        (2.0, 2.5)
+        >>> credits_per_image("doubao-seedream-5.0-lite")
+        2.2
+    """
+    if price_list == "seed_pages" and model in SEED_PAGE_CREDITS:
+        return SEED_PAGE_CREDITS[model]
+    return CREDITS_PER_IMAGE[model]
+
 
 #: Keys accepted in a ``POST /_sim/account`` body.
 ACCOUNT_CHANGES: frozenset[str] = frozenset({"add_credits", "set_credits", "reset_quotas"})

@@ -13,6 +13,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+#: Price lists of :attr:`SimulatorConfig.price_list` (see ``billing.credits_per_image``).
+PriceList = Literal["seed_pages", "published"]
+
 #: Names accepted as keys of :attr:`SimulatorConfig.fault_rates`.
 FAULT_RATE_KEYS: frozenset[str] = frozenset(
     {
@@ -50,7 +53,9 @@ class SimulatorConfig(BaseModel):
             ``ceil(latency_seconds)``.
         image_max_side: Served images are downscaled so that their largest side is at most
             this many pixels, keeping the aspect ratio; ``None`` serves the requested size.
-        image_format: Encoding of served images.
+        image_format: Encoding of the served images of the 4.x models (which take no
+            ``output_format``); the 5.0 models answer JPEG unless the body asks for PNG, and
+            layers and transparent results are always PNG with alpha.
         result_ttl_seconds: Result URLs (and the task itself) answer 404 this many seconds
             after the task completed. Evolink keeps results for 24 hours.
         max_concurrent_tasks_per_key: When an API key already has this many non-terminal tasks,
@@ -96,6 +101,14 @@ class SimulatorConfig(BaseModel):
             DNS lookup). The simulator runs offline, so by default it accepts any host; when
             ``False`` such a URL is refused at submit with 400 ``param: "image_urls"``, as a
             public API would.
+        price_list: Credits per image: ``"seed_pages"`` (default; the seed pages' 2 credits
+            for 4.5, which the existing tests and the client's table use) or ``"published"``
+            (Evolink's prices today: 4.5 at 2.5). Other models cost the same in both, see
+            ``billing.CREDITS_PER_IMAGE``.
+        extra_models: Model names to serve beyond the known ones, each with the rules (and
+            price) of a known model, e.g. ``{"doubao-seedream-5.1-preview":
+            "doubao-seedream-5.0-pro"}``: answers name the extra model. For testing a
+            client's handling of a model its own table does not know.
 
     Examples:
         >>> config = SimulatorConfig(latency_seconds=0.2, jitter_seconds=0.0)
@@ -105,6 +118,8 @@ class SimulatorConfig(BaseModel):
         0.1
         >>> sorted(SimulatorConfig(denied_models={"doubao-seedream-4.0"}).denied_models)
         ['doubao-seedream-4.0']
+        >>> SimulatorConfig(extra_models={"x-preview": "doubao-seedream-5.0-pro"}).extra_models
+        {'x-preview': 'doubao-seedream-5.0-pro'}
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -131,6 +146,8 @@ class SimulatorConfig(BaseModel):
     task_list_echoes_prompt: bool = True
     fetch_reference_images: bool = False
     allow_private_image_urls: bool = True
+    price_list: PriceList = "seed_pages"
+    extra_models: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("api_keys")
     @classmethod
@@ -148,6 +165,19 @@ class SimulatorConfig(BaseModel):
                 raise ValueError(f"unknown fault rate {key!r}; known keys: {known}")
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"fault rate {key!r} must be within [0, 1], got {rate}")
+        return value
+
+    @field_validator("extra_models")
+    @classmethod
+    def _extra_models_alias_known_ones(cls, value: dict[str, str]) -> dict[str, str]:
+        from .model_table import MODEL_RULES  # imported here: model_table imports billing
+
+        for name, base in value.items():
+            if not name.strip() or name in MODEL_RULES:
+                raise ValueError(f"extra model {name!r} must be a new, non-empty model name")
+            if base not in MODEL_RULES:
+                known = ", ".join(MODEL_RULES)
+                raise ValueError(f"extra model {name!r}: {base!r} is not one of {known}")
         return value
 
     @property

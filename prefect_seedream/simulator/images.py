@@ -5,7 +5,8 @@ colours come from ``sha256(prompt)`` (all images of one prompt share a palette) 
 drawn on top from ``sha256(index + prompt)``, so the images of a task differ from each other.
 A task whose reference images were fetched (``SimulatorConfig.fetch_reference_images``) shows
 its first reference, resized to fill the left half (``width // 2`` by ``height`` pixels), in
-every result image; the rest is drawn as above.
+every result image; the rest is drawn as above. Layers of layerize tasks and transparent
+results are PNGs with alpha (:func:`render_alpha_image`).
 """
 
 from __future__ import annotations
@@ -118,6 +119,38 @@ def render_image(
         image.save(buffer, format="PNG", compress_level=1)
     else:
         image.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def render_alpha_image(prompt: str, index: int, width: int, height: int) -> bytes:
+    """Render one PNG with alpha: a layer of a layerize task, or a transparent result.
+
+    The canvas is fully transparent except one opaque shape (and its half-transparent
+    shadow), placed and coloured from ``sha256(index + prompt)``, so the layers of a task
+    differ from each other.
+
+    Examples:
+        >>> data = render_alpha_image("a poster", 1, 64, 48)
+        >>> with Image.open(io.BytesIO(data)) as layer:
+        ...     layer.mode, layer.size, layer.getpixel((0, 0))[3]
+        ('RGBA', (64, 48), 0)
+    """
+    pattern = hashlib.sha256(f"layer:{index}:{prompt}".encode()).digest()
+    colour = (pattern[0], pattern[1], pattern[2])
+    image = Image.new("RGBA", (width, height), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(image)
+    w = (0.25 + pattern[3] / 255 * 0.35) * width
+    h = (0.25 + pattern[4] / 255 * 0.35) * height
+    x0 = 0.1 * width + pattern[5] / 255 * (0.9 * width - w)
+    y0 = 0.1 * height + pattern[6] / 255 * (0.9 * height - h)
+    shadow = max(1, min(width, height) // 50)
+    draw.rectangle((x0 + shadow, y0 + shadow, x0 + w + shadow, y0 + h + shadow), fill=(*colour, 96))
+    if pattern[7] % 2:
+        draw.ellipse((x0, y0, x0 + w, y0 + h), fill=(*colour, 255))
+    else:
+        draw.rectangle((x0, y0, x0 + w, y0 + h), fill=(*colour, 255))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 

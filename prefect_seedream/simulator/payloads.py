@@ -8,11 +8,13 @@ A submit answer::
      "type": "image",
      "usage": {"billing_rule": "per_call", "credits_reserved": 2.0, "user_group": "default"}}
 
-A poll adds ``results`` (completed) or ``error`` (failed), ``task_info.can_cancel`` false and
+A poll adds ``results`` and ``result_data`` (completed) or ``error`` (failed), ``task_info.can_cancel`` false and
 ``usage.credits_used`` once the task is terminal (``cancelled`` tasks have neither ``results``
 nor ``error``, and ``credits_used`` 0). The same body is used for the entries of
 ``GET /v1/tasks`` (plus ``prompt`` when ``SimulatorConfig.task_list_echoes_prompt``) and for
-idempotent replays.
+idempotent replays. ``result_data`` lists the same URLs as ``results``, in the same order,
+as ``[{"result_id": "<task id>-<index>", "image_url": URL}, ...]`` (Evolink's client reads
+both); a layerize task's first result is its base image, the others its layers.
 """
 
 from __future__ import annotations
@@ -66,8 +68,24 @@ def result_urls(task: SimTask, base_url: str, config: SimulatorConfig) -> list[s
         http://127.0.0.1:8787/files/task-unified-1-abcdefgh/1.png
     """
     base = base_url.rstrip("/")
-    ext = EXTENSIONS[config.image_format]
-    return [f"{base}/files/{task.id}/{index}.{ext}" for index in range(task.image_count)]
+    return [
+        f"{base}/files/{task.id}/{index}.{EXTENSIONS[task.image_format(index, config.image_format)]}"
+        for index in range(task.image_count)
+    ]
+
+
+def result_data(task: SimTask, urls: list[str]) -> list[dict[str, str]]:
+    """The ``result_data`` entries of a completed task whose ``results`` are ``urls``.
+
+    Examples:
+        >>> from prefect_seedream.simulator.rules import MODEL_RULES
+        >>> from prefect_seedream.simulator.faults import FaultPlan
+        >>> task = SimTask("task-unified-1-abcdefgh", "k", MODEL_RULES["doubao-seedream-4.5"],
+        ...                "p", 1, 1, 2048, 2048, 1, 0.0, 1.0, None, False, FaultPlan())
+        >>> result_data(task, ["http://h/files/task-unified-1-abcdefgh/0.png"])
+        [{'result_id': 'task-unified-1-abcdefgh-0', 'image_url': 'http://h/files/task-unified-1-abcdefgh/0.png'}]
+    """
+    return [{"result_id": f"{task.id}-{index}", "image_url": url} for index, url in enumerate(urls)]
 
 
 def submit_payload(task: SimTask, config: SimulatorConfig) -> dict[str, Any]:
@@ -137,6 +155,7 @@ def task_payload(
     }
     if actual == "completed":
         body["results"] = result_urls(task, base_url, config)
+        body["result_data"] = result_data(task, body["results"])
         body["task_info"] = {"can_cancel": False}
         used: int | None = task.image_count
     elif actual == "failed":

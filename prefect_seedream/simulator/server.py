@@ -282,6 +282,13 @@ def _fault_rate(text: str) -> tuple[str, float]:
     return key, rate
 
 
+def _extra_model(text: str) -> tuple[str, str]:
+    name, sep, base = text.partition("=")
+    if not sep or not name.strip() or not base.strip():
+        raise argparse.ArgumentTypeError("expected NAME=KNOWN_MODEL")
+    return name.strip(), base.strip()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of :func:`main_simulator`.
 
@@ -368,6 +375,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="download the image_urls of tasks, as the real API does (a failure fails the task; "
         "default: on; SimulatorConfig's default is off)",
     )
+    parser.add_argument(
+        "--extra-model",
+        action="append",
+        type=_extra_model,
+        default=[],
+        metavar="NAME=KNOWN_MODEL",
+        help="also serve model NAME with the rules of KNOWN_MODEL (repeatable), e.g. "
+        "doubao-seedream-5.1-preview=doubao-seedream-5.0-pro",
+    )
+    parser.add_argument(
+        "--price-list",
+        choices=["seed_pages", "published"],
+        default="seed_pages",
+        help="credits per image: the seed pages' (4.5 at 2.0, default) or today's published "
+        "ones (4.5 at 2.5)",
+    )
     parser.add_argument("--log-level", default="warning", help="uvicorn log level")
     return parser
 
@@ -388,6 +411,12 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         (10.0, 4.0, 60.0)
         >>> sorted(config.denied_models)
         ['doubao-seedream-4.0']
+        >>> args = build_parser().parse_args(
+        ...     ["--extra-model", "doubao-seedream-5.1-preview=doubao-seedream-5.0-pro",
+        ...      "--price-list", "published"])
+        >>> config = config_from_args(args)
+        >>> config.extra_models, config.price_list
+        ({'doubao-seedream-5.1-preview': 'doubao-seedream-5.0-pro'}, 'published')
     """
     return SimulatorConfig(
         api_keys=set(args.api_key) if args.api_key else None,
@@ -406,6 +435,8 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         quota_window_seconds=args.quota_window,
         denied_models=frozenset(args.deny_model),
         fetch_reference_images=args.fetch_reference_images,
+        extra_models=dict(args.extra_model),
+        price_list=args.price_list,
     )
 
 

@@ -31,10 +31,11 @@ from .errors import SimulatorHTTPError
 from .faults import CreationFaults, FaultCounters, FaultDice, FaultPlan
 from .holds import HeldResponses
 from .idempotency import IdempotencyStore, conflict_error
-from .images import ImageCache
+from .images import ImageCache, ImageFormat
 from .listing import ListQuery, page_of
+from .model_table import ModelRules, model_catalog
 from .references import FetchOutcome, ReferenceFetcher
-from .rules import MAX_IMAGES_TOTAL, GenerationRequest, ModelRules
+from .rules import MAX_IMAGES_TOTAL, GenerationRequest
 
 TaskStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]
 #: Statuses after which a task never changes.
@@ -96,6 +97,10 @@ class SimTask:
         reference_digest: SHA-256 (hex) of :attr:`reference`.
         reservation: What the task counts in the account (set at creation by the state).
         settled: Whether the state has counted the task as terminal.
+        output_format: ``png`` or ``jpeg`` of the results (of the base image for layerize);
+            ``None``: the simulator's ``image_format``.
+        transparent: Whether every result is a PNG with alpha (``background: transparent``).
+        layers: Layer images after the base image (layerize models), PNG with alpha.
 
     Examples:
         >>> from prefect_seedream.simulator.rules import validate_generation_request
@@ -135,6 +140,20 @@ class SimTask:
     reference_digest: str | None = None
     reservation: Reservation | None = None
     settled: bool = False
+    output_format: str | None = None
+    transparent: bool = False
+    layers: int = 0
+
+    def image_format(self, index: int, default: ImageFormat) -> ImageFormat:
+        """Encoding of result ``index``: layers and transparent results are PNG, the others
+        :attr:`output_format` or ``default`` (the simulator's ``image_format``)."""
+        if self.is_alpha_image(index):
+            return "png"
+        return "jpeg" if (self.output_format or default) == "jpeg" else "png"
+
+    def is_alpha_image(self, index: int) -> bool:
+        """Whether result ``index`` is a PNG with alpha (a layer, or a transparent result)."""
+        return self.transparent or (self.layers > 0 and index > 0)
 
     @property
     def scheduled_end(self) -> float:
@@ -294,6 +313,7 @@ class SimulatorState:
 
     def __init__(self, config: SimulatorConfig) -> None:
         self.config = config
+        self.models: dict[str, ModelRules] = model_catalog(config)
         self.tasks: dict[str, SimTask] = {}
         self.fault_counters = FaultCounters()
         self.dice = FaultDice(config.fault_rates, seed=config.seed)
@@ -467,7 +487,7 @@ class SimulatorState:
             now = math.nextafter(self._last_created_at, math.inf)
         self._last_created_at = now
         latency = faults.latency if faults.latency is not None else self._draw_latency()
-        images = faults.images if faults.images is not None else request.n
+        images = faults.images if faults.images is not None else request.image_count
         images = min(images, MAX_IMAGES_TOTAL - len(request.image_urls))
         task = SimTask(
             id=self._new_task_id(created),
@@ -487,6 +507,9 @@ class SimulatorState:
             created_unix=wall_time,
             cancelled=faults.cancelled,
             image_urls=request.image_urls,
+            output_format=request.output.output_format,
+            transparent=request.output.transparent,
+            layers=request.layers,
         )
         fetch = bool(request.image_urls) and self.config.fetch_reference_images
         if fetch:

@@ -35,6 +35,7 @@ run: $(VENV)/.core
 test: $(VENV)/.dev
 	@bash .ci/install-browser.sh || { [ -z "$$CI" ] && echo "warning: chromium could not be installed (needs root and apt); the browser tests will be skipped"; }
 	@bash .ci/install-postgres.sh || { [ -z "$$CI" ] && echo "warning: PostgreSQL could not be installed (needs root and apt); the scale-out tests will be skipped"; }
+	@bash .ci/install-node.sh || { [ -z "$$CI" ] && echo "warning: Node.js could not be installed (needs root and apt); the check of Evolink's npm client will be skipped"; }
 	$(BIN)/pytest -q -m "slow or not slow"
 
 test-fast: $(VENV)/.dev

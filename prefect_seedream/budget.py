@@ -2,8 +2,8 @@
 
 It also keeps the run's price per image of each model: the published price of the model table
 to begin with, then what the API's ``credits_reserved`` says once a submission of that model is
-answered (a model without a published price, or one the table does not know, is estimated at
-the highest known price until then).
+answered (a model the table does not know is estimated at the highest price of the table until
+then), and a final charge above the estimate raises it.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ class CreditBudget:
         >>> budget.settle(reserved=4.0, spent=2.0); budget.try_reserve(2.0)
         True
         >>> request = GenerationRequest(model="doubao-seedream-5.0-pro", prompt="a fox")
-        >>> budget.estimate(request)  # no published price: the highest known one
-        2.5
+        >>> budget.estimate(request)  # not published by Evolink: another gateway's list price
+        6.2
         >>> budget.learn(request, GenerationTask.model_validate(
         ...     {"id": "t", "status": "pending", "usage": {"credits_reserved": 1.8}}))
         >>> budget.estimate(request)
@@ -63,3 +63,17 @@ class CreditBudget:
         if task.replayed or usage is None or usage.credits_reserved is None or usage.credits_reserved < 0:
             return
         self.prices[request.model] = usage.credits_reserved / request.n
+
+    def learn_charge(self, request: GenerationRequest, charged: float) -> None:
+        """A final charge above the estimate (a layerize task bills its base image and each
+        layer) raises the model's estimate for the rest of the run; a lower one does not.
+
+        Examples:
+            >>> budget = CreditBudget()
+            >>> request = GenerationRequest(model="doubao-seedream-5.0-pro-layerize",
+            ...                             image_urls=["https://cdn.example/a.png"])
+            >>> budget.learn_charge(request, 7.5); budget.estimate(request)
+            7.5
+        """
+        if charged > self.estimate(request) + 1e-9:
+            self.prices[request.model] = charged / request.n

@@ -323,6 +323,7 @@ class RowRunner:
                 charge = Charge(at_risk=record.charge().at_risk)
             if clock.started is not None:
                 self.budget.settle(reserved=reservation.amount, spent=charge.total)
+                self.budget.learn_charge(row.request, charge.spent)
         line = line_from_record(row, record, **clock.fields())
         if line.status == "succeeded":
             for image in record.images:

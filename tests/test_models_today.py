@@ -229,9 +229,7 @@ def test_the_budget_learns_the_price_from_credits_reserved() -> None:
     budget.learn(request, replayed)  # a replayed answer was reserved by another request
     assert budget.estimate(request) == pytest.approx(3.0)
     unknown = GenerationRequest(model="tomorrow-model", prompt="x")
-    assert budget.estimate(unknown) == pytest.approx(max(
-        m.credits_per_image for m in MODEL_LIMITS.values() if m.credits_per_image
-    ))
+    assert budget.estimate(unknown) == pytest.approx(max(m.credits_per_image for m in MODEL_LIMITS.values()))
 
 
 def test_the_balance_stop_names_balance_estimate_and_the_ways_on() -> None:

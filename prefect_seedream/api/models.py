@@ -61,9 +61,10 @@ class ModelLimits:
         max_pixels: Largest total pixel count of a ``WxH`` size.
         prompt_priorities: Accepted ``prompt_priority`` values (empty: the field is not taken).
         max_reference_images: Most ``image_urls`` in one request.
-        credits_per_image: Published credits per generated image, or None when no price is
-            published (the estimate then uses :data:`MAX_KNOWN_CREDITS_PER_IMAGE` until the
-            API's ``credits_reserved`` says better).
+        credits_per_image: Credits per generated image the estimate starts from (a run
+            corrects it from the API's ``credits_reserved`` and final charges).
+        price_published: False when Evolink publishes no price for the model: the figure is
+            then another gateway's list price, converted (an estimate, on the high side).
         default_size: The size the API uses when none is given, if documented.
         min_reference_images: Fewest ``image_urls`` (layerize: exactly one).
         max_prompt_chars: Longest prompt (the docs say tokens; the schemas say characters).
@@ -91,7 +92,7 @@ class ModelLimits:
     max_pixels: int
     prompt_priorities: tuple[str, ...]
     max_reference_images: int
-    credits_per_image: float | None
+    credits_per_image: float
     default_size: str | None = None
     min_reference_images: int = 0
     max_prompt_chars: int = MAX_PROMPT_CHARS
@@ -105,38 +106,35 @@ class ModelLimits:
     backgrounds: tuple[str, ...] = ()
     takes_web_search: bool = False
     layers: bool = False
+    price_published: bool = True
 
     @property
     def size_presets(self) -> tuple[str, ...]:
         """Shorthand sizes (the seed pages' ``1K``/``2K``/``4K`` forms) this model takes."""
         return tuple(q for q in self.qualities if q != "auto") if self.takes_size else ()
 
-    @property
-    def estimated_credits_per_image(self) -> float:
-        """The published price, or the highest known one when none is published."""
-        if self.credits_per_image is None:
-            return MAX_KNOWN_CREDITS_PER_IMAGE
-        return self.credits_per_image
 
 
 _PRO_FLASH = dict(
     qualities=("1K", "1.5K", "2K"), min_pixels=921_600, max_pixels=4_624_220,
-    max_reference_images=10, credits_per_image=None, max_prompt_chars=4000, takes_n=False,
+    max_reference_images=10, max_prompt_chars=4000, takes_n=False, price_published=False,
     output_formats=("png", "jpeg"), default_output_format="jpeg", takes_watermark=True,
     backgrounds=("opaque", "transparent"),
 )
 _LAYERIZE = dict(
     qualities=("auto", "1K", "1.5K", "2K"), min_pixels=0, max_pixels=0, prompt_priorities=(),
-    max_reference_images=1, min_reference_images=1, credits_per_image=None,
-    max_prompt_chars=4000, prompt_required=False, takes_size=False, takes_n=False,
+    max_reference_images=1, min_reference_images=1, price_published=False, max_prompt_chars=4000, prompt_required=False, takes_size=False, takes_n=False,
     output_formats=("png", "jpeg"), default_output_format="jpeg", layers=True,
 )
 
 #: One entry per model, as Evolink documents it in December 2026 (``evolink-api.md`` section 6;
 #: Evolink's own client's generated table). Prices: the published per-image prices, the top of
-#: each published range (4.0 1.3-1.6, 4.5 2.2-2.5; 5.0 lite is flat at every size); 5.0 pro,
-#: flash and layerize publish none here: their estimate is the highest known price until a
-#: submission's ``credits_reserved`` corrects it for the rest of the run.
+#: each published range (4.0 1.3-1.6, 4.5 2.2-2.5; 5.0 lite is flat at every size). Evolink
+#: publishes none for 5.0 pro and flash: their figures are other gateways' list prices converted
+#: at the 4.x ratio (flash $0.018 -> 1.25, pro $0.09 at 2K -> 6.2); layerize bills its base image
+#: and each layer at its parent's price (the estimate reserves one image; a final charge above
+#: it raises the estimate for the rest of the run). Every submission's ``credits_reserved``
+#: corrects the estimate the budget uses for the rest of the run.
 MODEL_LIMITS: dict[str, ModelLimits] = {
     limits.name: limits
     for limits in (
@@ -156,17 +154,17 @@ MODEL_LIMITS: dict[str, ModelLimits] = {
             credits_per_image=2.2, output_formats=("png", "jpeg"), default_output_format="jpeg",
             fields_at="model_params", takes_web_search=True,
         ),
-        ModelLimits(name="doubao-seedream-5.0-pro", prompt_priorities=("standard", "fast"), **_PRO_FLASH),
-        ModelLimits(name="doubao-seedream-5.0-flash", prompt_priorities=("standard",), **_PRO_FLASH),
-        ModelLimits(name="doubao-seedream-5.0-pro-layerize", **_LAYERIZE),
-        ModelLimits(name="doubao-seedream-5.0-flash-layerize", **_LAYERIZE),
+        ModelLimits(name="doubao-seedream-5.0-pro", prompt_priorities=("standard", "fast"),
+                    credits_per_image=6.2, **_PRO_FLASH),
+        ModelLimits(name="doubao-seedream-5.0-flash", prompt_priorities=("standard",),
+                    credits_per_image=1.25, **_PRO_FLASH),
+        ModelLimits(name="doubao-seedream-5.0-pro-layerize", credits_per_image=6.2, **_LAYERIZE),
+        ModelLimits(name="doubao-seedream-5.0-flash-layerize", credits_per_image=1.25, **_LAYERIZE),
     )
 }
 
-#: The highest published price per image: the estimate of a model that publishes none.
-MAX_KNOWN_CREDITS_PER_IMAGE: float = max(
-    limits.credits_per_image for limits in MODEL_LIMITS.values() if limits.credits_per_image is not None
-)
+#: The highest price per image of the table: the estimate of a model the table does not know.
+MAX_KNOWN_CREDITS_PER_IMAGE: float = max(limits.credits_per_image for limits in MODEL_LIMITS.values())
 
 #: The known model names as a type, for typed parameters (kept equal to MODEL_LIMITS).
 SeedreamModel = Literal[
@@ -261,7 +259,7 @@ def _markdown_cells(limits: ModelLimits) -> list[str]:
     other += [f"`background` {'/'.join(limits.backgrounds)}"] if limits.backgrounds else []
     other += [f"`web_search`{where}"] if limits.takes_web_search else []
     other += ["base image + layers"] if limits.layers else []
-    price = f"{limits.credits_per_image:g}" if limits.credits_per_image is not None else "not published"
+    price = f"{limits.credits_per_image:g}" + ("" if limits.price_published else " (not published: estimate)")
     return [
         f"`{limits.name}`", size, "/".join(limits.qualities), pixels, refs, prompt,
         "1..15" if limits.takes_n else "1", "/".join(limits.prompt_priorities) or "-",
@@ -528,11 +526,11 @@ class GenerationRequest(BaseModel):
     def reserved_credits(self) -> float:
         """Credits the API is expected to pre-charge (``n`` images at the model's price).
 
-        A model without a published price (or not in the table) is estimated at the highest
-        known price; a run corrects it from the API's ``credits_reserved``.
+        A model the table does not know is estimated at the highest price of the table; a run
+        corrects it from the API's ``credits_reserved``.
         """
         limits = self.limits
-        price = limits.estimated_credits_per_image if limits is not None else MAX_KNOWN_CREDITS_PER_IMAGE
+        price = limits.credits_per_image if limits is not None else MAX_KNOWN_CREDITS_PER_IMAGE
         return price * self.n
 
     def to_api_body(self) -> dict[str, Any]:

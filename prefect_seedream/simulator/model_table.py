@@ -46,7 +46,7 @@ class ModelRules:
         max_prompt_chars: Longest prompt, in characters.
         prompt_required: Whether ``prompt`` is required (layerize: optional).
         max_n: Largest ``n`` (1 for layerize).
-        tiers: Name of the quality table (``sizes.TIER_TABLES``); ``None``: no ``size``.
+        tiers: Name of the quality table (``sizes.TIER_TABLES``) of ratios and qualities.
         qualities: Accepted ``quality`` values.
         default_quality: ``quality`` when none is given.
         min_pixels: Smallest ``W*H`` of a ``WxH`` size (the presets must fit too).
@@ -72,7 +72,7 @@ class ModelRules:
     max_prompt_chars: int
     prompt_required: bool
     max_n: int
-    tiers: str | None
+    tiers: str
     qualities: tuple[str, ...]
     default_quality: str
     min_pixels: int
@@ -88,7 +88,7 @@ class ModelRules:
     @property
     def presets(self) -> frozenset[str]:
         """The seed-page presets (squares) whose pixels fit the model's ``WxH`` range."""
-        if self.tiers is None:
+        if "size" not in self.fields:
             return frozenset()
         return frozenset(
             name
@@ -132,7 +132,7 @@ def _pro_flash(name: str, priorities: frozenset[str]) -> ModelRules:
 def _layerize(name: str, priorities: frozenset[str]) -> ModelRules:
     return _rules(
         name, fields=_LAYERIZE_FIELDS, max_prompt_chars=4000, prompt_required=False, max_n=1,
-        tiers=None, qualities=("auto", "1K", "1.5K", "2K"), default_quality="auto",
+        tiers="seedream-5", qualities=("auto", "1K", "1.5K", "2K"), default_quality="auto",
         min_pixels=1280 * 720, max_pixels=_5_MAX, prompt_priorities=priorities,
         min_reference_images=1, max_reference_images=1, default_output_format="jpeg",
         max_layers=3,

@@ -120,8 +120,9 @@ def _is_int(value: Any) -> bool:
 
 
 def _check_fields_taken(body: Mapping[str, Any], rules: ModelRules) -> None:
-    for name in sorted(KNOWN_FIELDS & set(body) - rules.fields):
-        raise _invalid(f"{name} is not a parameter of {rules.name}", name)
+    not_taken = sorted(KNOWN_FIELDS & set(body) - rules.fields)
+    if not_taken:
+        raise _invalid(f"{not_taken[0]} is not a parameter of {rules.name}", not_taken[0])
 
 
 def _check_prompt(value: Any, rules: ModelRules) -> str:
@@ -174,10 +175,8 @@ def _pixel_size(value: str, rules: ModelRules) -> tuple[int, int]:
 
 
 def _resolve_size(value: Any, quality: str, rules: ModelRules) -> tuple[int, int]:
-    if rules.tiers is None:  # layerize: the quality alone
-        if quality == "auto":
-            return LAYERIZE_AUTO_SIZE
-        return tier_size("seedream-5", quality, "1:1")
+    if quality == "auto":  # layerize (which takes no size): the output follows the input
+        return LAYERIZE_AUTO_SIZE
     if value is None or value == "auto" or value in RATIOS:
         return tier_size(rules.tiers, quality, value or "auto")
     if not isinstance(value, str):

@@ -289,6 +289,26 @@ def _extra_model(text: str) -> tuple[str, str]:
     return name.strip(), base.strip()
 
 
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the models served: extra model names and the price list."""
+    parser.add_argument(
+        "--extra-model",
+        action="append",
+        type=_extra_model,
+        default=[],
+        metavar="NAME=KNOWN_MODEL",
+        help="also serve model NAME with the rules of KNOWN_MODEL (repeatable), e.g. "
+        "doubao-seedream-5.1-preview=doubao-seedream-5.0-pro",
+    )
+    parser.add_argument(
+        "--price-list",
+        choices=["seed_pages", "published"],
+        default="seed_pages",
+        help="credits per image: the seed pages' (4.5 at 2.0, default) or today's published "
+        "ones (4.5 at 2.5)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of :func:`main_simulator`.
 
@@ -375,22 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="download the image_urls of tasks, as the real API does (a failure fails the task; "
         "default: on; SimulatorConfig's default is off)",
     )
-    parser.add_argument(
-        "--extra-model",
-        action="append",
-        type=_extra_model,
-        default=[],
-        metavar="NAME=KNOWN_MODEL",
-        help="also serve model NAME with the rules of KNOWN_MODEL (repeatable), e.g. "
-        "doubao-seedream-5.1-preview=doubao-seedream-5.0-pro",
-    )
-    parser.add_argument(
-        "--price-list",
-        choices=["seed_pages", "published"],
-        default="seed_pages",
-        help="credits per image: the seed pages' (4.5 at 2.0, default) or today's published "
-        "ones (4.5 at 2.5)",
-    )
+    _add_model_arguments(parser)
     parser.add_argument("--log-level", default="warning", help="uvicorn log level")
     return parser
 

@@ -33,6 +33,10 @@ FAULT_RATE_KEYS: frozenset[str] = frozenset(
     }
 )
 
+#: How an optional endpoint answers (``POST /v1/tasks/batch``, ``GET /v1/credits``): normally,
+#: 404 as if the API had no such route, 405 (method not allowed), or 500 every time.
+EndpointMode = Literal["available", "missing", "not_allowed", "failing"]
+
 
 class SimulatorConfig(BaseModel):
     """Behaviour of a simulator instance.
@@ -96,6 +100,9 @@ class SimulatorConfig(BaseModel):
             DNS lookup). The simulator runs offline, so by default it accepts any host; when
             ``False`` such a URL is refused at submit with 400 ``param: "image_urls"``, as a
             public API would.
+        batch_endpoint: How ``POST /v1/tasks/batch`` answers (see :data:`EndpointMode`), so
+            that clients' fallbacks to one ``GET`` per task can be tested.
+        credits_endpoint: How ``GET /v1/credits`` answers (see :data:`EndpointMode`).
 
     Examples:
         >>> config = SimulatorConfig(latency_seconds=0.2, jitter_seconds=0.0)
@@ -131,6 +138,8 @@ class SimulatorConfig(BaseModel):
     task_list_echoes_prompt: bool = True
     fetch_reference_images: bool = False
     allow_private_image_urls: bool = True
+    batch_endpoint: EndpointMode = "available"
+    credits_endpoint: EndpointMode = "available"
 
     @field_validator("api_keys")
     @classmethod

@@ -368,6 +368,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="download the image_urls of tasks, as the real API does (a failure fails the task; "
         "default: on; SimulatorConfig's default is off)",
     )
+    parser.add_argument(
+        "--estimated-time",
+        type=int,
+        default=None,
+        metavar="SECONDS",
+        help="task_info.estimated_time of submit answers (default: the latency, rounded up)",
+    )
+    endpoint_modes = ["available", "missing", "not_allowed", "failing"]
+    parser.add_argument(
+        "--batch-endpoint",
+        choices=endpoint_modes,
+        default="available",
+        help="POST /v1/tasks/batch answers normally, 404, 405 or 500 (default: available)",
+    )
+    parser.add_argument(
+        "--credits-endpoint",
+        choices=endpoint_modes,
+        default="available",
+        help="GET /v1/credits answers normally, 404, 405 or 500 (default: available)",
+    )
     parser.add_argument("--log-level", default="warning", help="uvicorn log level")
     return parser
 
@@ -388,6 +408,11 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         (10.0, 4.0, 60.0)
         >>> sorted(config.denied_models)
         ['doubao-seedream-4.0']
+        >>> args = build_parser().parse_args(
+        ...     ["--estimated-time", "1", "--batch-endpoint", "missing", "--credits-endpoint", "failing"])
+        >>> config = config_from_args(args)
+        >>> config.estimated_time, config.batch_endpoint, config.credits_endpoint
+        (1, 'missing', 'failing')
     """
     return SimulatorConfig(
         api_keys=set(args.api_key) if args.api_key else None,
@@ -406,6 +431,9 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         quota_window_seconds=args.quota_window,
         denied_models=frozenset(args.deny_model),
         fetch_reference_images=args.fetch_reference_images,
+        estimated_time=args.estimated_time,
+        batch_endpoint=args.batch_endpoint,
+        credits_endpoint=args.credits_endpoint,
     )
 
 

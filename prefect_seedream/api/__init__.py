@@ -1,5 +1,6 @@
 """The Evolink Seedream API layer: models, errors and clients. It never imports Prefect."""
 
+from prefect_seedream.api.balance import BalanceUnavailableError, CreditBalance
 from prefect_seedream.api.client import (
     DEFAULT_BASE_URL,
     DownloadResult,
@@ -42,12 +43,15 @@ from prefect_seedream.api.models import (
     TaskStatus,
 )
 from prefect_seedream.api.sync_client import SyncSeedreamClient
+from prefect_seedream.api.task_reader import TaskStatusReader
 
 __all__ = [
     "DEFAULT_BASE_URL",
     "MODEL_LIMITS",
     "AuthenticationError",
     "BadRequestError",
+    "BalanceUnavailableError",
+    "CreditBalance",
     "DownloadError",
     "DownloadResult",
     "GenerationRequest",
@@ -79,5 +83,6 @@ __all__ = [
     "TaskFailedError",
     "TaskPage",
     "TaskStatus",
+    "TaskStatusReader",
     "WaitTimeoutError",
 ]

@@ -127,6 +127,11 @@ class TaskStatusReader:
         """False once the API answered a batch read 404 or 405: one ``GET`` per read since."""
         return self._batch_available
 
+    @property
+    def running(self) -> bool:
+        """Whether the background loop runs (only while reads are pending)."""
+        return self._runner is not None and not self._runner.done()
+
     async def read(self, task_id: str, *, max_delay: float | None = None) -> GenerationTask:
         """The task's status, read with the next round of batch reads (or alone, see above).
 

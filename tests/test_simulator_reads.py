@@ -10,7 +10,17 @@ import httpx
 import pytest
 
 from prefect_seedream.simulator import RunningSimulator, SimulatorConfig, running_simulator
-from tests.sim_http import FAST, KEY, OTHER_KEY, SUBMIT, body, client, make_client, sim, wait_terminal
+from tests.sim_http import (
+    FAST,
+    KEY,
+    OTHER_KEY,
+    SUBMIT,
+    body,
+    client,
+    make_client,
+    sim,
+    wait_terminal,
+)
 
 __all__ = ["client", "sim"]  # fixtures used by the tests below
 

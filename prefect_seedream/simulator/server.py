@@ -10,14 +10,14 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 import uvicorn
 from fastapi import FastAPI
 
 from .app import create_app, get_state
-from .config import FAULT_RATE_KEYS, SimulatorConfig
+from .config import FAULT_RATE_KEYS, EndpointMode, SimulatorConfig
 from .holds import ClientAddress, HeldResponses
 from .references import ReferenceFetcher
 from .state import SimulatorState
@@ -282,6 +282,30 @@ def _fault_rate(text: str) -> tuple[str, float]:
     return key, rate
 
 
+def _add_read_options(parser: argparse.ArgumentParser) -> None:
+    """The options of the announced estimate and of the batch read and balance endpoints."""
+    parser.add_argument(
+        "--estimated-time",
+        type=int,
+        default=None,
+        metavar="SECONDS",
+        help="task_info.estimated_time of submit answers (default: the latency, rounded up)",
+    )
+    endpoint_modes = list(get_args(EndpointMode))
+    parser.add_argument(
+        "--batch-endpoint",
+        choices=endpoint_modes,
+        default="available",
+        help="POST /v1/tasks/batch answers normally, 404, 405 or 500 (default: available)",
+    )
+    parser.add_argument(
+        "--credits-endpoint",
+        choices=endpoint_modes,
+        default="available",
+        help="GET /v1/credits answers normally, 404, 405 or 500 (default: available)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of :func:`main_simulator`.
 
@@ -368,26 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="download the image_urls of tasks, as the real API does (a failure fails the task; "
         "default: on; SimulatorConfig's default is off)",
     )
-    parser.add_argument(
-        "--estimated-time",
-        type=int,
-        default=None,
-        metavar="SECONDS",
-        help="task_info.estimated_time of submit answers (default: the latency, rounded up)",
-    )
-    endpoint_modes = ["available", "missing", "not_allowed", "failing"]
-    parser.add_argument(
-        "--batch-endpoint",
-        choices=endpoint_modes,
-        default="available",
-        help="POST /v1/tasks/batch answers normally, 404, 405 or 500 (default: available)",
-    )
-    parser.add_argument(
-        "--credits-endpoint",
-        choices=endpoint_modes,
-        default="available",
-        help="GET /v1/credits answers normally, 404, 405 or 500 (default: available)",
-    )
+    _add_read_options(parser)
     parser.add_argument("--log-level", default="warning", help="uvicorn log level")
     return parser
 

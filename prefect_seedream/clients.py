@@ -7,6 +7,10 @@ connections; a run of thousands of rows must share one. A run (the dataset flow,
 task called on its own (no scope on its event loop: a sync flow, ``.submit``, ``.map``, plain
 code) gets a client of its own, closed when the call ends, so nothing is left open whatever
 loop the call ran on.
+
+Each client carries one :class:`~prefect_seedream.api.task_reader.TaskStatusReader`, so the
+waits of a run that shares its client are read together (``POST /v1/tasks/batch``), with no
+change to the callers.
 """
 
 from __future__ import annotations

@@ -57,6 +57,13 @@ MAX_POLL_INTERVAL_SECONDS = 15.0
 #: A task the API does not know for this long after its submission is gone (before that, a 404
 #: is taken for a task not visible yet: the API documents no read-after-write guarantee).
 NOT_FOUND_GRACE_SECONDS = 30.0
+#: Most task ids one status read of many tasks may ask for (`POST /v1/tasks/batch`).
+BATCH_READ_MAX_IDS = 50
+#: Shortest time between two batch status reads of one client: reads that fall due meanwhile
+#: wait for the next one, so that one request answers many tasks.
+BATCH_READ_INTERVAL_SECONDS = 1.0
+#: How long a batch read waits, after the first read falls due, for others due about then.
+BATCH_READ_GATHER_SECONDS = 0.05
 #: Wall-clock cap of one wait; a task still running after it is left in flight for `recover`.
 MAX_WAIT_SECONDS = 900.0
 #: Result URLs expire 24 h after generation; a recorded task is re-attached only well within that.

@@ -1,5 +1,6 @@
 """The Evolink Seedream API layer: models, errors and clients. It never imports Prefect."""
 
+from prefect_seedream.api.balance import BalanceUnavailableError, CreditBalance
 from prefect_seedream.api.client import (
     DEFAULT_BASE_URL,
     DownloadResult,
@@ -47,6 +48,7 @@ from prefect_seedream.api.models import (
     TaskStatus,
 )
 from prefect_seedream.api.sync_client import SyncSeedreamClient
+from prefect_seedream.api.task_reader import TaskStatusReader
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -54,6 +56,8 @@ __all__ = [
     "RATIO_SIZES",
     "AuthenticationError",
     "BadRequestError",
+    "BalanceUnavailableError",
+    "CreditBalance",
     "DownloadError",
     "DownloadResult",
     "GenerationRequest",
@@ -89,5 +93,6 @@ __all__ = [
     "TaskFailedError",
     "TaskPage",
     "TaskStatus",
+    "TaskStatusReader",
     "WaitTimeoutError",
 ]

@@ -16,11 +16,17 @@ Retry rules, in one place:
   caller looks the task up (:meth:`SeedreamClient.list_tasks`) or decides to resend the key.
 * A submission may take ``submit_timeout`` (120 s, as Evolink's own client allows a paid
   write); other calls the client's read timeout.
+* ``POST /v1/tasks/batch`` is a read: retried like a ``GET``, without an ``Idempotency-Key``.
+
+Waits read task status through the client's :class:`TaskStatusReader` (one per client, so one
+per run that shares its client): many tasks per ``POST /v1/tasks/batch``, see
+:mod:`prefect_seedream.api.task_reader`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import logging
@@ -28,13 +34,14 @@ import os
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import urlsplit
 
 import httpx
 
+from prefect_seedream.api.balance import BalanceUnavailableError, CreditBalance
 from prefect_seedream.api.errors import (
     DownloadError,
     ImageTooLargeError,
@@ -55,10 +62,12 @@ from prefect_seedream.api.errors import (
 )
 from prefect_seedream.api.imagetype import sniff_image_type
 from prefect_seedream.api.models import GenerationRequest, GenerationTask, TaskPage
+from prefect_seedream.api.task_reader import MISSING_ENDPOINT_STATUSES, TaskStatusReader
 from prefect_seedream.defaults import (
     API_CONNECTIONS,
     API_KEY_ENV,
     BASE_URL_ENV,
+    BATCH_READ_MAX_IDS,
     CONNECT_TIMEOUT_SECONDS,
     DEFAULT_BASE_URL,
     FIRST_POLL_FLOOR_SECONDS,
@@ -215,6 +224,8 @@ class SeedreamClient:
         retry: Retry policy for safe retries.
         poll: Default polling policy for :meth:`wait`.
         transport: An httpx transport, for tests.
+        batch_status_reads: Whether waits read task status in batches (the client's
+            :attr:`status_reader`); ``False`` reads each task with its own ``GET``.
 
     Examples:
         >>> import asyncio
@@ -238,6 +249,7 @@ class SeedreamClient:
         retry: RetryPolicy | None = None,
         poll: PollPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        batch_status_reads: bool = True,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
         if not key:
@@ -248,6 +260,9 @@ class SeedreamClient:
         self.base_url = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
         self.retry = retry or RetryPolicy()
         self.poll = poll or PollPolicy()
+        self.batch_status_reads = batch_status_reads
+        #: Reads the status of every task this client waits for (see :mod:`.task_reader`).
+        self.status_reader = TaskStatusReader(self)
         base_timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
         self._submit_timeout = httpx.Timeout(
             connect=base_timeout.connect, read=submit_timeout, write=base_timeout.write,
@@ -287,7 +302,8 @@ class SeedreamClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection pools."""
+        """Stop the status reader and close the connection pools."""
+        await self.status_reader.aclose()
         await self._api.aclose()
         await self._results.aclose()
 
@@ -333,6 +349,59 @@ class SeedreamClient:
         """Query a task's status (retried on transport errors, 429 and 5xx)."""
         payload, _ = await self._call("GET", f"/v1/tasks/{task_id}")
         return self._parse_task(payload, submitting=False)
+
+    async def get_tasks(self, task_ids: Sequence[str]) -> list[GenerationTask]:
+        """Read up to 50 tasks in one request (``POST /v1/tasks/batch``).
+
+        Retried like a ``GET`` (a read). Ids the API does not know, or that another key
+        created, are left out of the answer, as are entries that do not parse.
+
+        Args:
+            task_ids: The ids, at most 50 (duplicates are asked once).
+
+        Raises:
+            SeedreamConfigurationError: more than 50 ids.
+            SeedreamAPIError: the API refused the read (404 or 405: it has no batch endpoint).
+        """
+        ids = list(dict.fromkeys(task_ids))
+        if len(ids) > BATCH_READ_MAX_IDS:
+            raise SeedreamConfigurationError(
+                f"{len(ids)} task ids: a batch read takes at most {BATCH_READ_MAX_IDS}"
+            )
+        if not ids:
+            return []
+        payload, _ = await self._call(
+            "POST", "/v1/tasks/batch", json_body={"task_ids": ids}, paid=False
+        )
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(data, list):
+            raise ResponseFormatError("unexpected batch read body: no 'data' list")
+        tasks = []
+        for item in data:
+            try:
+                tasks.append(GenerationTask.model_validate(item))
+            except ValueError:
+                logger.debug("a batch read entry did not parse; its task is read alone")
+        return tasks
+
+    async def get_credits(self) -> CreditBalance:
+        """The account's and this key's credits (``GET /v1/credits``).
+
+        Raises:
+            BalanceUnavailableError: the API has no balance endpoint (404 or 405).
+            SeedreamError: another failure (after retries for 429/5xx).
+        """
+        try:
+            payload, _ = await self._call("GET", "/v1/credits")
+        except SeedreamAPIError as exc:
+            if exc.status_code not in MISSING_ENDPOINT_STATUSES:
+                raise
+            raise BalanceUnavailableError(
+                exc.status_code, f"GET /v1/credits answered {exc.status_code}: no balance endpoint"
+            ) from None
+        if not isinstance(payload, dict):
+            raise ResponseFormatError("unexpected credits body: not a JSON object")
+        return CreditBalance.from_api(payload)
 
     async def list_tasks(
         self,
@@ -384,6 +453,9 @@ class SeedreamClient:
     ) -> GenerationTask:
         """Poll a task until it is terminal and return it (completed, failed or cancelled).
 
+        Each read goes through :attr:`status_reader` (batched with the client's other waits)
+        unless the client was made with ``batch_status_reads=False``.
+
         Args:
             task_id: The remote task id.
             max_wait: Wall-clock cap in seconds (default: the poll policy's).
@@ -405,6 +477,10 @@ class SeedreamClient:
         backoff = policy.min_interval
         last: GenerationTask | None = None
         errors_in_a_row = 0
+        if self.batch_status_reads:
+            read = functools.partial(self.status_reader.read, max_delay=policy.min_interval)
+        else:
+            read = self.get_task
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -414,7 +490,7 @@ class SeedreamClient:
             try:
                 # One poll (with its own retries) may not outlive the cap either.
                 task = await asyncio.wait_for(
-                    self.get_task(task_id), timeout=max(0.001, deadline - time.monotonic())
+                    read(task_id), timeout=max(0.001, deadline - time.monotonic())
                 )
             except asyncio.TimeoutError:
                 break
@@ -538,9 +614,13 @@ class SeedreamClient:
         json_body: dict[str, Any] | None = None,
         params: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
+        paid: bool | None = None,
     ) -> tuple[Any, httpx.Response]:
-        """One API call with the retry rules of this module; returns parsed JSON and the answer."""
-        is_submit = method == "POST"
+        """One API call with the retry rules of this module; returns parsed JSON and the answer.
+
+        ``paid`` says whether the call is a paid write (default: every ``POST``).
+        """
+        is_submit = method == "POST" if paid is None else paid
         headers = {IDEMPOTENCY_HEADER: idempotency_key} if idempotency_key else None
         timeout = self._submit_timeout if is_submit else httpx.USE_CLIENT_DEFAULT
         attempt = 0

@@ -7,10 +7,12 @@ connection pool; nothing is implemented twice.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import IO, Any
 
 from anyio.from_thread import start_blocking_portal
 
+from prefect_seedream.api.balance import CreditBalance
 from prefect_seedream.api.client import DownloadResult, SeedreamClient
 from prefect_seedream.api.models import GenerationRequest, GenerationTask
 
@@ -67,8 +69,17 @@ class SyncSeedreamClient:
         """Query a task; see :meth:`SeedreamClient.get_task`."""
         return self._portal.call(self._client.get_task, task_id)
 
+    def get_tasks(self, task_ids: Sequence[str]) -> list[GenerationTask]:
+        """Read up to 50 tasks in one request; see :meth:`SeedreamClient.get_tasks`."""
+        return self._portal.call(self._client.get_tasks, task_ids)
+
+    def get_credits(self) -> CreditBalance:
+        """The account's balance; see :meth:`SeedreamClient.get_credits`."""
+        return self._portal.call(self._client.get_credits)
+
     def wait(self, task_id: str, **kwargs: Any) -> GenerationTask:
-        """Wait for a terminal task; see :meth:`SeedreamClient.wait`."""
+        """Wait for a terminal task; see :meth:`SeedreamClient.wait`. Waits of several
+        threads on one client share its status reader (their reads are batched)."""
         return self._portal.call(lambda: self._client.wait(task_id, **kwargs))
 
     def download(self, url: str, sink: IO[bytes], **kwargs: Any) -> DownloadResult:

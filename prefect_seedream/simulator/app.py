@@ -5,6 +5,7 @@
 | ``POST /v1/images/generations`` | Bearer | submit a generation task (optional ``Idempotency-Key`` header, see :mod:`prefect_seedream.simulator.idempotency`) |
 | ``GET /v1/tasks?status=&type=&model=&page=&page_size=`` | Bearer (the calling key's tasks only) | list tasks newest first, see :mod:`prefect_seedream.simulator.listing` |
 | ``GET /v1/tasks/{task_id}`` | Bearer (the creating key only) | query a task |
+| ``POST /v1/tasks/batch``, ``GET /v1/credits`` | Bearer | see :mod:`prefect_seedream.simulator.read_routes` |
 | ``GET /files/{task_id}/{index}.{png,jpg}`` | none (like a CDN) | download a result image |
 | ``GET /_sim/stats`` | none | counters, see :meth:`SimulatorState.stats` |
 | ``GET /_sim/tasks[?prompt=P]`` | none | read-only list of live tasks (of prompt P), see :meth:`SimulatorState.task_listing` |
@@ -62,6 +63,7 @@ from .idempotency import IDEMPOTENCY_HEADER, REPLAYED_HEADER, body_hash, parse_i
 from .images import CONTENT_TYPES, EXTENSIONS, render_alpha_image, render_image, served_size
 from .listing import parse_list_query
 from .payloads import submit_payload, task_payload
+from .read_routes import add_read_routes
 from .responses import (
     PausedBodyResponse,
     TruncatedResponse,
@@ -349,6 +351,8 @@ def create_app(config: SimulatorConfig | None = None) -> FastAPI:
         return JSONResponse(
             {"data": data, "total": total, "page": query.page, "page_size": query.page_size}
         )
+
+    add_read_routes(app, state, _authenticate)
 
     @app.get("/v1/tasks/{task_id}")
     async def query_task(task_id: str, request: Request) -> Response:

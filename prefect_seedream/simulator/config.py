@@ -36,6 +36,10 @@ FAULT_RATE_KEYS: frozenset[str] = frozenset(
     }
 )
 
+#: How an optional endpoint answers (``POST /v1/tasks/batch``, ``GET /v1/credits``): normally,
+#: 404 as if the API had no such route, 405 (method not allowed), or 500 every time.
+EndpointMode = Literal["available", "missing", "not_allowed", "failing"]
+
 
 class SimulatorConfig(BaseModel):
     """Behaviour of a simulator instance.
@@ -109,6 +113,9 @@ class SimulatorConfig(BaseModel):
             price) of a known model, e.g. ``{"doubao-seedream-5.1-preview":
             "doubao-seedream-5.0-pro"}``: answers name the extra model. For testing a
             client's handling of a model its own table does not know.
+        batch_endpoint: How ``POST /v1/tasks/batch`` answers (see :data:`EndpointMode`), so
+            that clients' fallbacks to one ``GET`` per task can be tested.
+        credits_endpoint: How ``GET /v1/credits`` answers (see :data:`EndpointMode`).
 
     Examples:
         >>> config = SimulatorConfig(latency_seconds=0.2, jitter_seconds=0.0)
@@ -148,6 +155,8 @@ class SimulatorConfig(BaseModel):
     allow_private_image_urls: bool = True
     price_list: PriceList = "seed_pages"
     extra_models: dict[str, str] = Field(default_factory=dict)
+    batch_endpoint: EndpointMode = "available"
+    credits_endpoint: EndpointMode = "available"
 
     @field_validator("api_keys")
     @classmethod

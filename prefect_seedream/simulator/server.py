@@ -10,14 +10,14 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 import uvicorn
 from fastapi import FastAPI
 
 from .app import create_app, get_state
-from .config import FAULT_RATE_KEYS, SimulatorConfig
+from .config import FAULT_RATE_KEYS, EndpointMode, SimulatorConfig
 from .holds import ClientAddress, HeldResponses
 from .references import ReferenceFetcher
 from .state import SimulatorState
@@ -309,6 +309,30 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_read_options(parser: argparse.ArgumentParser) -> None:
+    """The options of the announced estimate and of the batch read and balance endpoints."""
+    parser.add_argument(
+        "--estimated-time",
+        type=int,
+        default=None,
+        metavar="SECONDS",
+        help="task_info.estimated_time of submit answers (default: the latency, rounded up)",
+    )
+    endpoint_modes = list(get_args(EndpointMode))
+    parser.add_argument(
+        "--batch-endpoint",
+        choices=endpoint_modes,
+        default="available",
+        help="POST /v1/tasks/batch answers normally, 404, 405 or 500 (default: available)",
+    )
+    parser.add_argument(
+        "--credits-endpoint",
+        choices=endpoint_modes,
+        default="available",
+        help="GET /v1/credits answers normally, 404, 405 or 500 (default: available)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of :func:`main_simulator`.
 
@@ -396,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
         "default: on; SimulatorConfig's default is off)",
     )
     _add_model_arguments(parser)
+    _add_read_options(parser)
     parser.add_argument("--log-level", default="warning", help="uvicorn log level")
     return parser
 
@@ -422,6 +447,11 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         >>> config = config_from_args(args)
         >>> config.extra_models, config.price_list
         ({'doubao-seedream-5.1-preview': 'doubao-seedream-5.0-pro'}, 'published')
+        >>> args = build_parser().parse_args(
+        ...     ["--estimated-time", "1", "--batch-endpoint", "missing", "--credits-endpoint", "failing"])
+        >>> config = config_from_args(args)
+        >>> config.estimated_time, config.batch_endpoint, config.credits_endpoint
+        (1, 'missing', 'failing')
     """
     return SimulatorConfig(
         api_keys=set(args.api_key) if args.api_key else None,
@@ -442,6 +472,9 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         fetch_reference_images=args.fetch_reference_images,
         extra_models=dict(args.extra_model),
         price_list=args.price_list,
+        estimated_time=args.estimated_time,
+        batch_endpoint=args.batch_endpoint,
+        credits_endpoint=args.credits_endpoint,
     )
 
 

@@ -36,6 +36,7 @@ from .listing import ListQuery, page_of
 from .model_table import ModelRules, model_catalog
 from .references import FetchOutcome, ReferenceFetcher
 from .rules import MAX_IMAGES_TOTAL, GenerationRequest
+from .task_batch import ReadCounters
 
 TaskStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]
 #: Statuses after which a task never changes.
@@ -330,6 +331,7 @@ class SimulatorState:
         self.references = ReferenceFetcher()
         self.task_list_requests = 0
         self.unauthorized_requests = 0
+        self.reads = ReadCounters()
         self.time_offset = 0.0
         self._jitter_rng = random.Random(config.seed)
         self._seq = itertools.count()
@@ -743,7 +745,11 @@ class SimulatorState:
             ``reference_fetch_failures`` (URL fetches attempted, failed),
             ``task_list_requests`` (``GET /v1/tasks``), ``unauthorized_requests`` (401 answers:
             no key, or a key not in ``api_keys``) and ``per_key_billing``: for each key
-            of ``per_key``, ``credits_charged`` and its :class:`AccountCounters`.
+            of ``per_key``, ``credits_charged`` and its :class:`AccountCounters`; and the
+            batch read and balance counters (:class:`ReadCounters`: ``batch_requests``,
+            ``batch_task_reads``, ``credits_requests``, ``get_task_requests``,
+            ``status_requests``). ``polls`` counts task reads: each ``GET /v1/tasks/{id}``
+            and each task answered by ``POST /v1/tasks/batch``.
         """
         self.settle()
         body: dict[str, Any] = self.totals.as_dict()
@@ -759,6 +765,7 @@ class SimulatorState:
         body["reference_fetch_failures"] = self.references.failures
         body["task_list_requests"] = self.task_list_requests
         body["unauthorized_requests"] = self.unauthorized_requests
+        body.update(self.reads.as_dict(polls=self.totals.polls))
         body["per_key_billing"] = {
             key: {
                 "credits_charged": credits_value(self.account.key_charged(key)),
@@ -793,4 +800,5 @@ class SimulatorState:
         self.idempotency.clear()
         self.task_list_requests = 0
         self.unauthorized_requests = 0
+        self.reads = ReadCounters()
         self._jitter_rng = random.Random(self.config.seed)

@@ -1,24 +1,47 @@
 """The credit budget (``max_credits``) and the dry run, against the simulator.
 
 What the simulator bills is read back from its own tasks: a completed task costs
-``credits_per_image`` per generated image, a failed one nothing (see its payloads).
+``credits_per_image`` per generated image, a failed one nothing (see its payloads). The
+simulator here bills today's published prices (4.5 at 2.5, 4.0 at 1.5), the client's estimates.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from prefect_seedream.api.models import MODEL_LIMITS
-from prefect_seedream.simulator import RunningSimulator
+from prefect_seedream.simulator import RunningSimulator, SimulatorConfig, running_simulator
+from tests.conftest import TEST_API_KEY
 from tests.helpers import manifest, run_dataset, summary_of, write_jsonl
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 M45, M40 = "doubao-seedream-4.5", "doubao-seedream-4.0"
+
+
+@pytest.fixture
+def simulator() -> Iterator[RunningSimulator]:
+    """The conftest's simulator, billing today's published prices."""
+    config = SimulatorConfig(latency_seconds=0.3, jitter_seconds=0.05, price_list="published")
+    with running_simulator(config) as sim:
+        yield sim
+
+
+@pytest.fixture
+def silent_list_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningSimulator]:
+    """The conftest's ``silent_list_env``, billing today's published prices."""
+    config = SimulatorConfig(
+        latency_seconds=0.3, jitter_seconds=0.05, task_list_echoes_prompt=False, price_list="published"
+    )
+    with running_simulator(config) as sim:
+        monkeypatch.setenv("SEEDREAM_API_KEY", TEST_API_KEY)
+        monkeypatch.setenv("SEEDREAM_BASE_URL", sim.base_url)
+        yield sim
 
 
 def by_id(lines: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -71,10 +94,10 @@ async def test_rows_beyond_the_budget_are_skipped_and_never_submitted(
         assert line["prompt"] not in stats["submissions_by_prompt"]
     assert stats["tasks_created"] == 2 and stats["submit_requests"] == 2
     assert summary.skipped == 2 and summary.succeeded == 2
-    assert summary.credits == 4.0 == billed(seedream_env)
+    assert summary.credits == 5.0 == billed(seedream_env)
     assert summary.credits <= 5
     assert state.is_failed()
-    assert "2 skipped" in (state.message or "") and "4 credits" in (state.message or "")
+    assert "2 skipped" in (state.message or "") and "5 credits" in (state.message or "")
 
 
 async def test_a_row_too_big_for_the_rest_of_the_budget_does_not_block_smaller_ones(
@@ -93,10 +116,10 @@ async def test_a_row_too_big_for_the_rest_of_the_budget_does_not_block_smaller_o
     assert lines["small1"]["status"] == lines["small2"]["status"] == "succeeded"
     assert lines["big"]["status"] == "skipped"
     assert lines["big"]["error"]["code"] == "budget_exceeded"
-    assert "reserving 6 credits" in lines["big"]["error"]["message"]
+    assert "reserving 7.5 credits" in lines["big"]["error"]["message"]
     assert "three lanterns" not in stats["submissions_by_prompt"]
     summary = await summary_of(state)
-    assert summary.credits == 4.0 == billed(seedream_env)
+    assert summary.credits == 5.0 == billed(seedream_env)
 
 
 async def test_an_unbilled_failure_gives_its_reservation_back(
@@ -109,7 +132,7 @@ async def test_an_unbilled_failure_gives_its_reservation_back(
     )
     output = tmp_path / "out"
     state = await run_dataset(
-        write_jsonl(tmp_path / "rows.jsonl", rows), output, max_credits=4, max_concurrency=1
+        write_jsonl(tmp_path / "rows.jsonl", rows), output, max_credits=5, max_concurrency=1
     )
     lines = by_id(manifest(output))
 
@@ -117,7 +140,7 @@ async def test_an_unbilled_failure_gives_its_reservation_back(
     assert lines["a"]["status"] == lines["b"]["status"] == "succeeded"
     assert seedream_env.stats()["tasks_created"] == 3
     summary = await summary_of(state)
-    assert summary.credits == 4.0 == billed(seedream_env)
+    assert summary.credits == 5.0 == billed(seedream_env)
 
 
 async def test_an_unknown_outcome_counts_against_the_budget(
@@ -137,7 +160,7 @@ async def test_an_unknown_outcome_counts_against_the_budget(
     )
     output = tmp_path / "out"
     state = await run_dataset(
-        write_jsonl(tmp_path / "rows.jsonl", rows), output, max_credits=4, max_concurrency=1
+        write_jsonl(tmp_path / "rows.jsonl", rows), output, max_credits=5, max_concurrency=1
     )
     lines = by_id(manifest(output))
     stats = seedream_env.stats()
@@ -148,8 +171,8 @@ async def test_an_unknown_outcome_counts_against_the_budget(
     assert lines["b"]["error"]["code"] == "budget_exceeded"
     assert "a boat" not in stats["submissions_by_prompt"]
     summary = await summary_of(state)
-    assert (summary.credits, summary.credits_at_risk) == (2.0, 2.0)
-    assert billed(seedream_env) <= 4
+    assert (summary.credits, summary.credits_at_risk) == (2.5, 2.5)
+    assert billed(seedream_env) <= 5
 
 
 async def test_a_billed_task_whose_download_failed_counts_against_the_budget(
@@ -159,16 +182,16 @@ async def test_a_billed_task_whose_download_failed_counts_against_the_budget(
     rows = rows_of(("bad", "a lantern [[sim:download=not_image]]", 1), ("next", "a kite", 1))
     output = tmp_path / "out"
     state = await run_dataset(
-        write_jsonl(tmp_path / "rows.jsonl", rows), output, max_credits=2, max_concurrency=1
+        write_jsonl(tmp_path / "rows.jsonl", rows), output, max_credits=2.5, max_concurrency=1
     )
     lines = by_id(manifest(output))
 
     assert lines["bad"]["status"] == "failed"
     assert lines["bad"]["error"]["code"] == "not_an_image"
-    # The first task completed: the simulator charged it 2 credits, the whole budget.
-    assert billed(seedream_env) <= 2, f"{billed(seedream_env)} credits billed with max_credits=2"
+    # The first task completed: the simulator charged it 2.5 credits, the whole budget.
+    assert billed(seedream_env) <= 2.5, f"{billed(seedream_env)} credits billed with max_credits=2.5"
     assert lines["next"]["status"] == "skipped"
-    assert (await summary_of(state)).credits == 2
+    assert (await summary_of(state)).credits == 2.5
 
 
 async def test_reattached_tasks_do_not_push_the_reported_credits_past_the_budget(
@@ -189,7 +212,7 @@ async def test_reattached_tasks_do_not_push_the_reported_credits_past_the_budget
 
     rows = rows_of(*slow, ("c", "a boat", 1))
     state = await run_dataset(
-        write_jsonl(tmp_path / "second.jsonl", rows), output, max_credits=2, max_concurrency=3
+        write_jsonl(tmp_path / "second.jsonl", rows), output, max_credits=2.5, max_concurrency=3
     )
     lines = by_id(manifest(output))
     assert seedream_env.stats()["tasks_created"] <= 3
@@ -198,7 +221,7 @@ async def test_reattached_tasks_do_not_push_the_reported_credits_past_the_budget
     assert lines["c"]["status"] == "succeeded"  # the only new submission fits the budget
     assert seedream_env.stats()["submissions_by_prompt"]["a boat"] == 1
     summary = await summary_of(state)
-    assert summary.credits <= 2, f"summary.credits={summary.credits} with max_credits=2"
+    assert summary.credits <= 2.5, f"summary.credits={summary.credits} with max_credits=2.5"
 
 
 # -- dry run ---------------------------------------------------------------------------------
@@ -230,13 +253,13 @@ async def test_dry_run_validates_estimates_and_submits_nothing(
         + MODEL_LIMITS[M45].credits_per_image * 3
         + MODEL_LIMITS[M40].credits_per_image * 4
     )
-    assert expected == 15.0
+    assert expected == 16.5
     assert state.is_completed(), state
     assert summary.dry_run is True
     assert summary.rows == 5 and summary.invalid == 2
     assert summary.estimated_credits == pytest.approx(expected)
     assert summary.credits == 0 and summary.succeeded == 0 and summary.manifest is None
-    assert "dry run" in (state.message or "") and "15" in (state.message or "")
+    assert "dry run" in (state.message or "") and "16.5" in (state.message or "")
     stats = seedream_env.stats()
     assert stats["submit_requests"] == 0 and stats["tasks_created"] == 0 and stats["polls"] == 0
     assert not (output / "manifest.jsonl").exists()

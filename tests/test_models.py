@@ -522,7 +522,7 @@ def test_to_api_body_full() -> None:
 
 
 @pytest.mark.parametrize(
-    ("model", "n", "credits"), [(V45, 1, 2.5), (V45, 3, 7.5), (V40, 2, 3.2), (V40, 15, 24.0)]
+    ("model", "n", "credits"), [(V45, 1, 2.5), (V45, 3, 7.5), (V40, 2, 3.0), (V40, 15, 22.5)]
 )
 def test_reserved_credits(model: str, n: int, credits: float) -> None:
     assert ok(model=model, n=n).reserved_credits == pytest.approx(credits)

@@ -217,17 +217,17 @@ def test_run_options_check_defaults_as_the_rows_will_get_them() -> None:
 def test_the_budget_learns_the_price_from_credits_reserved() -> None:
     budget = CreditBudget(limit=10.0)
     request = GenerationRequest(model=V40, prompt="x", n=2)
-    assert budget.estimate(request) == pytest.approx(3.2)  # the published 1.6 per image
+    assert budget.estimate(request) == pytest.approx(3.0)  # the published 1.5 per image
     submitted = GenerationTask.model_validate(
-        {"id": "t", "status": "pending", "usage": {"credits_reserved": 3.0}}
+        {"id": "t", "status": "pending", "usage": {"credits_reserved": 2.8}}
     )
     budget.learn(request, submitted)
-    assert budget.estimate(request) == pytest.approx(3.0)
-    assert budget.estimate(GenerationRequest(model=V40, prompt="x", n=5)) == pytest.approx(7.5)
+    assert budget.estimate(request) == pytest.approx(2.8)
+    assert budget.estimate(GenerationRequest(model=V40, prompt="x", n=5)) == pytest.approx(7.0)
     replayed = submitted.model_copy(update={"replayed": True, "usage": submitted.usage.model_copy(
         update={"credits_reserved": 99.0})})
     budget.learn(request, replayed)  # a replayed answer was reserved by another request
-    assert budget.estimate(request) == pytest.approx(3.0)
+    assert budget.estimate(request) == pytest.approx(2.8)
     unknown = GenerationRequest(model="tomorrow-model", prompt="x")
     assert budget.estimate(unknown) == pytest.approx(max(m.credits_per_image for m in MODEL_LIMITS.values()))
 

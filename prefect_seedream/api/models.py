@@ -128,8 +128,8 @@ _LAYERIZE = dict(
 )
 
 #: One entry per model, as Evolink documents it in December 2026 (``evolink-api.md`` section 6;
-#: Evolink's own client's generated table). Prices: the published per-image prices, the top of
-#: each published range (4.0 1.3-1.6, 4.5 2.2-2.5; 5.0 lite is flat at every size). Evolink
+#: Evolink's own client's generated table). Prices: the published per-image prices (4.0 1.5 in
+#: its published 1.3-1.6, 4.5 the top of its 2.2-2.5; 5.0 lite is flat at every size). Evolink
 #: publishes none for 5.0 pro and flash: their figures are other gateways' list prices converted
 #: at the 4.x ratio (flash $0.018 -> 1.25, pro $0.09 at 2K -> 6.2); layerize bills its base image
 #: and each layer at its parent's price (the estimate reserves one image; a final charge above
@@ -141,7 +141,7 @@ MODEL_LIMITS: dict[str, ModelLimits] = {
         ModelLimits(
             name="doubao-seedream-4.0", qualities=("1K", "2K", "4K"), min_pixels=1280 * 720,
             max_pixels=4096 * 4096, prompt_priorities=("standard", "fast"),
-            max_reference_images=14, credits_per_image=1.6,
+            max_reference_images=14, credits_per_image=1.5,
         ),
         ModelLimits(
             name="doubao-seedream-4.5", qualities=("2K", "4K"), min_pixels=2560 * 1440,

@@ -18,7 +18,7 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.flows import Flow
 
-from prefect_seedream.artifacts import Gallery, ProgressArtifact, RunTables
+from prefect_seedream.artifacts import Gallery, ProgressArtifact, RunTables, StoryKeys
 from prefect_seedream.credentials import SeedreamCredentials, resolve_credentials
 from prefect_seedream.execution import RowRange, RowsJob, execute_rows
 from prefect_seedream.ledger import TaskLedger
@@ -67,8 +67,13 @@ async def run_in_output(
     shard_plan: ShardPlan | None = None,
     tables: RunTables | None = None,
     on_row: Callable[[RunLine], None] = lambda item: None,
+    keys: StoryKeys | None = None,
 ) -> Gallery:
     """Run every row of ``dataset`` into ``output``; ``summary`` counts the manifest's lines.
+
+    The run's progress artifact is ``keys.progress`` (default: ``seedream-progress``); the
+    caller publishes the rest of its story (:func:`prefect_seedream.story.publish_run_story`)
+    from ``summary``, ``tables`` and the gallery returned.
 
     Returns:
         The gallery of the images this process stored (empty for a sharded run).
@@ -88,7 +93,7 @@ async def run_in_output(
         await asyncio.to_thread(parts.describe, RunDescription(
             dataset=dataset, api=api, options=options.without_secrets(), total_rows=total_rows,
         ))
-        artifact = await ProgressArtifact.create(total=total_rows)
+        artifact = await ProgressArtifact.create(total=total_rows, key=(keys or StoryKeys()).progress)
         progress = RunProgress(total_rows, artifact, logger)
 
         def row_done(item: RunLine) -> None:

@@ -14,8 +14,10 @@ outcome), not a unit of scheduling; a slow row never holds up the rows of later 
 A batch writes no artifact: its rows are in the run's table (see :mod:`prefect_seedream.story`).
 
 A batch holding rows that did not succeed ends **Failed** with its counts as the state's
-message, and nothing at ERROR: a refused row is an expected outcome, logged once at WARNING
-by the row runner. A traceback is logged only when our code raised.
+message (a one-row task run: the API's code and message), and no traceback: a refused row is
+an expected outcome, logged once at WARNING by the row runner; Prefect logs the batch's end
+in one line ("Finished in state Failed('rows 1-8: 7 succeeded, 1 failed')", at ERROR, as
+it does for every failed task run). A traceback is logged only when our code raised.
 """
 
 from __future__ import annotations
@@ -122,6 +124,22 @@ def never_retried(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) ->
     return False
 
 
+def _row_message(item: RunLine) -> str:
+    """A one-row task run's state message: its outcome, and the API's code and message.
+
+    Examples:
+        >>> from prefect_seedream.manifest import ManifestError, ManifestLine
+        >>> line = ManifestLine(row_id="r", row_number=1, prompt="p", model=None, status="failed",
+        ...                     error=ManifestError(code="content_policy_violation", message="refused"))
+        >>> _row_message(RunLine(line=line))
+        'failed: content_policy_violation: refused'
+    """
+    line = item.line
+    if line.error is None or line.status == "succeeded":
+        return f"1 {line.status.replace('_', ' ')}"
+    return f"{line.status.replace('_', ' ')}: {line.error.code}: {line.error.message}"[:500]
+
+
 @task(
     name="generate-rows",
     task_run_name="{label}",
@@ -164,7 +182,7 @@ async def generate_rows(
         raise
     counts = _counts(items)
     summary = ", ".join(f"{count} {status.replace('_', ' ')}" for status, count in counts.items() if count)
-    message = f"rows {batch.first}-{batch.last}: {summary}" if len(items) > 1 else f"{summary}"
+    message = f"rows {batch.first}-{batch.last}: {summary}" if len(items) > 1 else _row_message(items[0])
     if counts["succeeded"] == len(items):
         return Completed(message=message)
     return Failed(message=message)

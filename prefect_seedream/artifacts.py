@@ -159,8 +159,8 @@ def row_table(lines: Iterable[ManifestLine]) -> list[dict[str, Any]]:
             "status": line.status,
             "code": line.error.code if line.error else "",
             "message": line.error.message if line.error else "",
-            "next step": next_step_for(line),
             "task id": line.task_id or "",
+            "next step": next_step_for(line),
             "line": line.row_number,
             "images": len(line.images),
             "credits": line.credits if line.credits is not None else "",
@@ -233,17 +233,15 @@ def summary_table(summary: DatasetRunSummary, where: tuple[str, str] | None = No
 
     Examples:
         >>> table = summary_table(DatasetRunSummary(rows=2, succeeded=1, failed=1, manifest="o/m.jsonl"))
-        >>> table[0], table[-1]
+        >>> table[1], table[9]
         ({'what': 'rows succeeded', 'count': 1}, {'what': 'manifest (one line per row)', 'count': 'o/m.jsonl'})
     """
-    table: list[dict[str, Any]] = [
+    table: list[dict[str, Any]] = [{"what": "rows in all", "count": summary.rows}]
+    table += [
         {"what": f"rows {status.replace('_', ' ')}", "count": getattr(summary, status)}
         for status in ROW_STATUSES
     ]
     table += [
-        {"what": "rows in all", "count": summary.rows},
-        {"what": "rows invalid (of the failed)", "count": summary.invalid},
-        {"what": "rows stored by an earlier run (of the succeeded)", "count": summary.reused},
         {"what": "images stored", "count": summary.images},
         {"what": "credits charged by this run", "count": summary.credits},
         {"what": "credits reserved that may be charged", "count": summary.credits_at_risk},
@@ -252,6 +250,11 @@ def summary_table(summary: DatasetRunSummary, where: tuple[str, str] | None = No
         where = ("manifest (one line per row)", summary.manifest)
     if where is not None:
         table.append({"what": where[0], "count": where[1]})
+    # (The UI shows tables 10 rows a page: the details come after what everyone needs.)
+    table += [
+        {"what": "rows invalid (of the failed)", "count": summary.invalid},
+        {"what": "rows stored by an earlier run (of the succeeded)", "count": summary.reused},
+    ]
     return table
 
 

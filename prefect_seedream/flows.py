@@ -43,7 +43,6 @@ from prefect_seedream.defaults import (
     SizePreset,
 )
 from prefect_seedream.dispatch import dual_flow
-from prefect_seedream.events import emit_dataset_event
 from prefect_seedream.execution import (
     RowRange,
     RowsJob,
@@ -69,7 +68,7 @@ from prefect_seedream.runs import ShardPlan, run_in_output
 from prefect_seedream.shards import check_shard_deployment, unfair_share_warning
 from prefect_seedream.sources import is_in_memory, spill_rows
 from prefect_seedream.storage import ImageStore
-from prefect_seedream.story import claim_story_keys, publish_run_story
+from prefect_seedream.story import claim_story_keys, emit_run_end_event, publish_run_story
 from prefect_seedream.summary import DatasetRunSummary
 
 #: What the dataset flow accepts as its `dataset` through the API and the UI: a path or URL,
@@ -261,18 +260,7 @@ async def generate_dataset(
     )
     await publish_run_story(summary, tables, gallery, ImageStore(output, storage_options), keys)
     logger.info("Manifest written to %s", summary.manifest)
-    emit_dataset_event(
-        not summary.not_succeeded,
-        dataset=dataset,
-        output=output,
-        payload={
-            **summary.model_dump(include={
-                "rows", "succeeded", "failed", "in_flight", "outcome_unknown", "skipped", "credits",
-                "images",
-            }),
-            "stopped": summary.stopped.code if summary.stopped else None,
-        },
-    )
+    emit_run_end_event(summary, dataset=dataset, output=output)
     if summary.not_succeeded:
         return Failed(message=summary.message(), data=summary)
     return Completed(message=summary.message(), data=summary)

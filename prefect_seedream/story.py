@@ -43,6 +43,7 @@ from prefect.client.schemas.actions import ArtifactUpdate
 from prefect.runtime import flow_run, task_run
 
 from prefect_seedream.artifacts import DEFAULT_PREFIX, Gallery, RunTables, StoryKeys, summary_table
+from prefect_seedream.events import emit_dataset_event
 from prefect_seedream.manifest import RunLine
 from prefect_seedream.storage import ImageStore
 from prefect_seedream.summary import DatasetRunSummary
@@ -139,6 +140,24 @@ async def fill_gallery(gallery: Gallery, tables: RunTables, store: ImageStore) -
                 thumbnail = await store.call(store.thumbnail_of, image.uri)
                 if thumbnail:
                     gallery.add_thumbnail(line.row_id, image, thumbnail)
+
+
+def emit_run_end_event(summary: DatasetRunSummary, *, dataset: str, output: str) -> None:
+    """``seedream.dataset.completed`` (every row succeeded) or ``seedream.dataset.failed``
+    when a run of rows ends (the dataset flow, a ``generate_many`` call), with its counts:
+    what an automation reacts to (see ``docs/run-page.md``)."""
+    emit_dataset_event(
+        not summary.not_succeeded,
+        dataset=dataset,
+        output=output,
+        payload={
+            **summary.model_dump(include={
+                "rows", "succeeded", "failed", "in_flight", "outcome_unknown", "skipped", "credits",
+                "images", "manifest",
+            }),
+            "stopped": summary.stopped.code if summary.stopped else None,
+        },
+    )
 
 
 class CallStory:

@@ -77,6 +77,7 @@ from prefect_seedream.story import (
     call_story,
     claim_story_keys,
     destination_prefix,
+    emit_run_end_event,
     publish_run_story,
 )
 from prefect_seedream.summary import DatasetRunSummary
@@ -550,6 +551,8 @@ async def generate_many(
     ``<prefix>-summary`` (counts, images, credits, the manifest), ``<prefix>-rows`` (the
     rows, failures first, with the API's code and message and what to run next) and
     ``<prefix>-gallery``. Its batches write none: each batch's state message counts its rows.
+    It ends with the event ``seedream.dataset.completed`` (every request succeeded) or
+    ``seedream.dataset.failed``, with the counts, as the dataset flow does.
 
     Returns:
         One :class:`GeneratedImages` per request, in the order given.
@@ -596,5 +599,6 @@ async def generate_many(
             on_row=collect, tables=tables, keys=keys,
         )
     await publish_run_story(summary, tables, gallery, ImageStore(destination, storage_options), keys)
+    emit_run_end_event(summary, dataset=dataset, output=destination)
     get_run_logger().info("%s", summary.message())
     return [result for result in results if result is not None]

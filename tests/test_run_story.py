@@ -24,9 +24,10 @@ from prefect.futures import wait
 from prefect.logging.handlers import APILogHandler
 
 from prefect_seedream import GenerationRequest, generate_images, generate_many
+from prefect_seedream.defaults import GALLERY_LIMIT
 from prefect_seedream.simulator import RunningSimulator
 from tests.helpers import FAST, run_dataset, write_csv
-from tests.prefect_reads import artifacts_of, flow_run_id_of
+from tests.prefect_reads import artifacts_of, events_of_run, flow_run_id_of
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -113,7 +114,7 @@ def check_story(story: dict[str, Any], *, rows: int, refused: int, images: int) 
         assert row["code"] == "content_policy_violation" and row["message"]
         assert row["task id"].startswith("task-unified-") and row["next step"].startswith("change the prompt")
     gallery = story["gallery"].data
-    assert gallery.count("](data:image/jpeg;base64,") == images
+    assert gallery.count("](data:image/jpeg;base64,") == min(images, GALLERY_LIMIT)
     return table
 
 
@@ -158,6 +159,12 @@ def test_a_user_flow_calling_generate_many_twice_shows_two_stories(
     warnings = refusal_warnings(logs)
     assert len(warnings) == 6, warnings
     assert all("task-unified-" in line and "simulated failure" in line for line in warnings)
+
+    # Each call ends with the run-end event an automation reacts to (see docs/run-page.md).
+    ended = asyncio.run(events_of_run(run_id, "seedream.dataset.", expected=2))
+    assert sorted((e["event"], e["payload"]["rows"], e["payload"]["failed"]) for e in ended) == [
+        ("seedream.dataset.failed", 12, 2), ("seedream.dataset.failed", 40, 4)]
+    assert all(e["payload"]["manifest"].endswith("posters/manifest.jsonl") for e in ended)
 
 
 async def test_the_dataset_flow_tells_the_same_story_under_its_own_key(
@@ -265,3 +272,60 @@ async def test_a_shard_writes_nothing_per_batch_and_no_traceback(
     logs = await read_run_logs(run_id)
     assert_no_traceback(logs)
     assert len(refusal_warnings(logs)) == 1
+
+
+def _code_block(text: str, language: str, after: str) -> str:
+    start = text.index(f"```{language}\n", text.index(after)) + len(language) + 4
+    return text[start:text.index("```", start)]
+
+
+async def test_the_documented_automation_is_accepted_by_the_server() -> None:
+    """The page's automation (Python and YAML) is created on a real server as written."""
+    import yaml
+    from prefect.blocks.notifications import SlackWebhook
+    from prefect.events.schemas.automations import AutomationCore
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "run-page.md").read_text(encoding="utf-8")
+    await SlackWebhook(url="https://hooks.slack.com/services/T0/B0/x").save("seedream-alerts", overwrite=True)
+    python = _code_block(page, "python", "## Being told when a run ends")
+    scope: dict[str, Any] = {}
+    await asyncio.to_thread(exec, python, scope)  # noqa: S102 - the documentation's own code
+
+    async with get_client() as client:
+        created = await client.read_automation(scope["automation"].id)
+        assert created.trigger.expect == {"seedream.dataset.failed"}
+        assert created.actions[0].type == "send-notification"
+        from_yaml = AutomationCore.model_validate(yaml.safe_load(
+            _code_block(page, "yaml", "## Being told when a run ends").replace(
+                "00000000-0000-0000-0000-000000000000", str(created.actions[0].block_document_id))
+        ))
+        assert from_yaml.trigger.expect == created.trigger.expect
+        assert await client.create_automation(from_yaml)
+
+
+@pytest.mark.slow
+def test_a_few_hundred_requests_make_four_artifacts_and_no_traceback(
+    seedream_env: RunningSimulator, tmp_path: Path
+) -> None:
+    """The issue's case at its size: 400 requests, 10 refused, default batching (8 a batch)."""
+    requests = requests_with_refusals(400, 40, "lighthouse")
+
+    @flow
+    def team() -> int:
+        return sum(r.ok for r in generate_many(requests, str(tmp_path / "team"), max_concurrency=32, **FAST))
+
+    started = time.monotonic()
+    state = team(return_state=True)
+    elapsed = time.monotonic() - started
+    assert state.is_completed() and state.result() == 390
+    run_id = flow_run_id_of(state)
+    artifacts = asyncio.run(artifacts_of(run_id))
+    assert len(artifacts) == 4
+    check_story(story_of(artifacts, "seedream-team"), rows=400, refused=10, images=390)
+    assert "the first 48 are shown, every one is listed in" in story_of(artifacts, "seedream-team")["gallery"].data
+    logs = asyncio.run(read_run_logs(run_id))
+    assert_no_traceback(logs)
+    assert len(refusal_warnings(logs)) == 10
+    errors = sum(log.level >= 40 for log in logs)
+    print(f"400 requests: {len(artifacts)} artifacts, {len(logs)} log lines, {errors} at ERROR "
+          f"(no traceback), {elapsed:.1f} s")

@@ -113,9 +113,10 @@ def _counts(items: list[RunLine]) -> dict[str, int]:
 def never_retried(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
     """Retry condition of a batch: never (its rows were retried by the row runner).
 
-    With a retry allowed and this condition, a batch ending Failed is not logged by Prefect
-    at ERROR (Prefect 3.8-3.9 log a failed task run with no retry left at ERROR, with the
-    exception being handled, or ``NoneType: None``, as a traceback).
+    With a retry allowed and this condition, Prefect (3.8, 3.9) does not log "Task run failed
+    with state ..." for a batch ending Failed: it logs that line for a task run with no retry
+    left, at ERROR with ``exc_info``, so with the exception being handled (or ``NoneType:
+    None``) as a traceback. Its one line "Finished in state Failed(...)" remains.
 
     Examples:
         >>> never_retried(None, None, Failed())  # type: ignore[arg-type]
@@ -155,8 +156,8 @@ async def generate_rows(
     """Run a batch of rows and write their part of the manifest.
 
     The task run ends Completed when every row succeeded, else Failed with the counts as its
-    message (a failed row never stops the others, and is not an error of the batch: nothing
-    is logged at ERROR); its rows' lines are in the run's part file. Only an exception of
+    message (a failed row never stops the others, and is not an error of the batch: no
+    traceback is logged); its rows' lines are in the run's part file. Only an exception of
     our own is logged with its traceback (then raised).
 
     Args:

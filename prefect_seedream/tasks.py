@@ -456,7 +456,7 @@ async def generate_images(
                 wait=WaitOptions(max_wait_seconds, poll_interval), resubmit_unknown=resubmit_unknown,
                 references=references,
             )
-            await generate_recorded(
+            record = await generate_recorded(
                 record, request, client=client, ledger=ledger, options=options, reporter=_reporter(),
                 thumbnails=story.wants_thumbnails(),
                 finder=TaskListIndex(client, submit_timeout=resolve_credentials(credentials).submit_timeout),

@@ -126,6 +126,7 @@ async def publish_run_story(
     """
     await tables.publish(summary, keys)
     await fill_gallery(gallery, tables, store)
+    gallery.total = max(gallery.total, summary.images)  # rows stored earlier count too
     await gallery.publish(keys.gallery, summary.manifest)
 
 

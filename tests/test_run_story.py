@@ -333,3 +333,17 @@ def test_a_few_hundred_requests_make_four_artifacts_and_no_traceback(
     errors = sum(log.level >= 40 for log in logs)
     print(f"400 requests: {len(artifacts)} artifacts, {len(logs)} log lines, {errors} at ERROR "
           f"(no traceback), {elapsed:.1f} s")
+
+
+def test_sync_calls_run_their_body_with_no_exception_being_handled() -> None:
+    """The sync dispatch probes for an event loop without leaving its `RuntimeError` as the
+    exception being handled while the body runs (Prefect logged it as the traceback of every
+    failed batch of a sync flow's `generate_many`)."""
+    import sys
+
+    from prefect_seedream.dispatch import run_sync
+
+    async def body() -> Any:
+        return sys.exc_info()
+
+    assert run_sync(body()) == (None, None, None)

@@ -1,16 +1,18 @@
-"""What a person sees in the Prefect UI: progress, a summary, failures, rows and a gallery.
+"""What a person sees in the Prefect UI: progress, a summary, the rows and a gallery.
 
-Every artifact stays bounded whatever the dataset's size:
+Four artifacts tell a run's story, whatever the entry point (see :mod:`prefect_seedream.story`
+for their keys), and each stays bounded whatever the dataset's size:
 
-* ``seedream-progress``: rows finished, updated in place (at most every few seconds);
-* ``seedream-summary``: a table of counts by outcome (they are the manifest's), credits,
+* ``<prefix>-progress``: rows finished, updated in place (at most every few seconds);
+* ``<prefix>-summary``: a table of counts by outcome (they are the manifest's), credits,
   images, and where the manifest is;
-* ``seedream-failures``: the rows that did not succeed with their reasons, the first
-  ``FAILED_ROWS_SHOWN`` of them, and the manifest's path for the rest;
-* ``seedream-rows``: every row (id, status, remote task id, error), for runs of up to
-  ``ROWS_TABLE_LIMIT`` rows; bigger runs have one table per batch of rows instead, on the
-  batch's task run (see :mod:`prefect_seedream.batches`);
-* ``seedream-gallery``: thumbnails of the first ``GALLERY_LIMIT`` images.
+* ``<prefix>-rows``: the rows, those that did not succeed first (row id, status, the API's
+  code and message, what to run next, remote task id), at most ``ROWS_TABLE_LIMIT`` of them
+  (failures first, up to ``FAILED_ROWS_SHOWN``); its description names the manifest for
+  the rest;
+* ``<prefix>-gallery``: thumbnails of the first ``GALLERY_LIMIT`` images.
+
+The prefix is ``seedream`` for the dataset flow unless its ``artifact_key`` says otherwise.
 
 An image in an artifact is loaded by the *browser*, so a local path or an ``s3://`` URI would
 show as a broken image. The gallery therefore embeds small ``data:`` thumbnails, whatever the
@@ -41,13 +43,47 @@ from prefect_seedream.defaults import (
 )
 from prefect_seedream.manifest import ROW_STATUSES, ManifestImage, ManifestLine
 from prefect_seedream.storage import StoredImage
-from prefect_seedream.summary import DatasetRunSummary
+from prefect_seedream.summary import DatasetRunSummary, next_step_for
 
-PROGRESS_KEY = "seedream-progress"
-SUMMARY_KEY = "seedream-summary"
-FAILURES_KEY = "seedream-failures"
-ROWS_KEY = "seedream-rows"
-GALLERY_KEY = "seedream-gallery"
+#: The dataset flow's default prefix: its keys are ``seedream-progress``, ``seedream-summary``,
+#: ``seedream-rows`` and ``seedream-gallery``.
+DEFAULT_PREFIX = "seedream"
+
+
+@dataclass(frozen=True)
+class StoryKeys:
+    """The keys of a run's four artifacts, all derived from one prefix.
+
+    A key names one artifact whose versions are kept: a deployment that runs daily with the
+    same prefix keeps the history of each artifact under one key.
+
+    Examples:
+        >>> keys = StoryKeys("seedream-posters")
+        >>> keys.progress, keys.summary, keys.rows, keys.gallery
+        ('seedream-posters-progress', 'seedream-posters-summary', 'seedream-posters-rows', 'seedream-posters-gallery')
+    """
+
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def progress(self) -> str:
+        """Key of the progress artifact."""
+        return f"{self.prefix}-progress"
+
+    @property
+    def summary(self) -> str:
+        """Key of the summary table."""
+        return f"{self.prefix}-summary"
+
+    @property
+    def rows(self) -> str:
+        """Key of the rows table."""
+        return f"{self.prefix}-rows"
+
+    @property
+    def gallery(self) -> str:
+        """Key of the gallery."""
+        return f"{self.prefix}-gallery"
 
 
 class ProgressArtifact:
@@ -70,9 +106,11 @@ class ProgressArtifact:
         self._pending: asyncio.Task[Any] | None = None
 
     @classmethod
-    async def create(cls, total: int, description: str = "Rows finished") -> ProgressArtifact:
-        """Create the artifact at 0 %."""
-        artifact_id = await acreate_progress_artifact(0.0, key=PROGRESS_KEY, description=description)
+    async def create(
+        cls, total: int, description: str = "Rows finished", key: str | None = None
+    ) -> ProgressArtifact:
+        """Create the artifact at 0 % (``key=None``: an unkeyed one)."""
+        artifact_id = await acreate_progress_artifact(0.0, key=key, description=description)
         return cls(artifact_id, total)
 
     @property
@@ -105,80 +143,131 @@ class ProgressArtifact:
 
 
 def row_table(lines: Iterable[ManifestLine]) -> list[dict[str, Any]]:
-    """Table rows for a list of lines: row, status, remote task id, images, credits, error."""
+    """Table rows for lines: row, status, the API's code and message, next step, task id, ...
+
+    Examples:
+        >>> from prefect_seedream.manifest import ManifestError
+        >>> line = ManifestLine(row_id="a", row_number=1, prompt="x", model=None, status="failed",
+        ...     task_id="task-1", error=ManifestError(code="content_policy_violation", message="no"))
+        >>> row = row_table([line])[0]
+        >>> row["row"], row["code"], row["message"], row["task id"]
+        ('a', 'content_policy_violation', 'no', 'task-1')
+    """
     return [
         {
             "row": line.row_id,
-            "line": line.row_number,
             "status": line.status,
+            "code": line.error.code if line.error else "",
+            "message": line.error.message if line.error else "",
             "task id": line.task_id or "",
+            "next step": next_step_for(line),
+            "line": line.row_number,
             "images": len(line.images),
             "credits": line.credits if line.credits is not None else "",
-            "error": f"{line.error.code}: {line.error.message}" if line.error else "",
         }
         for line in lines
     ]
 
 
 class RunTables:
-    """Collects what the end-of-run tables show while the manifest is written, in bounded memory.
+    """Collects what the rows table and the gallery show while the manifest is written, in
+    bounded memory: the first rows that did not succeed, the first others, the first images.
 
     Examples:
-        >>> tables = RunTables(total_rows=3)
-        >>> tables.keeps_every_row
-        True
+        >>> tables = RunTables()
+        >>> for number, status in enumerate(["succeeded", "failed", "succeeded"], 1):
+        ...     tables.add(ManifestLine(row_id=f"r{number}", row_number=number, prompt="x",
+        ...                             model=None, status=status))
+        >>> [row["row"] for row in tables.table()]
+        ['r2', 'r1', 'r3']
     """
 
-    def __init__(self, total_rows: int) -> None:
-        self.keeps_every_row = total_rows <= ROWS_TABLE_LIMIT
-        self.rows: list[ManifestLine] = []
-        self.failures: list[ManifestLine] = []
+    def __init__(self, limit: int = ROWS_TABLE_LIMIT, failures_limit: int = FAILED_ROWS_SHOWN) -> None:
+        self.limit = limit
+        self.failures_limit = min(failures_limit, limit)
+        self.rows_total = 0
         self.failures_total = 0
+        self.failures: list[ManifestLine] = []
+        self.others: list[ManifestLine] = []
         #: The first lines with images (enough for a gallery made from the manifest).
         self.gallery_lines: list[ManifestLine] = []
 
     def add(self, line: ManifestLine) -> None:
         """See one line of the manifest."""
-        if self.keeps_every_row:
-            self.rows.append(line)
+        self.rows_total += 1
         if line.images and len(self.gallery_lines) < GALLERY_LIMIT:
             self.gallery_lines.append(line)
         if line.status != "succeeded":
             self.failures_total += 1
-            if len(self.failures) < FAILED_ROWS_SHOWN:
+            if len(self.failures) < self.failures_limit:
                 self.failures.append(line)
+        elif len(self.others) < self.limit:
+            self.others.append(line)
 
-    async def publish(self, summary: DatasetRunSummary) -> None:
-        """Create the summary, failures and rows artifacts."""
-        await publish_summary(summary)
-        if self.failures_total:
-            shown = len(self.failures)
-            description = f"{self.failures_total} row(s) did not succeed"
-            if shown < self.failures_total:
-                description += f"; the first {shown} are listed, every row is in {summary.manifest}"
-            await acreate_table_artifact(row_table(self.failures), key=FAILURES_KEY, description=description)
-        if self.keeps_every_row:
-            await acreate_table_artifact(
-                row_table(self.rows), key=ROWS_KEY, description=f"Every row of the run ({len(self.rows)})"
-            )
+    def shown(self) -> list[ManifestLine]:
+        """The lines the table lists: failures first, then the others, at most ``limit``."""
+        return (self.failures + self.others)[: self.limit]
+
+    def table(self) -> list[dict[str, Any]]:
+        """The table's rows."""
+        return row_table(self.shown())
+
+    def description(self, where: str | None) -> str:
+        """What the table holds, and where the rest is."""
+        shown = len(self.shown())
+        text = f"{self.rows_total} row(s), {self.failures_total} did not succeed (listed first)"
+        if shown < self.rows_total:
+            text += f"; {shown} shown, every row is in {where or 'the manifest'}"
+        return text
+
+    async def publish(self, summary: DatasetRunSummary, keys: StoryKeys) -> None:
+        """Create the summary and rows artifacts."""
+        await publish_summary(summary, keys.summary)
+        await acreate_table_artifact(
+            self.table(), key=keys.rows, description=self.description(summary.manifest)
+        )
 
 
-async def publish_summary(summary: DatasetRunSummary) -> UUID:
-    """A table of the run's counts by outcome (the manifest's), images, credits, manifest."""
-    table: list[dict[str, Any]] = [
+def summary_table(summary: DatasetRunSummary, where: tuple[str, str] | None = None) -> list[dict[str, Any]]:
+    """The summary's rows: counts by outcome (the manifest's), images, credits, the manifest.
+
+    Examples:
+        >>> table = summary_table(DatasetRunSummary(rows=2, succeeded=1, failed=1, manifest="o/m.jsonl"))
+        >>> table[1], table[9]
+        ({'what': 'rows succeeded', 'count': 1}, {'what': 'manifest (one line per row)', 'count': 'o/m.jsonl'})
+    """
+    table: list[dict[str, Any]] = [{"what": "rows in all", "count": summary.rows}]
+    table += [
         {"what": f"rows {status.replace('_', ' ')}", "count": getattr(summary, status)}
         for status in ROW_STATUSES
     ]
     table += [
-        {"what": "rows in all", "count": summary.rows},
-        {"what": "rows invalid (of the failed)", "count": summary.invalid},
-        {"what": "rows stored by an earlier run (of the succeeded)", "count": summary.reused},
         {"what": "images stored", "count": summary.images},
         {"what": "credits charged by this run", "count": summary.credits},
         {"what": "credits reserved that may be charged", "count": summary.credits_at_risk},
     ]
+    if where is None and summary.manifest:
+        where = ("manifest (one line per row)", summary.manifest)
+    if where is not None:
+        table.append({"what": where[0], "count": where[1]})
+    # (The UI shows tables 10 rows a page: the details come after what everyone needs.)
+    table += [
+        {"what": "rows invalid (of the failed)", "count": summary.invalid},
+        {"what": "rows stored by an earlier run (of the succeeded)", "count": summary.reused},
+    ]
+    if summary.balance is not None:
+        table.append({"what": "account credits left after the run", "count": summary.balance})
+    if summary.stopped is not None:
+        table.append({"what": "stopped", "count": summary.stopped.sentence()})
+    return table
+
+
+async def publish_summary(
+    summary: DatasetRunSummary, key: str, where: tuple[str, str] | None = None
+) -> UUID:
+    """A table of the run's counts by outcome (the manifest's), images, credits, manifest."""
     return await acreate_table_artifact(
-        table, key=SUMMARY_KEY, description=f"{summary.message()}"
+        summary_table(summary, where), key=key, description=summary.message()
     )
 
 
@@ -214,16 +303,15 @@ class Gallery:
         if len(self.shown) < self.limit:
             self.shown.append((row_id, GalleryImage(image.uri, image.width, image.height, thumbnail)))
 
-    def markdown(self) -> str:
+    def markdown(self, where: str | None = None) -> str:
         """Markdown with an embedded thumbnail per kept image and its storage location."""
-        return gallery_markdown(self.shown, self.total)
+        return gallery_markdown(self.shown, self.total, where)
 
-    async def publish(self) -> UUID | None:
-        """A markdown artifact of thumbnails, or None when nothing was stored."""
-        if not self.shown:
-            return None
+    async def publish(self, key: str, where: str | None = None) -> UUID:
+        """A markdown artifact of thumbnails (it says so when no image was stored);
+        ``where`` names the manifest that lists every image."""
         return await acreate_markdown_artifact(
-            self.markdown(), key=GALLERY_KEY, description="Generated images"
+            self.markdown(where), key=key, description=f"Generated images: {self.total}"
         )
 
 
@@ -237,16 +325,27 @@ class GalleryImage:
     thumbnail: str
 
 
-def gallery_markdown(images: Iterable[tuple[str, GalleryImage]], total: int) -> str:
-    """Markdown with an embedded thumbnail per image and its storage location."""
+def gallery_markdown(
+    images: Iterable[tuple[str, GalleryImage]], total: int, where: str | None = None
+) -> str:
+    """Markdown with an embedded thumbnail per image and its storage location.
+
+    Examples:
+        >>> print(gallery_markdown([], 0, "out/manifest.jsonl"))
+        # Generated images
+        <BLANKLINE>
+        No image was stored: see the rows table (and out/manifest.jsonl) for why.
+    """
     cells: list[str] = []
     for row_id, image in images:
         cells.append(
             f"**{row_id}** ({image.width}x{image.height})\n\n"
             f"![{row_id}]({image.thumbnail})\n\n`{image.uri}`\n"
         )
+    if not total:
+        return f"# Generated images\n\nNo image was stored: see the rows table (and {where or 'the manifest'}) for why."
     header = f"# Generated images\n\n{total} image(s) stored"
     if total > len(cells):
-        header += f"; the first {len(cells)} are shown"
+        header += f"; the first {len(cells)} are shown, every one is listed in {where or 'the manifest'}"
     header += ". Thumbnails are embedded; the full images are at the locations below.\n\n"
     return header + "\n---\n\n".join(cells)

@@ -9,8 +9,15 @@ what overwhelms a default ``prefect server start``. So a dataset of up to
 about ``TARGET_TASK_RUNS`` of them, at most ``MAX_ROWS_PER_TASK`` rows each.
 
 Rows of every batch in progress share the run's concurrency: a batch is a unit of
-observation (a task run with its logs, its state and, for big runs, a table of its rows),
-not a unit of scheduling; a slow row never holds up the rows of later batches.
+observation (a task run with its logs and its state, whose message counts its rows by
+outcome), not a unit of scheduling; a slow row never holds up the rows of later batches.
+A batch writes no artifact: its rows are in the run's table (see :mod:`prefect_seedream.story`).
+
+A batch holding rows that did not succeed ends **Failed** with its counts as the state's
+message (a one-row task run: the API's code and message), and no traceback: a refused row is
+an expected outcome, logged once at WARNING by the row runner; Prefect logs the batch's end
+in one line ("Finished in state Failed('rows 1-8: 7 succeeded, 1 failed')", at ERROR, as
+it does for every failed task run). A traceback is logged only when our code raised.
 """
 
 from __future__ import annotations
@@ -23,12 +30,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.artifacts import acreate_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun
 from prefect.states import Completed, Failed, State
+from prefect.tasks import Task
 from prefect.utilities.annotations import quote
 
-from prefect_seedream.artifacts import row_table
 from prefect_seedream.dataset import DatasetRow
 from prefect_seedream.defaults import (
     MAX_ROWS_PER_TASK,
@@ -103,27 +110,61 @@ def _counts(items: list[RunLine]) -> dict[str, int]:
     return counts
 
 
+def never_retried(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Retry condition of a batch: never (its rows were retried by the row runner).
+
+    With a retry allowed and this condition, Prefect (3.8, 3.9) does not log "Task run failed
+    with state ..." for a batch ending Failed: it logs that line for a task run with no retry
+    left, at ERROR with ``exc_info``, so with the exception being handled (or ``NoneType:
+    None``) as a traceback. Its one line "Finished in state Failed(...)" remains.
+
+    Examples:
+        >>> never_retried(None, None, Failed())  # type: ignore[arg-type]
+        False
+    """
+    return False
+
+
+def _row_message(item: RunLine) -> str:
+    """A one-row task run's state message: its outcome, and the API's code and message.
+
+    Examples:
+        >>> from prefect_seedream.manifest import ManifestError, ManifestLine
+        >>> line = ManifestLine(row_id="r", row_number=1, prompt="p", model=None, status="failed",
+        ...                     error=ManifestError(code="content_policy_violation", message="refused"))
+        >>> _row_message(RunLine(line=line))
+        'failed: content_policy_violation: refused'
+    """
+    line = item.line
+    if line.error is None or line.status == "succeeded":
+        return f"1 {line.status.replace('_', ' ')}"
+    return f"{line.status.replace('_', ' ')}: {line.error.code}: {line.error.message}"[:500]
+
+
 @task(
     name="generate-rows",
     task_run_name="{label}",
     description="Generate and store the images of a batch of consecutive dataset rows.",
     cache_policy=NO_CACHE,
     persist_result=False,
+    retries=1,
+    retry_condition_fn=never_retried,
 )
 async def generate_rows(
-    label: str, batch: RowBatch, runner: RowRunner, parts: RunParts, table: bool = False
+    label: str, batch: RowBatch, runner: RowRunner, parts: RunParts
 ) -> State:
     """Run a batch of rows and write their part of the manifest.
 
-    The task run ends Completed when every row succeeded, else Failed with the counts
-    (a failed row never stops the others); its rows' lines are in the run's part file.
+    The task run ends Completed when every row succeeded, else Failed with the counts as its
+    message (a failed row never stops the others, and is not an error of the batch: no
+    traceback is logged); its rows' lines are in the run's part file. Only an exception of
+    our own is logged with its traceback (then raised).
 
     Args:
         label: The task run's name.
         batch: The rows.
         runner: Runs each row.
         parts: Where the batch's lines go.
-        table: Also attach a table of the batch's rows to the task run (big runs).
 
     Examples:
         ```python
@@ -131,16 +172,18 @@ async def generate_rows(
                                     return_state=True)
         ```
     """
-    reporter = runner.reporter_for(get_run_logger(), verbose=len(batch.rows) == 1)
-    items = list(await asyncio.gather(*(runner.run(row, reporter) for row in batch.rows)))
-    await asyncio.to_thread(parts.write, batch.first, batch.last, items)
+    logger = get_run_logger()
+    reporter = runner.reporter_for(logger, verbose=len(batch.rows) == 1)
+    try:
+        items = list(await asyncio.gather(*(runner.run(row, reporter) for row in batch.rows)))
+        await asyncio.to_thread(parts.write, batch.first, batch.last, items)
+    except Exception:
+        # Prefect does not log it (see `never_retried`): a bug of ours gets its traceback here.
+        logger.exception("Rows %d-%d stopped on an error", batch.first, batch.last)
+        raise
     counts = _counts(items)
     summary = ", ".join(f"{count} {status.replace('_', ' ')}" for status, count in counts.items() if count)
-    message = f"rows {batch.first}-{batch.last}: {summary}" if len(items) > 1 else f"{summary}"
-    if table:
-        await acreate_table_artifact(
-            row_table(item.line for item in items), description=f"Rows {batch.first} to {batch.last}: {summary}"
-        )
+    message = f"rows {batch.first}-{batch.last}: {summary}" if len(items) > 1 else _row_message(items[0])
     if counts["succeeded"] == len(items):
         return Completed(message=message)
     return Failed(message=message)
@@ -153,7 +196,6 @@ async def run_batches(
     parts: RunParts,
     rows_per_task: int,
     max_concurrency: int,
-    tables: bool,
     before_batch: Callable[[], None] = lambda: None,
 ) -> None:
     """Run every batch of a row stream, keeping enough batches going to fill the concurrency.
@@ -168,7 +210,6 @@ async def run_batches(
         parts: Where each batch's lines go.
         rows_per_task: Rows per batch.
         max_concurrency: The run's concurrency.
-        tables: Attach a table of its rows to each batch's task run.
         before_batch: Called before each batch starts (raises to stop the run).
     """
     most_active = max(2, math.ceil(max_concurrency / rows_per_task) + 1)
@@ -180,8 +221,7 @@ async def run_batches(
                 _log_crashed_batches(done)
             before_batch()
             active.add(asyncio.create_task(generate_rows(
-                batch.label, quote(batch), quote(runner), quote(parts), table=tables,
-                return_state=True,
+                batch.label, quote(batch), quote(runner), quote(parts), return_state=True,
             )))
         if active:
             done, _ = await asyncio.wait(active)

@@ -38,11 +38,25 @@ def run_sync(awaitable: Awaitable[T]) -> T:
     async def _await() -> T:
         return await awaitable
 
+    if _loop_runs_here():
+        return run_coro_as_sync(_await())  # a loop runs this thread (sync code under an async caller)
+    # Run outside any ``except`` block: an exception being handled would stay the thread's
+    # current one while the body runs, and Prefect attaches it to every error it logs there.
+    return asyncio.run(_await())
+
+
+def _loop_runs_here() -> bool:
+    """True when an event loop runs this thread (probed without leaving an exception behind).
+
+    Examples:
+        >>> _loop_runs_here()
+        False
+    """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(_await())
-    return run_coro_as_sync(_await())  # a loop runs this thread (sync code under an async caller)
+        return False
+    return True
 
 
 def _dispatch(awaitable: Coroutine[Any, Any, T], sync: bool | None) -> T | Coroutine[Any, Any, T]:

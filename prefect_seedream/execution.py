@@ -211,7 +211,6 @@ async def execute_rows(
                 parts=parts,
                 rows_per_task=job.rows_per_task,
                 max_concurrency=options.max_concurrency,
-                tables=job.rows_per_task > 1,
                 before_batch=before_batch,
             )
             report.reconciled = finder.found
@@ -219,7 +218,7 @@ async def execute_rows(
         if runner.failures.unlogged:
             logger.warning(
                 "%d more rows did not succeed (past the first %d, not logged one by one): "
-                "see the seedream-failures artifact and the manifest",
+                "see the run's rows table artifact and the manifest",
                 runner.failures.unlogged, runner.failures.limit,
             )
         report.stop = gate.report()

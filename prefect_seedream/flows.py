@@ -23,7 +23,7 @@ from pydantic import Field
 
 from prefect_seedream.api.errors import SeedreamError
 from prefect_seedream.api.models import DEFAULT_MODEL, ModelName, OutputFormat, Quality
-from prefect_seedream.artifacts import Gallery, ProgressArtifact, RunTables
+from prefect_seedream.artifacts import DEFAULT_PREFIX, ProgressArtifact, RunTables
 from prefect_seedream.clients import api_client, shared_clients
 from prefect_seedream.credentials import SeedreamCredentials, resolve_credentials
 from prefect_seedream.defaults import (
@@ -42,7 +42,6 @@ from prefect_seedream.defaults import (
     RowEvents,
 )
 from prefect_seedream.dispatch import dual_flow
-from prefect_seedream.events import emit_dataset_event
 from prefect_seedream.execution import (
     RowRange,
     RowsJob,
@@ -68,6 +67,7 @@ from prefect_seedream.runs import ShardPlan, account_balance, run_in_output
 from prefect_seedream.shards import check_shard_deployment, unfair_share_warning
 from prefect_seedream.sources import is_in_memory, spill_rows
 from prefect_seedream.storage import ImageStore
+from prefect_seedream.story import claim_story_keys, emit_run_end_event, publish_run_story
 from prefect_seedream.summary import DatasetRunSummary
 
 #: What the dataset flow accepts as its `dataset` through the API and the UI: a path or URL,
@@ -125,6 +125,7 @@ async def generate_dataset(
     shards: Annotated[int, Field(ge=1, le=256)] = 1,
     work_pool: str | None = None,
     shard_deployment: str = SHARD_DEPLOYMENT,
+    artifact_key: str = DEFAULT_PREFIX,
 ) -> State:
     """Generate images for every row of a prompt dataset and write a manifest.
 
@@ -197,6 +198,9 @@ async def generate_dataset(
         shards: Split the rows into this many shard flow runs (1: run here).
         work_pool: With shards: (re)create the shard deployment on this work pool first.
         shard_deployment: With shards: the deployment that runs one shard.
+        artifact_key: Prefix of the run's artifact keys (`<prefix>-progress`, `-summary`,
+            `-rows`, `-gallery`): give each deployment its own to keep each one's history
+            under its own keys (lowercase letters, digits and dashes).
 
     Returns:
         The final state; its result is a `DatasetRunSummary` (`.lines()` reads the rows).
@@ -254,46 +258,24 @@ async def generate_dataset(
         return Completed(message=f"dry run: {scan.rows} rows, {scan.invalid} invalid, "
                          f"at most {scan.estimated_credits:g} credits{balance}", data=summary)
 
-    tables = RunTables(scan.rows)
+    tables = RunTables()
+    keys = claim_story_keys(artifact_key)
     gallery = await run_in_output(
         dataset, output, options, credentials or resolved, total_rows=scan.rows,
         run_id=str(flow_run.id), summary=summary, concurrency_limit=limit, tables=tables,
         estimated_credits=scan.estimated_credits,
         shard_plan=ShardPlan(shards, shard_deployment, work_pool, generate_shard) if shards > 1 else None,
+        keys=keys,
     )
-    await tables.publish(summary)
-    await _publish_gallery(gallery, tables, ImageStore(output, storage_options))
+    await publish_run_story(summary, tables, gallery, ImageStore(output, storage_options), keys)
     logger.info("Manifest written to %s", summary.manifest)
-    emit_dataset_event(
-        not summary.not_succeeded,
-        dataset=dataset,
-        output=output,
-        payload={
-            **summary.model_dump(include={
-                "rows", "succeeded", "failed", "in_flight", "outcome_unknown", "skipped", "credits",
-                "images",
-            }),
-            "stopped": summary.stopped.code if summary.stopped else None,
-        },
-    )
+    emit_run_end_event(summary, dataset=dataset, output=output)
     if summary.not_succeeded:
         return Failed(message=summary.message(), data=summary)
     return Completed(message=summary.message(), data=summary)
 
 
 _OUTPUT_DEFAULT: str = inspect.signature(generate_dataset.fn).parameters["output"].default
-
-
-async def _publish_gallery(gallery: Gallery, tables: RunTables, store: ImageStore) -> None:
-    """The gallery of this process's images, or (sharded runs) of the manifest's first ones."""
-    if not gallery.shown:
-        for line in tables.gallery_lines:
-            for image in line.images:
-                if gallery.wants_more():
-                    thumbnail = await store.call(store.thumbnail_of, image.uri)
-                    if thumbnail:
-                        gallery.add_thumbnail(line.row_id, image, thumbnail)
-    await gallery.publish()
 
 
 generate_dataset.on_cancellation_hooks.append(record_stopped_run)
@@ -358,6 +340,7 @@ async def generate_shard(
         sharded=True,
     )
     counts = DatasetRunSummary()
+    # Unkeyed: the parent's keyed artifacts tell the run's story (one key, one history).
     artifact = await ProgressArtifact.create(total=rows.rows, description=f"Rows {rows.first}-{rows.last} finished")
     progress = RunProgress(rows.rows, artifact, logger)
 

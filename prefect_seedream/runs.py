@@ -19,7 +19,7 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.flows import Flow
 
-from prefect_seedream.artifacts import Gallery, ProgressArtifact, RunTables
+from prefect_seedream.artifacts import Gallery, ProgressArtifact, RunTables, StoryKeys
 from prefect_seedream.balance import balance_stop, read_balance
 from prefect_seedream.clients import api_client
 from prefect_seedream.credentials import SeedreamCredentials, resolve_credentials
@@ -71,6 +71,7 @@ async def run_in_output(
     tables: RunTables | None = None,
     on_row: Callable[[RunLine], None] = lambda item: None,
     estimated_credits: float | None = None,
+    keys: StoryKeys | None = None,
 ) -> Gallery:
     """Run every row of ``dataset`` into ``output``; ``summary`` counts the manifest's lines.
 
@@ -78,6 +79,10 @@ async def run_in_output(
     first: when the run may need more than it holds, nothing is submitted (stored rows are
     still reused and tasks in flight collected) and ``summary.stopped`` says why. The balance
     after the run is in ``summary.balance``.
+
+    The run's progress artifact is ``keys.progress`` (default: ``seedream-progress``); the
+    caller publishes the rest of its story (:func:`prefect_seedream.story.publish_run_story`)
+    from ``summary``, ``tables`` and the gallery returned.
 
     Returns:
         The gallery of the images this process stored (empty for a sharded run).
@@ -105,7 +110,7 @@ async def run_in_output(
         await asyncio.to_thread(parts.describe, RunDescription(
             dataset=dataset, api=api, options=options.without_secrets(), total_rows=total_rows,
         ))
-        artifact = await ProgressArtifact.create(total=total_rows)
+        artifact = await ProgressArtifact.create(total=total_rows, key=(keys or StoryKeys()).progress)
         progress = RunProgress(total_rows, artifact, logger)
 
         def row_done(item: RunLine) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from prefect_seedream.account import AccountStop
+from prefect_seedream.api.models import TASK_ERROR_KINDS, TaskErrorKind
 from prefect_seedream.manifest import ManifestLine, RowStatus, RunLine, iter_manifest_lines
 
 RESUBMIT_UNKNOWN_HINT = (
@@ -16,6 +17,52 @@ RESUBMIT_UNKNOWN_HINT = (
     "submission created is returned, not paid twice)"
 )
 RECOVER_HINT = "collect them with `prefect-seedream recover OUTPUT` (flow seedream-recover-dataset)"
+
+#: What to do next about a row, by its error code (when the code alone says it).
+NEXT_STEP_BY_CODE = {
+    "invalid_row": "fix the row in the dataset, then run again",
+    "budget_exceeded": "raise max_credits, then run again (stored rows are not paid again)",
+    "output_lock_lost": "run again once the other run on this output has ended",
+    "ledger_unreadable": "look at the row's record in .seedream/tasks, then run again",
+    "internal_error": "run again (the row resumes); report the message if it repeats",
+}
+
+
+def next_step_for(line: ManifestLine) -> str:
+    """What to run next about a row that did not succeed (empty for one that did).
+
+    Examples:
+        >>> from prefect_seedream.manifest import ManifestError
+        >>> def line(status, code=""):
+        ...     error = ManifestError(code=code, message="m") if code else None
+        ...     return ManifestLine(row_id="r", row_number=1, prompt="p", model=None,
+        ...                         status=status, error=error)
+        >>> next_step_for(line("succeeded"))
+        ''
+        >>> next_step_for(line("failed", "content_policy_violation"))
+        'change the prompt or its images (the API refused the request; it is not sent again as it is)'
+        >>> next_step_for(line("failed", "service_error"))
+        'run again: the row is submitted anew (the service failed, not the request)'
+        >>> next_step_for(line("in_flight")).startswith("collect them with")
+        True
+    """
+    if line.status == "succeeded":
+        return ""
+    if line.status == "in_flight":
+        return RECOVER_HINT
+    if line.status == "outcome_unknown":
+        return "run again with resubmit_unknown=True (--resubmit-unknown): it is never paid twice"
+    code = line.error.code if line.error else ""
+    if code in NEXT_STEP_BY_CODE:
+        return NEXT_STEP_BY_CODE[code]
+    if line.status == "skipped":
+        return "fix what the summary says stopped the run (the account), then run again"
+    kind = TASK_ERROR_KINDS.get(code)
+    if kind is TaskErrorKind.REQUEST:
+        return "change the prompt or its images (the API refused the request; it is not sent again as it is)"
+    if kind is not None:
+        return "run again: the row is submitted anew (the service failed, not the request)"
+    return "see the message, then run again (stored rows are not paid again)"
 
 
 class DatasetRunSummary(BaseModel):

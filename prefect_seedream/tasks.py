@@ -19,6 +19,7 @@ submission whose outcome is unknown are never retried. Every submission carries 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from typing import Annotated, Any
 
@@ -36,8 +37,10 @@ from prefect_seedream.api.errors import (
     TaskFailedError,
 )
 from prefect_seedream.api.models import GenerationRequest, GenerationTask
+from prefect_seedream.artifacts import RunTables
 from prefect_seedream.clients import api_client, shared_clients
 from prefect_seedream.credentials import SeedreamCredentials, resolve_credentials
+from prefect_seedream.dataset import ValidRow
 from prefect_seedream.defaults import (
     MAX_CONCURRENCY,
     MAX_CONCURRENCY_BOUND,
@@ -62,6 +65,7 @@ from prefect_seedream.generation import (
     wait_for_task,
 )
 from prefect_seedream.ledger import LedgerRecord, NextStep, TaskLedger, request_hash
+from prefect_seedream.lines import line_from_record
 from prefect_seedream.manifest import ManifestError, RowStatus, RunLine
 from prefect_seedream.options import RunOptions
 from prefect_seedream.reconcile import TaskListIndex
@@ -69,6 +73,13 @@ from prefect_seedream.references import ReferenceStore, no_store_message
 from prefect_seedream.runs import run_in_output
 from prefect_seedream.sources import spill_rows
 from prefect_seedream.storage import ImageStore, StoredImage
+from prefect_seedream.story import (
+    call_story,
+    claim_story_keys,
+    destination_prefix,
+    emit_run_end_event,
+    publish_run_story,
+)
 from prefect_seedream.summary import DatasetRunSummary
 
 
@@ -147,7 +158,8 @@ def _task_options(
 
 
 def _reporter() -> StepReporter:
-    return StepReporter(get_run_logger())
+    # A task the API refused is an expected outcome: one WARNING line with its code and message.
+    return StepReporter(get_run_logger(), failure_level=logging.WARNING)
 
 
 @dual_task(
@@ -367,6 +379,7 @@ async def generate_images(
     reference_store: str | None = None,
     reference_storage_options: dict[str, Any] | None = None,
     reference_public_url: str | None = None,
+    artifact_key: str | None = None,
 ) -> GeneratedImages:
     """Submit, wait and store in one task run, resuming from the ledger instead of paying twice.
 
@@ -395,6 +408,13 @@ async def generate_images(
         reference_storage_options: fsspec options of ``reference_store``.
         reference_public_url: The public base URL of ``reference_store``, if it is served
             publicly (then no URL is presigned).
+        artifact_key: Prefix of the artifacts the flow run's calls share (default:
+            ``seedream-<last part of destination>``; see :mod:`prefect_seedream.story`).
+
+    The calls of a flow run (``.map`` included) with the same ``artifact_key`` share four
+    artifacts, updated as each call ends: progress, a summary, their rows (failures first)
+    and a gallery. A request the API refused raises :class:`TaskFailedError` (the task run
+    ends Failed with the API's code and message, one WARNING line, no ERROR traceback).
 
     Returns:
         The stored images, task id, credits and submission count.
@@ -414,29 +434,51 @@ async def generate_images(
             return [image.uri for image in result.images]
         ```
     """
+    story = call_story(artifact_key or destination_prefix(destination), _ledger_location(destination))
+    run_id = str(current_task_run.id)
     async with api_client(credentials) as client:
         ledger = TaskLedger(ImageStore(destination, storage_options), client.identity)
         record = await ledger.arecord_for(label or request_hash(request)[:16], request)
-        if next_step_of(record, ledger.store, resubmit_unknown=resubmit_unknown) is NextStep.REUSE:
-            get_run_logger().info("%s: already stored by an earlier run (task %s)", record.row_id, record.task_id)
-            return GeneratedImages.of(record, reused=True)
-        references = (
-            ReferenceStore(reference_store, reference_storage_options, public_url=reference_public_url,
-                           url_life_seconds=2 * max_wait_seconds)
-            if reference_store else None
-        )
-        if request.local_references and references is None:
-            raise SeedreamConfigurationError(no_store_message(request.local_references[0]))
-        options = GenerationOptions(
-            wait=WaitOptions(max_wait_seconds, poll_interval), resubmit_unknown=resubmit_unknown,
-            references=references,
-        )
-        record = await generate_recorded(
-            record, request, client=client, ledger=ledger, options=options, reporter=_reporter(),
-            finder=TaskListIndex(client, submit_timeout=resolve_credentials(credentials).submit_timeout),
-            run_id=str(current_task_run.id),
-        )
+        row = ValidRow(story.start(), record.row_id, request)
+        reused = next_step_of(record, ledger.store, resubmit_unknown=resubmit_unknown) is NextStep.REUSE
+        try:
+            if reused:
+                get_run_logger().info("%s: already stored by an earlier run (task %s)", record.row_id, record.task_id)
+                return GeneratedImages.of(record, reused=True)
+            references = (
+                ReferenceStore(reference_store, reference_storage_options, public_url=reference_public_url,
+                               url_life_seconds=2 * max_wait_seconds)
+                if reference_store else None
+            )
+            if request.local_references and references is None:
+                raise SeedreamConfigurationError(no_store_message(request.local_references[0]))
+            options = GenerationOptions(
+                wait=WaitOptions(max_wait_seconds, poll_interval), resubmit_unknown=resubmit_unknown,
+                references=references,
+            )
+            record = await generate_recorded(
+                record, request, client=client, ledger=ledger, options=options, reporter=_reporter(),
+                thumbnails=story.wants_thumbnails(),
+                finder=TaskListIndex(client, submit_timeout=resolve_credentials(credentials).submit_timeout),
+                run_id=run_id,
+            )
+        finally:  # the call's outcome, success or not, joins the flow run's story
+            charge = record.charge_for(run_id)
+            await story.finish(RunLine(
+                line=line_from_record(row, record, reused=reused), spent=charge.spent,
+                at_risk=charge.at_risk, stored=record.images,
+            ))
     return GeneratedImages.of(record, reused=False)
+
+
+def _ledger_location(destination: str) -> str:
+    """Where a destination's ledger records are (what the calls' summary names).
+
+    Examples:
+        >>> _ledger_location("s3://bucket/out/")
+        's3://bucket/out/.seedream/tasks'
+    """
+    return f"{destination.rstrip('/')}/.seedream/tasks"
 
 
 @dual_task(
@@ -464,6 +506,7 @@ async def generate_many(
     reference_store: str | None = None,
     reference_storage_options: dict[str, Any] | None = None,
     reference_public_url: str | None = None,
+    artifact_key: str | None = None,
 ) -> list[GeneratedImages]:
     """Generate many requests in one call; returns one result per request, in order.
 
@@ -500,6 +543,16 @@ async def generate_many(
             by local paths in ``image_urls`` are uploaded once and sent as presigned URLs.
         reference_storage_options: fsspec options of ``reference_store``.
         reference_public_url: The public base URL of ``reference_store``, if it has one.
+        artifact_key: Prefix of the call's artifact keys (default:
+            ``seedream-<last part of destination>``, ``-2`` for a second call of the flow
+            run with the same prefix; see :mod:`prefect_seedream.story`).
+
+    The call shows what the dataset flow shows, in four artifacts: ``<prefix>-progress``,
+    ``<prefix>-summary`` (counts, images, credits, the manifest), ``<prefix>-rows`` (the
+    rows, failures first, with the API's code and message and what to run next) and
+    ``<prefix>-gallery``. Its batches write none: each batch's state message counts its rows.
+    It ends with the event ``seedream.dataset.completed`` (every request succeeded) or
+    ``seedream.dataset.failed``, with the counts, as the dataset flow does.
 
     Returns:
         One :class:`GeneratedImages` per request, in the order given.
@@ -537,12 +590,15 @@ async def generate_many(
     def collect(item: RunLine) -> None:
         results[item.line.row_number - 1] = GeneratedImages.of_line(item)
 
-    summary = DatasetRunSummary()
+    summary, tables = DatasetRunSummary(), RunTables()
+    keys = claim_story_keys(artifact_key or destination_prefix(destination))
     async with shared_clients():
-        await run_in_output(
+        gallery = await run_in_output(
             dataset, destination, options, credentials, total_rows=scan.rows,
             run_id=str(current_task_run.id), summary=summary, concurrency_limit=limit,
-            on_row=collect, estimated_credits=scan.estimated_credits,
+            on_row=collect, tables=tables, keys=keys, estimated_credits=scan.estimated_credits,
         )
+    await publish_run_story(summary, tables, gallery, ImageStore(destination, storage_options), keys)
+    emit_run_end_event(summary, dataset=dataset, output=destination)
     get_run_logger().info("%s", summary.message())
     return [result for result in results if result is not None]

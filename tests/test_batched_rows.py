@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("prefect_api")
 POLICY = "[[sim:task_error=content_policy_violation]]"
 
 
-async def test_batches_are_task_runs_with_their_rows_table(
+async def test_batches_are_task_runs_and_the_run_has_the_rows_table(
     seedream_env: RunningSimulator, tmp_path: Path
 ) -> None:
     rows = [{"id": f"r{n}", "prompt": f"A lantern, view {n}"} for n in range(1, 11)]
@@ -42,14 +42,13 @@ async def test_batches_are_task_runs_with_their_rows_table(
     summary = await summary_of(state)
     assert (summary.rows, summary.succeeded, summary.failed) == (10, 9, 1)
 
-    # Each batch's task run has a table of its rows: any row's remote task id is one click away.
+    # (Changed with issue 23: a batch writes no table; the run's rows table lists every row,
+    # the refused one first, with its remote task id.)
     artifacts = await artifacts_of(run_id)
-    tables = {a.task_run_id: json.loads(a.data) for a in artifacts if a.task_run_id is not None}
-    assert set(tables) == {run.id for run in runs.values()}
-    second = tables[runs["rows-5-8"].id]
-    assert [row["row"] for row in second] == ["r5", "r6", "r7", "r8"]
-    assert second[1]["task id"] == lines[5]["task_id"]
-    assert "content_policy_violation" in second[1]["error"]
+    assert not [a for a in artifacts if a.task_run_id is not None]
+    table = json.loads(next(a for a in artifacts if a.key == "seedream-rows").data)
+    assert table[0]["row"] == "r6" and table[0]["task id"] == lines[5]["task_id"]
+    assert table[0]["code"] == "content_policy_violation"
     assert not list((output / ".seedream").glob("runs/*"))  # parts merged, then removed
 
     # A re-run creates nothing new and gives the same manifest.

@@ -53,12 +53,13 @@ def test_block_registers_through_the_collections_entry_point() -> None:
     assert "seedream-credentials" in listing.stdout
 
 
-async def test_run_creates_progress_summary_failures_rows_gallery_and_events(
+async def test_run_creates_progress_summary_rows_gallery_and_events(
     seedream_env: RunningSimulator, tmp_path: Path
 ) -> None:
     """(Changed with the redesign of rows: `seedream-summary` holds the counts, the rows are in
-    `seedream-rows` and the failed ones in `seedream-failures`; per-row events are the
-    failures only by default, `row_events="all"` adds `.submitted` and `.completed`.)"""
+    `seedream-rows`; per-row events are the failures only by default, `row_events="all"` adds
+    `.submitted` and `.completed`. Changed with issue 23: one rows table, failures first, with
+    the API's code and message in their own columns, instead of `seedream-failures`.)"""
     rows = [
         {"id": "sunrise", "prompt": "A sunrise over dunes"},
         {"id": "refused", "prompt": "Refused [[sim:task_error=content_policy_violation]]"},
@@ -68,17 +69,13 @@ async def test_run_creates_progress_summary_failures_rows_gallery_and_events(
 
     artifacts = {artifact.key: artifact for artifact in await artifacts_of(run_id)}
 
-    assert {"seedream-progress", "seedream-summary", "seedream-failures", "seedream-rows",
-            "seedream-gallery"} <= set(artifacts)
+    assert set(artifacts) == {"seedream-progress", "seedream-summary", "seedream-rows", "seedream-gallery"}
     assert float(artifacts["seedream-progress"].data) == 100.0
     counts = {row["what"]: row["count"] for row in json.loads(artifacts["seedream-summary"].data)}
     assert (counts["rows succeeded"], counts["rows failed"], counts["rows in all"]) == (1, 1, 2)
-    failures = json.loads(artifacts["seedream-failures"].data)
-    assert [(row["row"], row["status"]) for row in failures] == [("refused", "failed")]
-    assert failures[0]["error"].startswith("content_policy_violation: ")
-    assert failures[0]["task id"].startswith("task-unified-")
     table = json.loads(artifacts["seedream-rows"].data)
-    assert [row["row"] for row in table] == ["sunrise", "refused"]
+    assert [(row["row"], row["status"]) for row in table] == [("refused", "failed"), ("sunrise", "succeeded")]
+    assert table[0]["code"] == "content_policy_violation" and table[0]["message"]
     assert all(row["task id"].startswith("task-unified-") for row in table)
     gallery = artifacts["seedream-gallery"].data
     assert "![sunrise](data:image/jpeg;base64," in gallery

@@ -230,6 +230,8 @@ def _print_summary(args: argparse.Namespace, summary: Any, state: Any) -> None:
         credits += f" (+{summary.credits_at_risk:g} reserved by submissions that may be charged)"
     print(f"Credits:    {credits}")
     print(f"Manifest:   {summary.manifest}")
+    if getattr(summary, "contact_sheet", None):
+        print(f"Contact sheet: {summary.contact_sheet} (open it in a browser)")
     print(f"Run state:  {state.type.value.title()}: {state.message}")
     if summary.stopped is not None:
         print(f"\n{summary.stopped.sentence()}")

@@ -19,6 +19,7 @@ from prefect import get_run_logger
 from prefect.flows import Flow
 
 from prefect_seedream.artifacts import Gallery, ProgressArtifact, RunTables
+from prefect_seedream.contact_sheet import publish_contact_sheet
 from prefect_seedream.credentials import SeedreamCredentials, resolve_credentials
 from prefect_seedream.execution import RowRange, RowsJob, execute_rows
 from prefect_seedream.ledger import TaskLedger
@@ -159,6 +160,7 @@ def merge_manifest(
     """Merge the run's parts into the manifest (gaps filled from the ledger); returns its URI.
 
     ``summary`` (and ``tables``, if given) count each of the run's lines as it is written.
+    Then the output's contact sheet (``index.html``) is written from the new manifest.
     """
     ledger = TaskLedger(store, api)
     defaults = options.row_defaults()
@@ -177,6 +179,7 @@ def merge_manifest(
         on_line,
     )
     parts.remove()
+    summary.contact_sheet = publish_contact_sheet(store)
     return uri
 
 

@@ -229,13 +229,13 @@ def sheet_row(store: ImageStore, line: ManifestLine, thumbnails: ThumbnailIndex)
 
 
 def page_script(number: int, rows: list[dict[str, Any]]) -> str:
-    """The script of one page: it hands its rows to the page (JSON, all ASCII).
+    """The script of one page: it hands its rows to the page (JSON, all ASCII, no ``<``).
 
     Examples:
-        >>> page_script(2, [{"prompt": "</script><b>é"}])
-        'seedreamSheetPage(2, [{"prompt": "</script><b>\\\\u00e9"}]);\\n'
+        >>> print(page_script(2, [{"prompt": "</script>é"}]), end="")
+        seedreamSheetPage(2, [{"prompt": "\\u003c/script\\u003e\\u00e9"}]);
     """
-    return f"seedreamSheetPage({number}, {json.dumps(rows, ensure_ascii=True)});\n"
+    return f"seedreamSheetPage({number}, {_script_json(rows)});\n"
 
 
 def sheet_meta(

@@ -13,7 +13,8 @@ HTTP:
   loaded, so a 100,000-row output opens as fast as a 100-row one.
 * ``thumbs/<image file name>.jpg``: a small JPEG per image (see
   :mod:`prefect_seedream.thumbnails`), made when the image was stored; the sheet makes only
-  the missing ones (images stored by an earlier version). Images are ``loading="lazy"``.
+  the missing ones (images stored by an earlier version). An image no larger than a
+  thumbnail is shown as it is. Images are ``loading="lazy"``.
 
 Prompts and messages are user input: the page inserts them as text (``textContent``), never
 as HTML, and the few values written into ``index.html`` itself are HTML-escaped.
@@ -37,9 +38,14 @@ from importlib.resources import files
 from typing import Any
 from urllib.parse import quote
 
-from prefect_seedream.manifest import ROW_STATUSES, ManifestLine, iter_manifest_lines
+from prefect_seedream.manifest import ROW_STATUSES, ManifestImage, ManifestLine, iter_manifest_lines
 from prefect_seedream.storage import ImageStore
-from prefect_seedream.thumbnails import THUMBNAIL_SIDE, THUMBNAILS_DIR, thumbnail_name
+from prefect_seedream.thumbnails import (
+    THUMBNAIL_SIDE,
+    THUMBNAILS_DIR,
+    needs_thumbnail,
+    thumbnail_name,
+)
 
 #: The contact sheet's file name, beside ``manifest.jsonl``.
 INDEX_NAME = "index.html"
@@ -161,7 +167,10 @@ def write_contact_sheet(
     version = uuid.uuid4().hex[:12]
     pages = 0
     for pages, chunk in enumerate(_chunks(ordered(), page_rows), start=1):
-        thumbnails.ensure(name for line in chunk for name in _relatives(store, line))
+        thumbnails.ensure(
+            name for line in chunk for name, image in _relatives(store, line)
+            if needs_thumbnail(image.width, image.height)
+        )
         rows = [sheet_row(store, line, thumbnails) for line in chunk]
         store.write_text(f"{PAGES_DIR}/page-{pages}.js", page_script(pages, rows))
     rows_total = sum(counts.values())
@@ -207,9 +216,14 @@ def sheet_row(store: ImageStore, line: ManifestLine, thumbnails: ThumbnailIndex)
     for image in line.images:
         relative = store.relative_of(image.uri)
         scale = min(1.0, THUMBNAIL_SIDE / max(image.width, image.height, 1))
+        thumb = None
+        if relative is not None and not needs_thumbnail(image.width, image.height):
+            thumb = quote(relative)  # no larger than a thumbnail: shown as it is
+        elif relative is not None and thumbnails.has(relative):
+            thumb = quote(thumbnail_name(relative))
         images.append({
             "href": quote(relative) if relative else None,
-            "thumb": quote(thumbnail_name(relative)) if relative and thumbnails.has(relative) else None,
+            "thumb": thumb,
             "width": image.width,
             "height": image.height,
             "thumb_width": max(1, round(image.width * scale)),
@@ -295,11 +309,11 @@ def _script_json(value: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def _relatives(store: ImageStore, line: ManifestLine) -> Iterator[str]:
+def _relatives(store: ImageStore, line: ManifestLine) -> Iterator[tuple[str, ManifestImage]]:
     for image in line.images:
         relative = store.relative_of(image.uri)
         if relative is not None:
-            yield relative
+            yield relative, image
 
 
 def _chunks(lines: Iterator[ManifestLine], size: int) -> Iterator[list[ManifestLine]]:

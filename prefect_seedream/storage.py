@@ -41,7 +41,7 @@ from pydantic import BaseModel, Field
 from prefect_seedream.api.client import SeedreamClient
 from prefect_seedream.api.errors import NotAnImageError
 from prefect_seedream.defaults import MAX_IMAGE_BYTES
-from prefect_seedream.thumbnails import thumbnail_jpeg, thumbnail_name
+from prefect_seedream.thumbnails import needs_thumbnail, thumbnail_jpeg, thumbnail_name
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_STEM_CHARS = 80
@@ -362,15 +362,18 @@ class ImageStore:
         For images stored without one (by an earlier version, or a run killed in between).
 
         Returns:
-            False when the image cannot be read or decoded (it was removed, say).
+            False when the image cannot be read or decoded (it was removed, say), or is no
+            larger than a thumbnail (it is shown as it is).
         """
         try:
             with self.fs.open(self.path_for(image_relative), "rb") as handle:
                 seen = _inspect_image(image_relative, handle, False, sheet=True)
         except (OSError, NotAnImageError):
             return False
+        if seen.sheet_thumbnail is None:
+            return False
         with self.open_atomic(thumbnail_name(image_relative)) as target:
-            target.write(seen.sheet_thumbnail or b"")
+            target.write(seen.sheet_thumbnail)
         return True
 
 
@@ -424,7 +427,7 @@ def _inspect_image(url: str, buffer: Any, thumbnail: bool, *, sheet: bool = Fals
             image.load()
             width, height = image.size
             fmt = (image.format or "png").lower()
-            if sheet:
+            if sheet and needs_thumbnail(width, height):
                 sheet_thumbnail = thumbnail_jpeg(image)
             if thumbnail:
                 preview = image.convert("RGB")

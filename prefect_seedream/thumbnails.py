@@ -4,7 +4,9 @@ Every stored image gets one small JPEG (longest side :data:`THUMBNAIL_SIDE` pixe
 ``thumbs/<image file name>.jpg`` below the output, made once: when the image is stored, from
 the pixels already decoded to verify it (see :meth:`prefect_seedream.storage.ImageStore.save_results`),
 or when the contact sheet is written, only for images that have none yet. A thumbnail of a
-2048x2048 image is about 8 KB (a JPEG of that image is about 1 MB, a PNG about 5 MB).
+2048x2048 image is about 8 KB (a JPEG of that image is about 1 MB, a PNG about 5 MB). An image
+no larger than a thumbnail (the simulator serves 256-pixel images) is its own thumbnail: no
+file is made for it.
 
 Pillow only: no storage, no Prefect.
 """
@@ -31,6 +33,16 @@ def thumbnail_name(image_relative: str) -> str:
         'thumbs/row-7-1.png.jpg'
     """
     return f"{THUMBNAILS_DIR}/{image_relative}.jpg"
+
+
+def needs_thumbnail(width: int, height: int) -> bool:
+    """True when an image is larger than a thumbnail (smaller ones are shown as they are).
+
+    Examples:
+        >>> needs_thumbnail(2048, 2048), needs_thumbnail(256, 144)
+        (True, False)
+    """
+    return max(width, height) > THUMBNAIL_SIDE
 
 
 def thumbnail_jpeg(image: Image.Image, side: int = THUMBNAIL_SIDE) -> bytes:

@@ -137,7 +137,7 @@ def test_a_run_with_no_images_and_an_output_with_no_manifest(tmp_path: Path) -> 
 def test_missing_thumbnails_are_made_once_and_link_to_the_full_images(tmp_path: Path) -> None:
     store = ImageStore(tmp_path / "out")
     images = [save_image(store, "row-1-1.png", (1024, 512)), save_image(store, "row-1-2.png")]
-    gone = {"uri": store.path_for("gone-1.png"), "width": 10, "height": 10, "bytes": 1}
+    gone = {"uri": store.path_for("gone-1.png"), "width": 1000, "height": 1000, "bytes": 1}
     elsewhere = {"uri": str(tmp_path / "elsewhere.png"), "width": 10, "height": 10, "bytes": 1}
     write_manifest(store, [line(1, images=images), line(2, images=[gone, elsewhere])])
 
@@ -146,7 +146,7 @@ def test_missing_thumbnails_are_made_once_and_link_to_the_full_images(tmp_path: 
     made_at = thumb.stat().st_mtime_ns
     second = write_contact_sheet(store)
 
-    assert (first.thumbnails_made, second.thumbnails_made) == (2, 0)
+    assert (first.thumbnails_made, second.thumbnails_made) == (1, 0)
     assert thumb.stat().st_mtime_ns == made_at
     with Image.open(thumb) as small:
         assert small.format == "JPEG" and small.size == (THUMBNAIL_SIDE, THUMBNAIL_SIDE // 2)
@@ -155,7 +155,9 @@ def test_missing_thumbnails_are_made_once_and_link_to_the_full_images(tmp_path: 
         "href": "row-1-1.png", "thumb": "thumbs/row-1-1.png.jpg", "width": 1024, "height": 512,
         "thumb_width": 256, "thumb_height": 128,
     }
-    assert by_row[1]["images"][1]["thumb_width"] == 64  # small images are not enlarged
+    small = by_row[1]["images"][1]  # no larger than a thumbnail: its own thumbnail, no file
+    assert (small["thumb"], small["thumb_width"]) == ("row-1-2.png", 64)
+    assert not Path(store.path_for(thumbnail_name("row-1-2.png"))).exists()
     assert [(image["href"], image["thumb"]) for image in by_row[2]["images"]] == [("gone-1.png", None), (None, None)]
 
 

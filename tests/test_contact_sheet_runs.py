@@ -1,12 +1,16 @@
 """Every entry point writes the contact sheet (`index.html`) beside its manifest, against
 the simulator under a real Prefect API: the dataset flow, `generate_many`, a sharded run's
-merged manifest, on a local disk and on S3 (moto)."""
+merged manifest, on a local disk and on S3 (moto).
+
+The simulator here serves 512-pixel images (its default, 256, is no larger than a thumbnail,
+and such images are their own thumbnail): every image gets a thumbnail file."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +21,9 @@ from prefect import flow
 
 from prefect_seedream import GenerationRequest, generate_many
 from prefect_seedream.contact_sheet import INDEX_NAME, PAGES_DIR
-from prefect_seedream.simulator import RunningSimulator
+from prefect_seedream.simulator import RunningSimulator, SimulatorConfig, running_simulator
 from prefect_seedream.thumbnails import THUMBNAIL_SIDE, thumbnail_name
+from tests.conftest import TEST_API_KEY
 from tests.helpers import manifest, run_dataset, summary_of, write_csv, write_jsonl
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -29,6 +34,16 @@ ROWS = [
     {"id": "lighthouse", "prompt": "Two images of a lighthouse at dawn", "n": 2},
     {"id": "bad-n", "prompt": "Too many", "n": "16"},
 ]
+
+
+@pytest.fixture
+def seedream_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningSimulator]:
+    """The simulator (as tests/conftest.py's), serving images larger than a thumbnail."""
+    config = SimulatorConfig(latency_seconds=0.3, jitter_seconds=0.05, image_max_side=512)
+    with running_simulator(config) as sim:
+        monkeypatch.setenv("SEEDREAM_API_KEY", TEST_API_KEY)
+        monkeypatch.setenv("SEEDREAM_BASE_URL", sim.base_url)
+        yield sim
 
 
 def sheet_rows(read_text: Any) -> list[dict[str, Any]]:

@@ -36,10 +36,10 @@ from PIL import Image, ImageDraw, ImageFilter
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from prefect_seedream.contact_sheet import write_contact_sheet  # noqa: E402
-from prefect_seedream.manifest import MANIFEST_NAME, ManifestLine  # noqa: E402
-from prefect_seedream.storage import ImageStore, _inspect_image  # noqa: E402
-from prefect_seedream.thumbnails import THUMBNAILS_DIR, thumbnail_jpeg  # noqa: E402
+from prefect_seedream.contact_sheet import write_contact_sheet
+from prefect_seedream.manifest import MANIFEST_NAME, ManifestLine
+from prefect_seedream.storage import ImageStore, _inspect_image
+from prefect_seedream.thumbnails import THUMBNAILS_DIR, thumbnail_jpeg
 
 
 def detailed_picture(side: int, seed: int) -> Image.Image:

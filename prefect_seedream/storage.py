@@ -12,8 +12,8 @@ upload completes. A run clears ``.seedream/tmp/`` when it starts (:meth:`ImageSt
 
 Each stored image also gets its contact-sheet thumbnail, ``thumbs/<file name>.jpg`` (see
 :mod:`prefect_seedream.thumbnails`), made from the pixels decoded to verify it. On an object
-store every file is written with the ``Content-Type`` its name implies, so that a browser
-shows the images and ``index.html`` of an output served from a bucket.
+store (S3) every file is written with the ``Content-Type`` its name implies, so that a
+browser shows the images and ``index.html`` of an output served from a bucket.
 """
 
 from __future__ import annotations
@@ -390,7 +390,8 @@ def _ignoring(*errors: type[BaseException]) -> Iterator[None]:
 
 
 def _content_type_options(fs: Any, relative: str) -> dict[str, str]:
-    """The fsspec ``open`` options that set a file's Content-Type on S3 and GCS (none elsewhere).
+    """The fsspec ``open`` options that set a file's Content-Type on S3 (s3fs sends none of
+    its own for a file written through ``open``); none elsewhere.
 
     Examples:
         >>> import fsspec
@@ -399,13 +400,9 @@ def _content_type_options(fs: Any, relative: str) -> dict[str, str]:
     """
     content_type = mimetypes.guess_type(relative)[0]
     protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
-    if content_type is None:
+    if content_type is None or not protocols & {"s3", "s3a"}:
         return {}
-    if protocols & {"s3", "s3a"}:
-        return {"ContentType": content_type}
-    if protocols & {"gs", "gcs"}:
-        return {"content_type": content_type}
-    return {}
+    return {"ContentType": content_type}
 
 
 class _Inspected(NamedTuple):

@@ -29,7 +29,7 @@ def page_rows(store: ImageStore, number: int) -> list[dict[str, Any]]:
     """The rows a page script hands to the page."""
     text = store.read_text(f"{PAGES_DIR}/page-{number}.js")
     assert text is not None, f"page {number} is missing"
-    match = re.fullmatch(r"seedreamSheetPage\((\d+), (.*)\);\n", text, re.S)
+    match = re.fullmatch(r"seedreamSheetPage\((\d+), (.*)\);\n", text, re.DOTALL)
     assert match and int(match.group(1)) == number
     return json.loads(match.group(2))
 
@@ -37,7 +37,7 @@ def page_rows(store: ImageStore, number: int) -> list[dict[str, Any]]:
 def sheet_meta(store: ImageStore) -> dict[str, Any]:
     """The paging data embedded in index.html."""
     page = store.read_text(INDEX_NAME) or ""
-    match = re.search(r'<script type="application/json" id="sheet-meta">(.*?)</script>', page, re.S)
+    match = re.search(r'<script type="application/json" id="sheet-meta">(.*?)</script>', page, re.DOTALL)
     assert match
     return json.loads(match.group(1))
 

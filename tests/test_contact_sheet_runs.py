@@ -49,11 +49,11 @@ def seedream_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningSimulator]:
 def sheet_rows(read_text: Any) -> list[dict[str, Any]]:
     """Every row of a contact sheet, in its order (``read_text``: a file's text by name)."""
     index = read_text(INDEX_NAME)
-    meta = json.loads(re.search(r'id="sheet-meta">(.*?)</script>', index, re.S).group(1))  # type: ignore[union-attr]
+    meta = json.loads(re.search(r'id="sheet-meta">(.*?)</script>', index, re.DOTALL).group(1))  # type: ignore[union-attr]
     rows: list[dict[str, Any]] = []
     for number in range(1, meta["pages"] + 1):
         text = read_text(f"{PAGES_DIR}/page-{number}.js")
-        rows += json.loads(re.fullmatch(r"seedreamSheetPage\(\d+, (.*)\);\n", text, re.S).group(1))  # type: ignore[union-attr]
+        rows += json.loads(re.fullmatch(r"seedreamSheetPage\(\d+, (.*)\);\n", text, re.DOTALL).group(1))  # type: ignore[union-attr]
     assert len(rows) == meta["rows"]
     return rows
 
@@ -155,6 +155,32 @@ async def _sharded_run(sim: RunningSimulator, tmp_path: Path) -> None:
     assert summary.contact_sheet == str(output.resolve() / INDEX_NAME)
     sheet = assert_sheet_names_every_row(output)
     assert [row["id"] for row in sheet] == ["s5", "s1", "s2", "s3", "s4", "s6"]
+
+
+async def test_recover_writes_the_sheet_again(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A lost answer leaves a row outcome_unknown (first on the sheet); `recover` collects its
+    task, and the sheet shows it succeeded, with its thumbnail."""
+    from prefect_seedream import recover_dataset
+
+    config = SimulatorConfig(
+        latency_seconds=0.3, jitter_seconds=0.05, image_max_side=512, task_list_echoes_prompt=False,
+    )
+    rows = [{"id": "calm", "prompt": "A calm sea"}, {"id": "dropped", "prompt": "a kite [[sim:drop_after_create]]"}]
+    output = tmp_path / "out"
+    with running_simulator(config) as sim:
+        monkeypatch.setenv("SEEDREAM_API_KEY", TEST_API_KEY)
+        monkeypatch.setenv("SEEDREAM_BASE_URL", sim.base_url)
+        await run_dataset(write_jsonl(tmp_path / "rows.jsonl", rows), output)
+        assert [(row["id"], row["status"]) for row in local_rows(output)] == [
+            ("dropped", "outcome_unknown"), ("calm", "succeeded"),
+        ]
+        sim.app_state.config.task_list_echoes_prompt = True
+        state = await recover_dataset(str(output), return_state=True)
+
+    assert state.is_completed(), state.message
+    sheet = assert_sheet_names_every_row(output)
+    assert [(row["id"], row["status"]) for row in sheet] == [("calm", "succeeded"), ("dropped", "succeeded")]
+    assert (output / thumbnail_name("dropped-1.png")).is_file()
 
 
 async def test_a_run_into_s3_writes_a_sheet_a_browser_can_be_served(

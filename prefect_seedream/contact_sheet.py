@@ -79,12 +79,51 @@ class ContactSheet:
     counts: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class SheetTally:
+    """What the sheet's header counts: rows by status, images, credits.
+
+    Examples:
+        >>> tally = SheetTally()
+        >>> tally.add(ManifestLine(row_id="a", row_number=1, prompt="x", model=None,
+        ...                        status="succeeded", credits=2.0))
+        >>> tally.rows, tally.credits, tally.ordered_counts()
+        (1, 2.0, {'succeeded': 1})
+    """
+
+    counts: Counter[str] = field(default_factory=Counter)
+    images: int = 0
+    credits: float = 0.0
+
+    @property
+    def rows(self) -> int:
+        """Rows counted."""
+        return sum(self.counts.values())
+
+    def add(self, line: ManifestLine) -> None:
+        """Count one row."""
+        self.counts[line.status] += 1
+        self.images += len(line.images)
+        self.credits = round(self.credits + (line.credits or 0.0), 6)
+
+    def ordered_counts(self) -> dict[str, int]:
+        """Rows by status, in the manifest's order of statuses, without the zeros."""
+        return {status: self.counts[status] for status in ROW_STATUSES if self.counts[status]}
+
+
 class ThumbnailIndex:
     """Which images of an output have a thumbnail, making the missing ones.
 
     Args:
         store: The output.
         threads: Thumbnails made at once.
+
+    Examples:
+        ```python
+        thumbnails = ThumbnailIndex(ImageStore("output"))
+        thumbnails.ensure(["fox-1.png"])      # made now unless it is there
+        thumbnails.has("fox-1.png"), thumbnails.made
+        ```
     """
 
     def __init__(self, store: ImageStore, threads: int = THUMBNAIL_THREADS) -> None:
@@ -147,43 +186,26 @@ def write_contact_sheet(
     """
     read = lines or (lambda: iter_manifest_lines(store))
     thumbnails = ThumbnailIndex(store)
-    counts: Counter[str] = Counter()
-    totals = {"images": 0, "credits": 0.0}
-
-    def ordered() -> Iterator[ManifestLine]:
-        for line in read():
-            if line.status != "succeeded":
-                counts[line.status] += 1
-                totals["images"] += len(line.images)
-                totals["credits"] += line.credits or 0.0
-                yield line
-        for line in read():
-            if line.status == "succeeded":
-                counts[line.status] += 1
-                totals["images"] += len(line.images)
-                totals["credits"] += line.credits or 0.0
-                yield line
-
+    tally = SheetTally()
     version = uuid.uuid4().hex[:12]
     pages = 0
-    for pages, chunk in enumerate(_chunks(ordered(), page_rows), start=1):
+    for pages, chunk in enumerate(_chunks(_failures_first(read, tally), page_rows), start=1):
         thumbnails.ensure(
             name for line in chunk for name, image in _relatives(store, line)
             if needs_thumbnail(image.width, image.height)
         )
         rows = [sheet_row(store, line, thumbnails) for line in chunk]
         store.write_text(f"{PAGES_DIR}/page-{pages}.js", page_script(pages, rows))
-    rows_total = sum(counts.values())
+    succeeded = tally.counts["succeeded"]
     meta = sheet_meta(
-        rows=rows_total, pages=pages, page_rows=page_rows, version=version,
-        first_succeeded_row=rows_total - counts["succeeded"] + 1 if counts["succeeded"] else None,
+        rows=tally.rows, pages=pages, page_rows=page_rows, version=version,
+        first_succeeded_row=tally.rows - succeeded + 1 if succeeded else None,
     )
-    index = render_index(store.destination, meta, dict(counts), totals)
-    store.write_text(INDEX_NAME, index)
+    store.write_text(INDEX_NAME, render_index(store.destination, meta, tally))
     _remove_pages_after(store, pages)
     return ContactSheet(
-        uri=store.uri_for(store.path_for(INDEX_NAME)), rows=rows_total, pages=pages,
-        thumbnails_made=thumbnails.made, counts=_ordered_counts(counts),
+        uri=store.uri_for(store.path_for(INDEX_NAME)), rows=tally.rows, pages=pages,
+        thumbnails_made=thumbnails.made, counts=tally.ordered_counts(),
     )
 
 
@@ -192,6 +214,11 @@ def publish_contact_sheet(store: ImageStore) -> str | None:
 
     Returns:
         The URI of ``index.html``, or None when it could not be written.
+
+    Examples:
+        ```python
+        summary.contact_sheet = publish_contact_sheet(ImageStore(output, storage_options))
+        ```
     """
     try:
         return write_contact_sheet(store).uri
@@ -270,14 +297,12 @@ def sheet_meta(
     }
 
 
-def render_index(
-    destination: str, meta: dict[str, Any], counts: dict[str, int], totals: dict[str, float]
-) -> str:
+def render_index(destination: str, meta: dict[str, Any], tally: SheetTally) -> str:
     """``index.html``: the template with the output's name, counts and paging data, escaped.
 
     Examples:
         >>> page = render_index("out/<script>", sheet_meta(rows=0, pages=0, page_rows=100,
-        ...     version="v", first_succeeded_row=None), {}, {"images": 0, "credits": 0.0})
+        ...     version="v", first_succeeded_row=None), SheetTally())
         >>> "<script>alert" in page, "out/&lt;script&gt;" in page
         (False, True)
     """
@@ -289,11 +314,11 @@ def render_index(
     )
     summary = [f"<span><b>{meta['rows']}</b> rows</span>"]
     summary += [
-        f"<span class=\"status-{status}\"><b>{counts[status]}</b> {status.replace('_', ' ')}</span>"
-        for status in ROW_STATUSES if counts.get(status)
+        f"<span class=\"status-{status}\"><b>{count}</b> {status.replace('_', ' ')}</span>"
+        for status, count in tally.ordered_counts().items()
     ]
-    summary.append(f"<span><b>{int(totals['images'])}</b> images</span>")
-    summary.append(f"<span><b>{round(totals['credits'], 6):g}</b> credits</span>")
+    summary.append(f"<span><b>{tally.images}</b> images</span>")
+    summary.append(f"<span><b>{tally.credits:g}</b> credits</span>")
     template = files("prefect_seedream").joinpath(_TEMPLATE).read_text("utf-8")
     return (
         template.replace("__TITLE__", html.escape(f"Contact sheet: {name}"))
@@ -307,6 +332,17 @@ def _script_json(value: Any) -> str:
     """JSON that is safe inside a ``<script>`` element (no ``<``, ``>`` or ``&``)."""
     text = json.dumps(value, ensure_ascii=True)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _failures_first(
+    read: Callable[[], Iterable[ManifestLine]], tally: SheetTally
+) -> Iterator[ManifestLine]:
+    """The lines that did not succeed, then the others (two passes), counting each once."""
+    for succeeded in (False, True):
+        for line in read():
+            if (line.status == "succeeded") is succeeded:
+                tally.add(line)
+                yield line
 
 
 def _relatives(store: ImageStore, line: ManifestLine) -> Iterator[tuple[str, ManifestImage]]:
@@ -334,6 +370,3 @@ def _remove_pages_after(store: ImageStore, pages: int) -> None:
         if match and int(match.group(1)) > pages:
             store.remove(f"{PAGES_DIR}/{match.group(0)}")
 
-
-def _ordered_counts(counts: Counter[str]) -> dict[str, int]:
-    return {status: counts[status] for status in ROW_STATUSES if counts[status]}

@@ -255,6 +255,8 @@ def summary_table(summary: DatasetRunSummary, where: tuple[str, str] | None = No
         {"what": "rows invalid (of the failed)", "count": summary.invalid},
         {"what": "rows stored by an earlier run (of the succeeded)", "count": summary.reused},
     ]
+    if summary.contact_sheet:
+        table.append({"what": "contact sheet (open it in a browser)", "count": summary.contact_sheet})
     if summary.balance is not None:
         table.append({"what": "account credits left after the run", "count": summary.balance})
     if summary.stopped is not None:

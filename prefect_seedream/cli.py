@@ -245,6 +245,8 @@ def _print_summary(args: argparse.Namespace, summary: Any, state: Any) -> None:
     if summary.balance is not None:
         print(f"Balance:    {_balance_text(summary.balance)} after the run")
     print(f"Manifest:   {summary.manifest}")
+    if getattr(summary, "contact_sheet", None):
+        print(f"Contact sheet: {summary.contact_sheet} (open it in a browser)")
     print(f"Run state:  {state.type.value.title()}: {state.message}")
     if summary.stopped is not None:
         print(f"\n{summary.stopped.sentence()}")

@@ -25,6 +25,7 @@ from prefect_seedream.api.errors import SeedreamError
 from prefect_seedream.api.models import DEFAULT_MODEL, ModelName, OutputFormat, Quality
 from prefect_seedream.artifacts import DEFAULT_PREFIX, ProgressArtifact, RunTables
 from prefect_seedream.clients import api_client, shared_clients
+from prefect_seedream.contact_sheet import publish_contact_sheet
 from prefect_seedream.credentials import SeedreamCredentials, resolve_credentials
 from prefect_seedream.defaults import (
     DEFAULT_N,
@@ -269,6 +270,8 @@ async def generate_dataset(
     )
     await publish_run_story(summary, tables, gallery, ImageStore(output, storage_options), keys)
     logger.info("Manifest written to %s", summary.manifest)
+    if summary.contact_sheet:
+        logger.info("Contact sheet (open it in a browser): %s", summary.contact_sheet)
     emit_run_end_event(summary, dataset=dataset, output=output)
     if summary.not_succeeded:
         return Failed(message=summary.message(), data=summary)
@@ -376,7 +379,8 @@ async def recover_dataset(
     Reads the ledger in `output` (the records of this API), waits for every recorded task
     that is still in flight (and whose results have not expired), looks up in the API's task
     list the tasks of submissions whose outcome is unknown (and collects those it finds),
-    stores the images and updates the manifest's lines. Nothing is ever submitted.
+    stores the images and updates the manifest's lines (and its contact sheet, `index.html`).
+    Nothing is ever submitted.
 
     Args:
         output: The output folder or URL of the earlier run.
@@ -444,5 +448,6 @@ async def recover_dataset(
                 finder.claim(record.task_id)
         await asyncio.gather(*(collect(record, client, finder) for record in pending))
         stored = await asyncio.to_thread(update_manifest_lines, store, collected)
+        await asyncio.to_thread(publish_contact_sheet, store)
     message = f"collected {stored} of {len(pending)} task(s) in {output}"
     return Completed(message=message) if stored == len(pending) else Failed(message=message)

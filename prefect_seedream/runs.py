@@ -22,6 +22,7 @@ from prefect.flows import Flow
 from prefect_seedream.artifacts import Gallery, ProgressArtifact, RunTables, StoryKeys
 from prefect_seedream.balance import balance_stop, read_balance
 from prefect_seedream.clients import api_client
+from prefect_seedream.contact_sheet import publish_contact_sheet
 from prefect_seedream.credentials import SeedreamCredentials, resolve_credentials
 from prefect_seedream.execution import RowRange, RowsJob, execute_rows
 from prefect_seedream.ledger import TaskLedger
@@ -189,6 +190,7 @@ def merge_manifest(
     """Merge the run's parts into the manifest (gaps filled from the ledger); returns its URI.
 
     ``summary`` (and ``tables``, if given) count each of the run's lines as it is written.
+    Then the output's contact sheet (``index.html``) is written from the new manifest.
     """
     ledger = TaskLedger(store, api)
     defaults = options.row_defaults()
@@ -207,6 +209,7 @@ def merge_manifest(
         on_line,
     )
     parts.remove()
+    summary.contact_sheet = publish_contact_sheet(store)
     return uri
 
 

@@ -9,6 +9,11 @@ No file is ever seen half-written under its final name, whatever instant the pro
 on a local disk every file is written in ``.seedream/tmp/`` (same file system), flushed to
 disk, then renamed into place; on an object store (``s3://``) an object appears only when its
 upload completes. A run clears ``.seedream/tmp/`` when it starts (:meth:`ImageStore.clear_temporary`).
+
+Each stored image also gets its contact-sheet thumbnail, ``thumbs/<file name>.jpg`` (see
+:mod:`prefect_seedream.thumbnails`), made from the pixels decoded to verify it. On an object
+store (S3) every file is written with the ``Content-Type`` its name implies, so that a
+browser shows the images and ``index.html`` of an output served from a bucket.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import asyncio
 import base64
 import hashlib
 import io
+import mimetypes
 import os
 import re
 import shutil
@@ -25,7 +31,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, NamedTuple, TypeVar
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -35,6 +41,7 @@ from pydantic import BaseModel, Field
 from prefect_seedream.api.client import SeedreamClient
 from prefect_seedream.api.errors import NotAnImageError
 from prefect_seedream.defaults import MAX_IMAGE_BYTES
+from prefect_seedream.thumbnails import needs_thumbnail, thumbnail_jpeg, thumbnail_name
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_STEM_CHARS = 80
@@ -146,6 +153,20 @@ class ImageStore:
         """The URI a person or program uses to find a stored file."""
         return path if self.is_local else self.fs.unstrip_protocol(path)
 
+    def relative_of(self, uri: str) -> str | None:
+        """The path of a stored file relative to the destination, or None when it is elsewhere.
+
+        Examples:
+            >>> store = ImageStore("memory://shop/out")
+            >>> store.relative_of(store.uri_for(store.path_for("fox-1.png")))
+            'fox-1.png'
+            >>> store.relative_of("memory://shop/other/fox-1.png") is None
+            True
+        """
+        path = self.fs._strip_protocol(uri) if not self.is_local else str(Path(uri).resolve())
+        prefix = self.root.rstrip("/") + "/"
+        return path[len(prefix):] if path.startswith(prefix) and len(path) > len(prefix) else None
+
     def exists(self, uri_or_path: str) -> bool:
         """True when a stored file is there."""
         path = self.fs._strip_protocol(uri_or_path)
@@ -172,7 +193,7 @@ class ImageStore:
         """
         path = self.path_for(relative)
         if not self.is_local:
-            with self.fs.open(path, "wb") as handle:
+            with self.fs.open(path, "wb", **_content_type_options(self.fs, relative)) as handle:
                 yield handle
             return
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -307,30 +328,53 @@ class ImageStore:
     def _keep(self, url: str, buffer: IO[bytes], name: str, thumbnail: bool) -> StoredImage:
         """Verify a downloaded image and copy it to ``<name>.<ext>`` in the destination."""
         buffer.seek(0)
-        width, height, fmt, preview = _inspect_image(url, buffer, thumbnail)
+        seen = _inspect_image(url, buffer, thumbnail, sheet=True)
         size = buffer.seek(0, io.SEEK_END)
         buffer.seek(0)
-        relative = f"{name}.{_extension(fmt)}"
+        relative = f"{name}.{_extension(seen.format)}"
         with self.open_atomic(relative) as target:
             while chunk := buffer.read(1 << 20):
                 target.write(chunk)
+        if seen.sheet_thumbnail is not None:  # after the image: a thumbnail never shows alone
+            with self.open_atomic(thumbnail_name(relative)) as target:
+                target.write(seen.sheet_thumbnail)
         return StoredImage(
             uri=self.uri_for(self.path_for(relative)),
-            width=width,
-            height=height,
+            width=seen.width,
+            height=seen.height,
             bytes=size,
-            format=fmt,
+            format=seen.format,
             source_url=url,
-            thumbnail=preview,
+            thumbnail=seen.preview,
         )
 
     def thumbnail_of(self, uri: str) -> str | None:
         """A ``data:`` thumbnail of a stored image, or None when it cannot be read."""
         try:
             with self.fs.open(self.fs._strip_protocol(uri), "rb") as handle:
-                return _inspect_image(uri, handle, True)[3]
+                return _inspect_image(uri, handle, True).preview
         except (OSError, NotAnImageError):
             return None
+
+    def make_thumbnail(self, image_relative: str) -> bool:
+        """Make the contact-sheet thumbnail of a stored image (``thumbs/<name>.jpg``).
+
+        For images stored without one (by an earlier version, or a run killed in between).
+
+        Returns:
+            False when the image cannot be read or decoded (it was removed, say), or is no
+            larger than a thumbnail (it is shown as it is).
+        """
+        try:
+            with self.fs.open(self.path_for(image_relative), "rb") as handle:
+                seen = _inspect_image(image_relative, handle, False, sheet=True)
+        except (OSError, NotAnImageError):
+            return False
+        if seen.sheet_thumbnail is None:
+            return False
+        with self.open_atomic(thumbnail_name(image_relative)) as target:
+            target.write(seen.sheet_thumbnail)
+        return True
 
 
 def _extension(fmt: str) -> str:
@@ -345,20 +389,51 @@ def _ignoring(*errors: type[BaseException]) -> Iterator[None]:
         pass
 
 
-def _inspect_image(url: str, buffer: Any, thumbnail: bool) -> tuple[int, int, str, str | None]:
-    """Decode an image fully; return width, height, format and (if asked) a data-URI thumbnail."""
+def _content_type_options(fs: Any, relative: str) -> dict[str, str]:
+    """The fsspec ``open`` options that set a file's Content-Type on S3 (s3fs sends none of
+    its own for a file written through ``open``); none elsewhere.
+
+    Examples:
+        >>> import fsspec
+        >>> _content_type_options(fsspec.filesystem("memory"), "index.html")
+        {}
+    """
+    content_type = mimetypes.guess_type(relative)[0]
+    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+    if content_type is None or not protocols & {"s3", "s3a"}:
+        return {}
+    return {"ContentType": content_type}
+
+
+class _Inspected(NamedTuple):
+    """What decoding an image told: its size and format, and the thumbnails asked for."""
+
+    width: int
+    height: int
+    format: str
+    preview: str | None
+    sheet_thumbnail: bytes | None
+
+
+def _inspect_image(url: str, buffer: Any, thumbnail: bool, *, sheet: bool = False) -> _Inspected:
+    """Decode an image fully; return width, height, format, (if asked) a data-URI thumbnail
+    and (with ``sheet``) the JPEG bytes of its contact-sheet thumbnail."""
+    preview = sheet_thumbnail = None
     try:
         with Image.open(buffer) as image:
             image.load()
             width, height = image.size
             fmt = (image.format or "png").lower()
-            if not thumbnail:
-                return width, height, fmt, None
-            preview = image.convert("RGB")
-            preview.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+            if sheet and needs_thumbnail(width, height):
+                sheet_thumbnail = thumbnail_jpeg(image)
+            if thumbnail:
+                preview = image.convert("RGB")
+                preview.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise NotAnImageError(url, f"the bytes do not decode as an image ({exc})") from None
-    out = io.BytesIO()
-    preview.save(out, format="JPEG", quality=70)
-    data_uri = "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
-    return width, height, fmt, data_uri
+    data_uri = None
+    if preview is not None:
+        out = io.BytesIO()
+        preview.save(out, format="JPEG", quality=70)
+        data_uri = "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
+    return _Inspected(width, height, fmt, data_uri, sheet_thumbnail)

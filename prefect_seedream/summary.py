@@ -82,6 +82,8 @@ class DatasetRunSummary(BaseModel):
         estimated_credits: The most the dataset can cost (every valid row's pre-charge).
         dry_run: True when nothing was submitted on purpose.
         manifest: The manifest's URI.
+        contact_sheet: The URI of the output's ``index.html`` (every row with its thumbnails,
+            the failures first), or None when it could not be written.
         stopped: Why the run stopped submitting, when an answer of the API concerned the
             whole account (out of credits, key refused, ...) or the balance read before the
             run was below its estimate: the rows not submitted are ``skipped``, and the same
@@ -112,6 +114,7 @@ class DatasetRunSummary(BaseModel):
     estimated_credits: float = 0.0
     dry_run: bool = False
     manifest: str | None = None
+    contact_sheet: str | None = None
     stopped: AccountStop | None = None
     balance_before: float | None = None
     balance: float | None = None

@@ -22,6 +22,7 @@ import asyncio
 import base64
 import hashlib
 import io
+import logging
 import mimetypes
 import os
 import re
@@ -46,6 +47,7 @@ from prefect_seedream.thumbnails import needs_thumbnail, thumbnail_jpeg, thumbna
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_STEM_CHARS = 80
 THUMBNAIL_SIDE = 160
+logger = logging.getLogger("prefect_seedream.storage")
 #: Private folder of a destination: the ledger, the lock, temporary files.
 PRIVATE_DIR = ".seedream"
 TEMPORARY_DIR = f"{PRIVATE_DIR}/tmp"
@@ -336,8 +338,11 @@ class ImageStore:
             while chunk := buffer.read(1 << 20):
                 target.write(chunk)
         if seen.sheet_thumbnail is not None:  # after the image: a thumbnail never shows alone
-            with self.open_atomic(thumbnail_name(relative)) as target:
-                target.write(seen.sheet_thumbnail)
+            try:
+                with self.open_atomic(thumbnail_name(relative)) as target:
+                    target.write(seen.sheet_thumbnail)
+            except OSError as exc:  # the image is stored; the contact sheet makes it later
+                logger.warning("thumbnail of %s not written: %s", relative, exc)
         return StoredImage(
             uri=self.uri_for(self.path_for(relative)),
             width=seen.width,
@@ -405,6 +410,16 @@ def _content_type_options(fs: Any, relative: str) -> dict[str, str]:
     return {"ContentType": content_type}
 
 
+def _sheet_thumbnail(image: Image.Image) -> bytes | None:
+    """The contact-sheet thumbnail of a decoded image; None if it cannot be made (the image
+    itself is sound: it decoded)."""
+    try:
+        return thumbnail_jpeg(image)
+    except (OSError, ValueError) as exc:
+        logger.warning("no thumbnail for an image of mode %s: %s", image.mode, exc)
+        return None
+
+
 class _Inspected(NamedTuple):
     """What decoding an image told: its size and format, and the thumbnails asked for."""
 
@@ -425,7 +440,7 @@ def _inspect_image(url: str, buffer: Any, thumbnail: bool, *, sheet: bool = Fals
             width, height = image.size
             fmt = (image.format or "png").lower()
             if sheet and needs_thumbnail(width, height):
-                sheet_thumbnail = thumbnail_jpeg(image)
+                sheet_thumbnail = _sheet_thumbnail(image)
             if thumbnail:
                 preview = image.convert("RGB")
                 preview.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))

@@ -192,3 +192,18 @@ def test_thumbnails_add_less_than_5_percent_to_realistic_images(fmt: str) -> Non
     share = len(small) / len(buffer.getvalue())
     assert share < 0.05, f"{len(small)} bytes of thumbnail for {len(buffer.getvalue())} of {fmt}"
     assert Image.open(io.BytesIO(small)).size == (THUMBNAIL_SIDE, THUMBNAIL_SIDE)
+
+
+def test_storing_an_image_writes_its_thumbnail_and_never_fails_because_of_it(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "out")
+    buffer = io.BytesIO()
+    Image.new("RGB", (1024, 768), (10, 200, 90)).save(buffer, format="PNG")
+
+    stored = store._keep("https://example.test/a.png", buffer, "row-1-1", False)
+
+    with Image.open(store.path_for(thumbnail_name("row-1-1.png"))) as small:
+        assert small.size == (256, 192)
+    blocked = ImageStore(tmp_path / "blocked")
+    Path(blocked.path_for("thumbs")).write_text("a file where the folder would go")
+    kept = blocked._keep("https://example.test/a.png", buffer, "row-1-1", False)
+    assert Path(kept.uri).is_file() and (kept.width, kept.height) == (stored.width, stored.height)

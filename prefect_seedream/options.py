@@ -43,7 +43,6 @@ from prefect_seedream.generation import GenerationOptions, WaitOptions
 from prefect_seedream.references import ReferenceStore
 from prefect_seedream.runner import RetryOptions
 
-
 #: The options that are fsspec options: they may hold credentials, and are never written out.
 STORAGE_OPTION_FIELDS = ("storage_options", "dataset_storage_options", "reference_storage_options")
 

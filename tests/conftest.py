@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 # Before Prefect is imported anywhere: no telemetry, and a private Prefect home.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -62,6 +63,27 @@ def silent_list_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningSimulato
         monkeypatch.setenv("SEEDREAM_API_KEY", TEST_API_KEY)
         monkeypatch.setenv("SEEDREAM_BASE_URL", sim.base_url)
         yield sim
+
+
+@pytest.fixture
+def make_sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., RunningSimulator]]:
+    """Start simulators with the given settings (short latency, no jitter); the environment
+    points at the last one started, with ``key``."""
+    running: list[Any] = []
+
+    def make(key: str = TEST_API_KEY, **config: Any) -> RunningSimulator:
+        config.setdefault("latency_seconds", 0.3)
+        config.setdefault("jitter_seconds", 0.0)
+        context = running_simulator(SimulatorConfig(**config))
+        sim = context.__enter__()
+        running.append(context)
+        monkeypatch.setenv("SEEDREAM_API_KEY", key)
+        monkeypatch.setenv("SEEDREAM_BASE_URL", sim.base_url)
+        return sim
+
+    yield make
+    for context in reversed(running):
+        context.__exit__(None, None, None)
 
 
 @pytest.fixture

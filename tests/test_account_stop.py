@@ -38,24 +38,15 @@ CLI = Path(sys.executable).with_name("prefect-seedream")
 
 
 @pytest.fixture
-def make_sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """A simulator with the given account settings, and the environment pointing at it."""
-    running: list[Any] = []
+def make_sim(make_sim: Any) -> Any:
+    """The shared ``make_sim``, with no balance endpoint: these tests are of the answers that
+    stop a run midway (the balance read before a run stops it earlier: tests/test_balance.py)."""
 
     def make(key: str = TEST_API_KEY, **config: Any) -> RunningSimulator:
-        # No balance endpoint: these tests are of the answers that stop a run midway (the
-        # balance read before a run stops it earlier: tests/test_balance.py).
         config.setdefault("credits_endpoint", "missing")
-        context = running_simulator(SimulatorConfig(latency_seconds=0.3, jitter_seconds=0.0, **config))
-        sim = context.__enter__()
-        running.append(context)
-        monkeypatch.setenv("SEEDREAM_API_KEY", key)
-        monkeypatch.setenv("SEEDREAM_BASE_URL", sim.base_url)
-        return sim
+        return make_sim(key, **config)
 
-    yield make
-    for context in reversed(running):
-        context.__exit__(None, None, None)
+    return make
 
 
 def rows(count: int, model: str = M45, prefix: str = "a paper lantern") -> list[dict[str, Any]]:

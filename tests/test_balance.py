@@ -8,13 +8,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from prefect_seedream.simulator import RunningSimulator, SimulatorConfig, running_simulator
+from prefect_seedream.simulator import SimulatorConfig, running_simulator
 from tests.conftest import TEST_API_KEY
 from tests.helpers import manifest, run_dataset, summary_of, write_jsonl
 
@@ -22,23 +21,6 @@ pytestmark = pytest.mark.usefixtures("prefect_api")
 
 M45 = "doubao-seedream-4.5"
 CLI = Path(sys.executable).with_name("prefect-seedream")
-
-
-@pytest.fixture
-def make_sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    running: list[Any] = []
-
-    def make(**config: Any) -> RunningSimulator:
-        context = running_simulator(SimulatorConfig(latency_seconds=0.2, jitter_seconds=0.0, **config))
-        sim = context.__enter__()
-        running.append(context)
-        monkeypatch.setenv("SEEDREAM_API_KEY", TEST_API_KEY)
-        monkeypatch.setenv("SEEDREAM_BASE_URL", sim.base_url)
-        return sim
-
-    yield make
-    for context in reversed(running):
-        context.__exit__(None, None, None)
 
 
 def rows(count: int) -> list[dict[str, Any]]:
@@ -108,7 +90,7 @@ async def test_the_dry_run_shows_the_balance_beside_the_estimate(make_sim: Any, 
 def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("SEEDREAM_", "PREFECT_API_URL"))}
     return subprocess.run(
-        [str(CLI), *args], env={**clean, **env}, cwd=cwd, capture_output=True, text=True, timeout=300,
+        [str(CLI), *args], env={**clean, **env}, cwd=cwd, capture_output=True, text=True, timeout=300, check=False,
     )
 
 

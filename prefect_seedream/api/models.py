@@ -114,18 +114,35 @@ class ModelLimits:
         return tuple(q for q in self.qualities if q != "auto") if self.takes_size else ()
 
 
-
-_PRO_FLASH = dict(
-    qualities=("1K", "1.5K", "2K"), min_pixels=921_600, max_pixels=4_624_220,
-    max_reference_images=10, max_prompt_chars=4000, takes_n=False, price_published=False,
-    output_formats=("png", "jpeg"), default_output_format="jpeg", takes_watermark=True,
-    backgrounds=("opaque", "transparent"),
-)
-_LAYERIZE = dict(
-    qualities=("auto", "1K", "1.5K", "2K"), min_pixels=0, max_pixels=0, prompt_priorities=(),
-    max_reference_images=1, min_reference_images=1, price_published=False, max_prompt_chars=4000, prompt_required=False, takes_size=False, takes_n=False,
-    output_formats=("png", "jpeg"), default_output_format="jpeg", layers=True,
-)
+_PRO_FLASH: dict[str, Any] = {
+    "qualities": ("1K", "1.5K", "2K"),
+    "min_pixels": 921_600,
+    "max_pixels": 4_624_220,
+    "max_reference_images": 10,
+    "max_prompt_chars": 4000,
+    "takes_n": False,
+    "price_published": False,
+    "output_formats": ("png", "jpeg"),
+    "default_output_format": "jpeg",
+    "takes_watermark": True,
+    "backgrounds": ("opaque", "transparent"),
+}
+_LAYERIZE: dict[str, Any] = {
+    "qualities": ("auto", "1K", "1.5K", "2K"),
+    "min_pixels": 0,
+    "max_pixels": 0,
+    "prompt_priorities": (),
+    "max_reference_images": 1,
+    "min_reference_images": 1,
+    "price_published": False,
+    "max_prompt_chars": 4000,
+    "prompt_required": False,
+    "takes_size": False,
+    "takes_n": False,
+    "output_formats": ("png", "jpeg"),
+    "default_output_format": "jpeg",
+    "layers": True,
+}
 
 #: One entry per model, as Evolink documents it in December 2026 (``evolink-api.md`` section 6;
 #: Evolink's own client's generated table). Prices: the published per-image prices (4.0 1.5 in

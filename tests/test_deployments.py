@@ -56,7 +56,12 @@ def test_an_init_folder_deploys_and_its_dataset_deployment_runs_on_a_worker(
         {"prefect.deployments.steps.set_working_directory": {"directory": str(project.resolve())}}
     ]
     schema = dataset["parameter_openapi_schema"]["properties"]
-    assert schema["model"]["enum"] == ["doubao-seedream-4.0", "doubao-seedream-4.5"]
+    # The run form offers the known models and still accepts another name.
+    from prefect_seedream.api.models import MODEL_LIMITS
+
+    [known, other] = schema["model"]["anyOf"]
+    assert known["enum"] == list(MODEL_LIMITS) and other == {"type": "string"}
+    assert schema["quality"]["anyOf"][0]["enum"] == ["auto", "1K", "1.5K", "2K", "3K", "4K"]
     assert all(prop.get("description") for prop in schema.values())
 
     shard = server.api("GET", "/deployments/name/seedream-generate-shard/generate-shard")

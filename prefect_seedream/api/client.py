@@ -26,7 +26,6 @@ per run that shares its client): many tasks per ``POST /v1/tasks/batch``, see
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import json
 import logging
@@ -477,10 +476,7 @@ class SeedreamClient:
         backoff = policy.min_interval
         last: GenerationTask | None = None
         errors_in_a_row = 0
-        if self.batch_status_reads:
-            read = functools.partial(self.status_reader.read, max_delay=policy.min_interval)
-        else:
-            read = self.get_task
+        reader = self.status_reader if self.batch_status_reads else None
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -489,9 +485,12 @@ class SeedreamClient:
             delay, backoff = backoff, min(policy.max_interval, backoff * policy.factor)
             try:
                 # One poll (with its own retries) may not outlive the cap either.
-                task = await asyncio.wait_for(
-                    read(task_id), timeout=max(0.001, deadline - time.monotonic())
+                read = self.get_task(task_id) if reader is None else reader.read(
+                    task_id, max_delay=reader.hold_for(
+                        first=last is None, age=time.monotonic() - started, longest=policy.min_interval
+                    ),
                 )
+                task = await asyncio.wait_for(read, timeout=max(0.001, deadline - time.monotonic()))
             except asyncio.TimeoutError:
                 break
             except NotFoundError:
@@ -508,6 +507,8 @@ class SeedreamClient:
                 logger.debug("transient poll error %d for %s: %s", errors_in_a_row, task_id, exc)
                 continue
             errors_in_a_row = 0
+            if reader is not None and last is None:
+                reader.note_first_read(finished=task.status.is_terminal)
             if on_progress is not None and (
                 last is None or (task.status, task.progress) != (last.status, last.progress)
             ):

@@ -7,6 +7,8 @@ handed to the client's :class:`TaskStatusReader`, whose single background loop c
 read due, waits until :data:`~prefect_seedream.defaults.BATCH_READ_INTERVAL_SECONDS` after its
 previous read, and answers them all with one ``POST /v1/tasks/batch`` per 50 ids.
 
+- How long a read may wait for its round: see :meth:`TaskStatusReader.hold_for` (a task's
+  first read, while estimates prove right, only a tenth of the task's age).
 - A round with a single read due makes it with ``GET /v1/tasks/{id}``: one request either
   way, on the endpoint every API has (so a lone wait reads exactly as it always did).
 - A task missing from a batch answer (not visible yet, expired, a body that does not parse) is
@@ -58,7 +60,11 @@ from prefect_seedream.defaults import (
     BATCH_READ_GATHER_SECONDS,
     BATCH_READ_INTERVAL_SECONDS,
     BATCH_READ_MAX_IDS,
+    FIRST_READ_HOLD_FRACTION,
 )
+
+#: Weight of the newest first read in the share of first reads that found the task running.
+_UNFINISHED_WEIGHT = 0.1
 
 logger = logging.getLogger("prefect_seedream.api")
 
@@ -124,6 +130,34 @@ class TaskStatusReader:
         self._last_round = -float("inf")
         self._first_due = 0.0
         self._delay_limit = float("inf")
+        self._first_reads_unfinished = 0.0
+
+    def hold_for(self, *, first: bool, age: float, longest: float) -> float:
+        """How long a read may wait for its round (the ``max_delay`` of :meth:`read`).
+
+        A task's first read comes at its estimate. While estimates prove right (most first
+        reads find the task done) it waits at most :data:`FIRST_READ_HOLD_FRACTION` of the
+        task's age: holding it longer would only delay the row. Once they prove wrong (most
+        first reads find the task still running), and for every later read, it waits up to
+        ``longest``: those reads mostly find a task still running, and batch well.
+
+        Examples:
+            >>> reader = TaskStatusReader(source=None)  # type: ignore[arg-type]
+            >>> reader.hold_for(first=True, age=2.0, longest=3.0)
+            0.2
+            >>> for _ in range(20):
+            ...     reader.note_first_read(finished=False)
+            >>> reader.hold_for(first=True, age=2.0, longest=3.0)
+            3.0
+        """
+        if first and self._first_reads_unfinished < 0.5:
+            return min(longest, max(self.gather, FIRST_READ_HOLD_FRACTION * age))
+        return longest
+
+    def note_first_read(self, *, finished: bool) -> None:
+        """Record whether a task's first read found it terminal (estimates right or wrong)."""
+        seen = 0.0 if finished else 1.0
+        self._first_reads_unfinished += _UNFINISHED_WEIGHT * (seen - self._first_reads_unfinished)
 
     @property
     def batch_available(self) -> bool:

@@ -221,7 +221,9 @@ def _same_command() -> str:
 
 
 def _balance_text(balance: float | None) -> str:
-    return "unknown (GET /v1/credits did not answer)" if balance is None else f"{balance:g} credits"
+    if balance is None:
+        return "not known (the account reports no limit, or GET /v1/credits did not answer)"
+    return f"{balance:g} credits"
 
 
 def _print_summary(args: argparse.Namespace, summary: Any, state: Any) -> None:

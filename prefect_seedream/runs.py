@@ -165,6 +165,8 @@ async def run_in_output(
         )
         artifact.set_done(summary.rows)
         await artifact.finish()
+    if job.stop is not None and summary.stopped == job.stop and not summary.skipped:
+        summary.stopped = None  # every row was stored already (or collected): nothing held back
     if summary.balance_before is not None:
         summary.balance = await account_balance(credentials)
     return gallery

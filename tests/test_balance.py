@@ -65,6 +65,20 @@ async def test_max_credits_within_the_balance_runs_what_it_pays_for(make_sim: An
     assert summary.balance is not None and summary.balance == pytest.approx(7.0 - summary.credits)
 
 
+async def test_a_low_balance_never_stops_a_run_that_has_nothing_left_to_pay_for(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    sim = make_sim(account_credits=100.0)
+    dataset = write_jsonl(tmp_path / "rows.jsonl", rows(4))
+    assert (await run_dataset(dataset, tmp_path / "out")).is_completed()
+    sim.account(set_credits=1.0)
+
+    state = await run_dataset(dataset, tmp_path / "out")  # every row is stored: reused
+    summary = await summary_of(state)
+    assert state.is_completed(), state.message
+    assert summary.stopped is None and summary.reused == 4 and summary.balance == 1.0
+
+
 @pytest.mark.parametrize("mode", ["missing", "failing"])
 async def test_a_balance_endpoint_missing_or_failing_never_blocks_a_run(
     make_sim: Any, tmp_path: Path, mode: str, caplog: pytest.LogCaptureFixture

@@ -67,16 +67,10 @@ class RowDefaults:
         limits = find_model_limits(model)
         if limits is None:  # only what the run set on purpose (these have no default)
             return {name: getattr(self, name) for name in ("quality", "output_format") if getattr(self, name)}
-        taken = {
-            "size": limits.takes_size,
-            "prompt_priority": bool(limits.prompt_priorities),
-            "quality": bool(limits.qualities),
-            "output_format": bool(limits.output_formats),
-        }
         return {
             name: getattr(self, name)
-            for name, takes in taken.items()
-            if takes and getattr(self, name) is not None
+            for name in ("size", "prompt_priority", "quality", "output_format")
+            if getattr(self, name) is not None and limits.takes(name)
         }
 
 

@@ -108,6 +108,24 @@ class ModelLimits:
     layers: bool = False
     price_published: bool = True
 
+    def takes(self, field: str) -> bool:
+        """Whether the model takes a request field (the fields only some models take).
+
+        Examples:
+            >>> MODEL_LIMITS["doubao-seedream-4.5"].takes("output_format")
+            False
+        """
+        return {
+            "size": self.takes_size,
+            "n": self.takes_n,
+            "quality": bool(self.qualities),
+            "prompt_priority": bool(self.prompt_priorities),
+            "output_format": bool(self.output_formats),
+            "watermark": self.takes_watermark,
+            "background": bool(self.backgrounds),
+            "web_search": self.takes_web_search,
+        }.get(field, True)
+
     @property
     def size_presets(self) -> tuple[str, ...]:
         """Shorthand sizes (the seed pages' ``1K``/``2K``/``4K`` forms) this model takes."""
@@ -334,9 +352,9 @@ def _check_model_fields(request: GenerationRequest, limits: ModelLimits) -> None
         )
     if request.output_format is not None and request.output_format not in limits.output_formats:
         raise _not_taken("output_format", name, " (its images are PNG)")
-    if request.watermark is not None and not limits.takes_watermark:
+    if request.watermark is not None and not limits.takes("watermark"):
         raise _not_taken("watermark", name)
-    if request.web_search and not limits.takes_web_search:
+    if request.web_search and not limits.takes("web_search"):
         raise _not_taken("web_search", name)
     if request.background is not None:
         if request.background not in limits.backgrounds:

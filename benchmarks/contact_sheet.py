@@ -2,7 +2,7 @@
 
 Builds a synthetic output of N rows (``manifest.jsonl`` and one image per row, 1024x1024
 JPEG of a detailed picture; every ``--failed-every``-th row refused by content policy), writes
-its contact sheet with ``prefect_seedream.contact_sheet.write_contact_sheet`` (which makes every
+its contact sheet with ``prefect_seedream.engine.contact_sheet.write_contact_sheet`` (which makes every
 thumbnail, as for an output stored by a version without them), writes it again (thumbnails
 present: what the end of a run costs), opens ``index.html`` from disk in headless Chromium
 (``/usr/bin/chromium``, see ``.ci/install-browser.sh``) a few times, and prints:
@@ -36,10 +36,10 @@ from PIL import Image, ImageDraw, ImageFilter
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from prefect_seedream.contact_sheet import write_contact_sheet
-from prefect_seedream.manifest import MANIFEST_NAME, ManifestLine
-from prefect_seedream.storage import ImageStore, _inspect_image
-from prefect_seedream.thumbnails import THUMBNAILS_DIR, thumbnail_jpeg
+from prefect_seedream.engine.contact_sheet import write_contact_sheet
+from prefect_seedream.engine.manifest import MANIFEST_NAME, ManifestLine
+from prefect_seedream.engine.storage import ImageStore, _inspect_image
+from prefect_seedream.engine.thumbnails import THUMBNAILS_DIR, thumbnail_jpeg
 
 
 def detailed_picture(side: int, seed: int) -> Image.Image:

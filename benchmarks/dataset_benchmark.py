@@ -234,8 +234,8 @@ async def run_flow(
     ``progress.loop_lag`` holds the event-loop lag measured while the flow ran (the flow runs
     on this loop: an async flow awaited here uses the caller's loop).
     """
+    from prefect_seedream.engine.progress import listening
     from prefect_seedream.flows import generate_dataset
-    from prefect_seedream.progress import listening
 
     printer = ProgressPrinter(rows, progress_every)
     monitor = LoopLagMonitor()

@@ -12,7 +12,7 @@ and the run's task runs, read back from the server.
 ``many`` compares the dataset flow on a CSV file, ``generate_many`` (one call inside a flow) and,
 with ``--with-map``, ``generate_images.map`` (a task run per request). ``memory`` compares the
 dataset flow on the CSV file with the dataset flow on the same rows as a list of dicts (written
-once to the output by the flow, see ``prefect_seedream/sources.py``).
+once to the output by the flow, see ``prefect_seedream/engine/sources.py``).
 """
 
 from __future__ import annotations

@@ -86,13 +86,13 @@ from _proc import (
     write_dataset,
 )
 from compare import (
-    reap_orphans,
     DROPPED,
     NON_FINAL,
     FirstSubmitWatcher,
     count_in_file,
     executable,
     percentile,
+    reap_orphans,
     short_cmd,
     stop_group,
     wait_exited,
@@ -100,7 +100,7 @@ from compare import (
 
 sys.path.insert(0, str(REPO))
 from deployments.stack import Stack, find_pg_bin, running_stack
-from prefect_seedream.defaults import MAX_ROWS_PER_TASK, TARGET_TASK_RUNS  # imports nothing
+from prefect_seedream.engine.defaults import MAX_ROWS_PER_TASK, TARGET_TASK_RUNS  # imports nothing
 
 API_KEY = "sk-scale-out"
 LIMIT_NAME = "seedream-scale-out"

@@ -26,7 +26,7 @@ except PackageNotFoundError:  # pragma: no cover - run from a source tree that i
 
 #: Names of the Prefect layer, by module. Everything else public comes from the API layer
 #: (``prefect_seedream.api``). Nothing is imported until it is used: ``import
-#: prefect_seedream.defaults`` costs nothing, which lets the command line start its
+#: prefect_seedream.engine.defaults`` costs nothing, which lets the command line start its
 #: Prefect server before loading any library.
 _LAZY: dict[str, str] = {
     "SeedreamCredentials": "prefect_seedream.credentials",
@@ -36,36 +36,36 @@ _LAZY: dict[str, str] = {
     "generate_images": "prefect_seedream.tasks",
     "generate_many": "prefect_seedream.tasks",
     "GeneratedImages": "prefect_seedream.tasks",
-    "StoredImage": "prefect_seedream.storage",
-    "ImageFile": "prefect_seedream.storage",
-    "ManifestLine": "prefect_seedream.manifest",
-    "ManifestImage": "prefect_seedream.manifest",
-    "ManifestError": "prefect_seedream.manifest",
-    "read_manifest": "prefect_seedream.manifest",
-    "iter_manifest_lines": "prefect_seedream.manifest",
-    "DatasetRunSummary": "prefect_seedream.summary",
-    "AccountStop": "prefect_seedream.account",
-    "RunOptions": "prefect_seedream.options",
+    "StoredImage": "prefect_seedream.engine.storage",
+    "ImageFile": "prefect_seedream.engine.storage",
+    "ManifestLine": "prefect_seedream.engine.manifest",
+    "ManifestImage": "prefect_seedream.engine.manifest",
+    "ManifestError": "prefect_seedream.engine.manifest",
+    "read_manifest": "prefect_seedream.engine.manifest",
+    "iter_manifest_lines": "prefect_seedream.engine.manifest",
+    "DatasetRunSummary": "prefect_seedream.engine.summary",
+    "AccountStop": "prefect_seedream.engine.account",
+    "RunOptions": "prefect_seedream.engine.options",
     "generate_dataset": "prefect_seedream.flows",
     "generate_shard": "prefect_seedream.flows",
     "recover_dataset": "prefect_seedream.flows",
 }
 
 if TYPE_CHECKING:
-    from prefect_seedream.account import AccountStop
     from prefect_seedream.api import *
     from prefect_seedream.credentials import SeedreamCredentials
-    from prefect_seedream.flows import generate_dataset, generate_shard, recover_dataset
-    from prefect_seedream.manifest import (
+    from prefect_seedream.engine.account import AccountStop
+    from prefect_seedream.engine.manifest import (
         ManifestError,
         ManifestImage,
         ManifestLine,
         iter_manifest_lines,
         read_manifest,
     )
-    from prefect_seedream.options import RunOptions
-    from prefect_seedream.storage import ImageFile, StoredImage
-    from prefect_seedream.summary import DatasetRunSummary
+    from prefect_seedream.engine.options import RunOptions
+    from prefect_seedream.engine.storage import ImageFile, StoredImage
+    from prefect_seedream.engine.summary import DatasetRunSummary
+    from prefect_seedream.flows import generate_dataset, generate_shard, recover_dataset
     from prefect_seedream.tasks import (
         GeneratedImages,
         generate_images,

@@ -35,15 +35,15 @@ from prefect.artifacts import (
     aupdate_progress_artifact,
 )
 
-from prefect_seedream.defaults import (
+from prefect_seedream.engine.defaults import (
     FAILED_ROWS_SHOWN,
     GALLERY_LIMIT,
     PROGRESS_UPDATE_SECONDS,
     ROWS_TABLE_LIMIT,
 )
-from prefect_seedream.manifest import ROW_STATUSES, ManifestImage, ManifestLine
-from prefect_seedream.storage import StoredImage
-from prefect_seedream.summary import DatasetRunSummary, next_step_for
+from prefect_seedream.engine.gallery import Gallery
+from prefect_seedream.engine.manifest import ROW_STATUSES, ManifestLine
+from prefect_seedream.engine.summary import DatasetRunSummary, next_step_for
 
 #: The dataset flow's default prefix: its keys are ``seedream-progress``, ``seedream-summary``,
 #: ``seedream-rows`` and ``seedream-gallery``.
@@ -146,7 +146,7 @@ def row_table(lines: Iterable[ManifestLine]) -> list[dict[str, Any]]:
     """Table rows for lines: row, status, the API's code and message, next step, task id, ...
 
     Examples:
-        >>> from prefect_seedream.manifest import ManifestError
+        >>> from prefect_seedream.engine.manifest import ManifestError
         >>> line = ManifestLine(row_id="a", row_number=1, prompt="x", model=None, status="failed",
         ...     task_id="task-1", error=ManifestError(code="content_policy_violation", message="no"))
         >>> row = row_table([line])[0]
@@ -273,81 +273,19 @@ async def publish_summary(
     )
 
 
-class Gallery:
-    """The images a run stored: a count of all, thumbnails of the first ``limit`` only.
+async def publish_gallery(gallery: Gallery, key: str, where: str | None = None) -> UUID:
+    """A markdown artifact of the gallery's thumbnails (it says so when no image was stored).
+
+    Args:
+        gallery: The images a run stored.
+        key: The artifact's key (``<prefix>-gallery``).
+        where: The manifest that lists every image.
 
     Examples:
-        >>> gallery = Gallery()
-        >>> gallery.add("a", StoredImage(uri="/out/a-1.png", width=64, height=64, bytes=10,
-        ...     format="png", source_url="http://x", thumbnail="data:image/jpeg;base64,AA=="))
-        >>> "![a](data:image/jpeg;base64,AA==)" in gallery.markdown()
-        True
+        ```python
+        await publish_gallery(Gallery(), "seedream-gallery", "out/manifest.jsonl")
+        ```
     """
-
-    def __init__(self, limit: int = GALLERY_LIMIT) -> None:
-        self.limit = limit
-        self.total = 0
-        self.shown: list[tuple[str, GalleryImage]] = []
-
-    def wants_more(self) -> bool:
-        """True while thumbnails are still needed (so that the rest skip making one)."""
-        return len(self.shown) < self.limit
-
-    def add(self, row_id: str, image: StoredImage) -> None:
-        """Count an image; keep it (with its thumbnail) only while under the limit."""
-        self.total += 1
-        if len(self.shown) < self.limit and image.thumbnail:
-            self.shown.append((row_id, GalleryImage(image.uri, image.width, image.height, image.thumbnail)))
-
-    def add_thumbnail(self, row_id: str, image: ManifestImage, thumbnail: str) -> None:
-        """Show a stored image listed by the manifest, with a thumbnail made afterwards."""
-        self.total += 1
-        if len(self.shown) < self.limit:
-            self.shown.append((row_id, GalleryImage(image.uri, image.width, image.height, thumbnail)))
-
-    def markdown(self, where: str | None = None) -> str:
-        """Markdown with an embedded thumbnail per kept image and its storage location."""
-        return gallery_markdown(self.shown, self.total, where)
-
-    async def publish(self, key: str, where: str | None = None) -> UUID:
-        """A markdown artifact of thumbnails (it says so when no image was stored);
-        ``where`` names the manifest that lists every image."""
-        return await acreate_markdown_artifact(
-            self.markdown(where), key=key, description=f"Generated images: {self.total}"
-        )
-
-
-@dataclass(frozen=True)
-class GalleryImage:
-    """What the gallery shows of an image: where it is, its size and a ``data:`` thumbnail."""
-
-    uri: str
-    width: int
-    height: int
-    thumbnail: str
-
-
-def gallery_markdown(
-    images: Iterable[tuple[str, GalleryImage]], total: int, where: str | None = None
-) -> str:
-    """Markdown with an embedded thumbnail per image and its storage location.
-
-    Examples:
-        >>> print(gallery_markdown([], 0, "out/manifest.jsonl"))
-        # Generated images
-        <BLANKLINE>
-        No image was stored: see the rows table (and out/manifest.jsonl) for why.
-    """
-    cells: list[str] = []
-    for row_id, image in images:
-        cells.append(
-            f"**{row_id}** ({image.width}x{image.height})\n\n"
-            f"![{row_id}]({image.thumbnail})\n\n`{image.uri}`\n"
-        )
-    if not total:
-        return f"# Generated images\n\nNo image was stored: see the rows table (and {where or 'the manifest'}) for why."
-    header = f"# Generated images\n\n{total} image(s) stored"
-    if total > len(cells):
-        header += f"; the first {len(cells)} are shown, every one is listed in {where or 'the manifest'}"
-    header += ". Thumbnails are embedded; the full images are at the locations below.\n\n"
-    return header + "\n---\n\n".join(cells)
+    return await acreate_markdown_artifact(
+        gallery.markdown(where), key=key, description=f"Generated images: {gallery.total}"
+    )

@@ -36,15 +36,15 @@ from prefect.states import Completed, Failed, State
 from prefect.tasks import Task
 from prefect.utilities.annotations import quote
 
-from prefect_seedream.dataset import DatasetRow
-from prefect_seedream.defaults import (
+from prefect_seedream.engine.dataset import DatasetRow
+from prefect_seedream.engine.defaults import (
     MAX_ROWS_PER_TASK,
     ONE_TASK_RUN_PER_ROW_UP_TO,
     TARGET_TASK_RUNS,
 )
-from prefect_seedream.manifest import ROW_STATUSES, RunLine
-from prefect_seedream.parts import RunParts
-from prefect_seedream.runner import RowRunner
+from prefect_seedream.engine.manifest import ROW_STATUSES, RunLine
+from prefect_seedream.engine.run_folder import RunParts
+from prefect_seedream.engine.runner import RowRunner
 
 
 def rows_per_task_for(total_rows: int, requested: int | None = None) -> int:
@@ -129,7 +129,7 @@ def _row_message(item: RunLine) -> str:
     """A one-row task run's state message: its outcome, and the API's code and message.
 
     Examples:
-        >>> from prefect_seedream.manifest import ManifestError, ManifestLine
+        >>> from prefect_seedream.engine.manifest import ManifestError, ManifestLine
         >>> line = ManifestLine(row_id="r", row_number=1, prompt="p", model=None, status="failed",
         ...                     error=ManifestError(code="content_policy_violation", message="refused"))
         >>> _row_message(RunLine(line=line))

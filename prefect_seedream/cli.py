@@ -24,7 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, get_args
 
-from prefect_seedream import defaults as d
+from prefect_seedream.api import defaults as api_defaults
+from prefect_seedream.engine import defaults as d
 
 
 def _configure_prefect(verbose: bool, embedded: bool) -> None:
@@ -85,10 +86,10 @@ EXIT_ACCOUNT_STOPPED = 3
 
 def _missing_credentials(args: argparse.Namespace) -> str | None:
     """Why the command cannot talk to any API: neither a key, nor a block, nor ``--simulator``."""
-    if args.simulator or os.environ.get(d.API_KEY_ENV) or args.credentials_block:
+    if args.simulator or os.environ.get(api_defaults.API_KEY_ENV) or args.credentials_block:
         return None
     return (
-        f"no {d.API_KEY_ENV} set and no --credentials-block: set your Evolink key, or pass "
+        f"no {api_defaults.API_KEY_ENV} set and no --credentials-block: set your Evolink key, or pass "
         "--simulator to run against the bundled simulator (no key, nothing is spent)"
     )
 
@@ -110,9 +111,9 @@ def _api_or_simulator(args: argparse.Namespace) -> Iterator[None]:
             f"SIMULATOR: using the bundled Evolink simulator at {simulator.base_url} "
             f"(--simulator): images are simulated and no credits are spent."
         )
-        saved = {name: os.environ.get(name) for name in (d.API_KEY_ENV, d.BASE_URL_ENV)}
-        os.environ[d.API_KEY_ENV] = d.SIMULATOR_API_KEY
-        os.environ[d.BASE_URL_ENV] = simulator.base_url
+        saved = {name: os.environ.get(name) for name in (api_defaults.API_KEY_ENV, api_defaults.BASE_URL_ENV)}
+        os.environ[api_defaults.API_KEY_ENV] = d.SIMULATOR_API_KEY
+        os.environ[api_defaults.BASE_URL_ENV] = simulator.base_url
         try:
             yield
         finally:
@@ -137,8 +138,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="use the bundled simulator instead of the real API (no key, nothing spent)")
     parser.add_argument("--simulator-latency", type=float, default=2.0, metavar="SECONDS",
                         help="latency of the bundled simulator (default 2)")
-    parser.add_argument("--max-wait", type=float, default=d.MAX_WAIT_SECONDS, metavar="SECONDS",
-                        help=f"wait cap per task (default {d.MAX_WAIT_SECONDS:g})")
+    parser.add_argument("--max-wait", type=float, default=api_defaults.MAX_WAIT_SECONDS, metavar="SECONDS",
+                        help=f"wait cap per task (default {api_defaults.MAX_WAIT_SECONDS:g})")
     parser.add_argument("--verbose", action="store_true", help="show Prefect's log lines")
 
 
@@ -269,10 +270,10 @@ def _print_summary(args: argparse.Namespace, summary: Any, state: Any) -> None:
 def _run(args: argparse.Namespace, api: _PrefectAPI) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from prefect_seedream.dataset import DatasetError
+    from prefect_seedream.engine.dataset import DatasetError
+    from prefect_seedream.engine.output_lock import OutputLockedError
+    from prefect_seedream.engine.progress import listening
     from prefect_seedream.flows import generate_dataset
-    from prefect_seedream.output_lock import OutputLockedError
-    from prefect_seedream.progress import listening
 
     if args.shards > 1 and api.embedded:
         print(

@@ -13,8 +13,7 @@ from prefect.blocks.abstract import CredentialsBlock
 from pydantic import Field, SecretStr
 
 from prefect_seedream.api.client import SeedreamClient, api_identity
-from prefect_seedream.api.errors import SeedreamConfigurationError
-from prefect_seedream.defaults import (
+from prefect_seedream.api.defaults import (
     API_KEY_ENV,
     BASE_URL_ENV,
     CONNECT_TIMEOUT_SECONDS,
@@ -24,6 +23,7 @@ from prefect_seedream.defaults import (
     SUBMIT_TIMEOUT_SECONDS,
     WRITE_TIMEOUT_SECONDS,
 )
+from prefect_seedream.api.errors import SeedreamConfigurationError
 
 
 class SeedreamCredentials(CredentialsBlock):

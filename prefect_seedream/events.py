@@ -7,11 +7,12 @@ flow and task run.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from prefect.events import emit_event
 
-GenerationEventKind = Literal["submitted", "completed", "failed"]
+from prefect_seedream.engine.listener import GenerationEventKind, RunListener
+
 EVENT_PREFIX = "seedream.generation"
 
 
@@ -64,3 +65,29 @@ def emit_dataset_event(
         resource={"prefect.resource.id": f"seedream.dataset.{output}", "prefect.resource.name": output},
         payload={"dataset": dataset, "output": output, **payload},
     )
+
+
+class PrefectEvents(RunListener):
+    """The engine's listener in a Prefect run: each generation event becomes a Prefect event.
+
+    Examples:
+        ```python
+        reporter = StepReporter(get_run_logger(), listener=PREFECT_EVENTS)
+        ```
+    """
+
+    def generation_event(
+        self,
+        kind: GenerationEventKind,
+        task_id: str,
+        *,
+        label: str | None = None,
+        model: str | None = None,
+        payload: dict[str, Any] | None = None,
+    ) -> None:
+        """Emit ``seedream.generation.<kind>`` (see :func:`emit_generation_event`)."""
+        emit_generation_event(kind, task_id, label=label, model=model, payload=payload)
+
+
+#: The listener the tasks and flows give the engine.
+PREFECT_EVENTS = PrefectEvents()

@@ -19,22 +19,23 @@ from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 
-from prefect_seedream.account import AccountStop, SubmissionGate
-from prefect_seedream.artifacts import Gallery
 from prefect_seedream.batches import rows_per_task_for, run_batches
-from prefect_seedream.budget import CreditBudget
 from prefect_seedream.clients import api_client, shared_clients
 from prefect_seedream.credentials import SeedreamCredentials, resolve_credentials
-from prefect_seedream.dataset import InvalidRow, RowDefaults, ValidRow, iter_rows
-from prefect_seedream.defaults import FAILURES_LOGGED
-from prefect_seedream.ledger import TaskLedger, prompt_sha256
-from prefect_seedream.manifest import RunLine
-from prefect_seedream.options import RunOptions
-from prefect_seedream.parts import RunParts
-from prefect_seedream.reconcile import PromptKey, TaskListIndex, shared_prompt_keys
-from prefect_seedream.runner import RowLimiter, RowRunner
+from prefect_seedream.engine.account import AccountStop, SubmissionGate
+from prefect_seedream.engine.budget import CreditBudget
+from prefect_seedream.engine.dataset import InvalidRow, RowDefaults, ValidRow, iter_rows
+from prefect_seedream.engine.defaults import FAILURES_LOGGED
+from prefect_seedream.engine.gallery import Gallery
+from prefect_seedream.engine.ledger import TaskLedger, prompt_sha256
+from prefect_seedream.engine.manifest import RunLine
+from prefect_seedream.engine.options import RunOptions
+from prefect_seedream.engine.reconcile import PromptKey, TaskListIndex, shared_prompt_keys
+from prefect_seedream.engine.run_folder import RunParts
+from prefect_seedream.engine.runner import RowLimiter, RowRunner
+from prefect_seedream.engine.storage import ImageStore
+from prefect_seedream.events import PREFECT_EVENTS
 from prefect_seedream.slots import SlotPool
-from prefect_seedream.storage import ImageStore
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,7 @@ async def execute_rows(
                 finder=finder,
                 on_row=on_row,
                 guard=guard,
+                listener=PREFECT_EVENTS,
             )
             await run_batches(
                 iter_rows(

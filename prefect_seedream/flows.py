@@ -21,20 +21,20 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from pydantic import Field
 
+from prefect_seedream.api.defaults import MAX_WAIT_SECONDS, POLL_INTERVAL_SECONDS
 from prefect_seedream.api.errors import SeedreamError
 from prefect_seedream.api.models import DEFAULT_MODEL, ModelName, OutputFormat, Quality
 from prefect_seedream.artifacts import DEFAULT_PREFIX, ProgressArtifact, RunTables
 from prefect_seedream.clients import api_client, shared_clients
-from prefect_seedream.contact_sheet import publish_contact_sheet
 from prefect_seedream.credentials import SeedreamCredentials, resolve_credentials
-from prefect_seedream.defaults import (
+from prefect_seedream.dispatch import dual_flow
+from prefect_seedream.engine.contact_sheet import publish_contact_sheet
+from prefect_seedream.engine.defaults import (
     DEFAULT_N,
     DEFAULT_PROMPT_PRIORITY,
     DEFAULT_SIZE,
     MAX_CONCURRENCY,
     MAX_CONCURRENCY_BOUND,
-    MAX_WAIT_SECONDS,
-    POLL_INTERVAL_SECONDS,
     RETRIES,
     RETRY_DELAY_SECONDS,
     ROW_EVENTS,
@@ -42,7 +42,23 @@ from prefect_seedream.defaults import (
     PromptPriority,
     RowEvents,
 )
-from prefect_seedream.dispatch import dual_flow
+from prefect_seedream.engine.generation import (
+    GenerationOptions,
+    StepReporter,
+    WaitOptions,
+    generate_recorded,
+)
+from prefect_seedream.engine.ledger import LedgerRecord, NextStep, TaskLedger
+from prefect_seedream.engine.lines import update_manifest_lines
+from prefect_seedream.engine.options import RunOptions, dataset_storage_options_for
+from prefect_seedream.engine.output_lock import OutputLock, check_held_by
+from prefect_seedream.engine.progress import RunProgress, notify_total
+from prefect_seedream.engine.reconcile import PromptKey, TaskListIndex, shared_prompt_keys
+from prefect_seedream.engine.run_folder import RunParts
+from prefect_seedream.engine.sources import is_in_memory, spill_rows
+from prefect_seedream.engine.storage import ImageStore
+from prefect_seedream.engine.summary import DatasetRunSummary
+from prefect_seedream.events import PREFECT_EVENTS
 from prefect_seedream.execution import (
     RowRange,
     RowsJob,
@@ -50,30 +66,14 @@ from prefect_seedream.execution import (
     read_concurrency_limit,
     scan_dataset,
 )
-from prefect_seedream.generation import (
-    GenerationOptions,
-    StepReporter,
-    WaitOptions,
-    generate_recorded,
-)
 from prefect_seedream.hooks import record_stopped_run
-from prefect_seedream.ledger import LedgerRecord, NextStep, TaskLedger
-from prefect_seedream.lines import update_manifest_lines
-from prefect_seedream.options import RunOptions, dataset_storage_options_for
-from prefect_seedream.output_lock import OutputLock, check_held_by
-from prefect_seedream.parts import RunParts
-from prefect_seedream.progress import RunProgress, notify_total
-from prefect_seedream.reconcile import PromptKey, TaskListIndex, shared_prompt_keys
 from prefect_seedream.runs import ShardPlan, account_balance, run_in_output
 from prefect_seedream.shards import check_shard_deployment, unfair_share_warning
-from prefect_seedream.sources import is_in_memory, spill_rows
-from prefect_seedream.storage import ImageStore
 from prefect_seedream.story import claim_story_keys, emit_run_end_event, publish_run_story
-from prefect_seedream.summary import DatasetRunSummary
 
 #: What the dataset flow accepts as its `dataset` through the API and the UI: a path or URL,
 #: or rows as a list of objects. Called from Python it also takes a list of
-#: `GenerationRequest` and pandas or polars DataFrames (see `prefect_seedream.sources`).
+#: `GenerationRequest` and pandas or polars DataFrames (see `prefect_seedream.engine.sources`).
 DatasetParameter = str | list[dict[str, Any]]
 
 
@@ -414,7 +414,7 @@ async def recover_dataset(
     )
     limit = asyncio.Semaphore(max_concurrency)
     options = GenerationOptions(wait=WaitOptions(max_wait_seconds, poll_interval))
-    reporter = StepReporter(logger)
+    reporter = StepReporter(logger, listener=PREFECT_EVENTS)
     collected: dict[str, LedgerRecord] = {}
 
     async def collect(record: LedgerRecord, client: Any, finder: TaskListIndex) -> None:

@@ -16,11 +16,11 @@ from typing import Any
 
 from prefect.states import State
 
-from prefect_seedream.options import dataset_storage_options_for
-from prefect_seedream.parts import RunParts
+from prefect_seedream.engine.options import dataset_storage_options_for
+from prefect_seedream.engine.run_folder import RunParts
+from prefect_seedream.engine.storage import ImageStore
+from prefect_seedream.engine.summary import DatasetRunSummary
 from prefect_seedream.runs import merge_manifest
-from prefect_seedream.storage import ImageStore
-from prefect_seedream.summary import DatasetRunSummary
 
 
 def record_stopped_run(flow: Any, flow_run: Any, state: State) -> None:

@@ -1,7 +1,7 @@
 """One run of rows into an output: what the dataset flow and ``generate_many`` share.
 
 Given a dataset file (in-memory rows were written to one already, see
-:mod:`prefect_seedream.sources`) whose rows were validated and counted, :func:`run_in_output`
+:mod:`prefect_seedream.engine.sources`) whose rows were validated and counted, :func:`run_in_output`
 takes the output's lock, records what the run is (``run.json``), runs the rows in this
 process or as shards, and merges the manifest, one line per input row, whatever happened.
 """
@@ -19,22 +19,23 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.flows import Flow
 
-from prefect_seedream.artifacts import Gallery, ProgressArtifact, RunTables, StoryKeys
-from prefect_seedream.balance import balance_stop, read_balance
+from prefect_seedream.artifacts import ProgressArtifact, RunTables, StoryKeys
 from prefect_seedream.clients import api_client
-from prefect_seedream.contact_sheet import publish_contact_sheet
 from prefect_seedream.credentials import SeedreamCredentials, resolve_credentials
+from prefect_seedream.engine.balance import balance_stop, read_balance
+from prefect_seedream.engine.contact_sheet import publish_contact_sheet
+from prefect_seedream.engine.gallery import Gallery
+from prefect_seedream.engine.ledger import TaskLedger
+from prefect_seedream.engine.lines import lines_from_ledger
+from prefect_seedream.engine.manifest import RunLine
+from prefect_seedream.engine.options import RunOptions
+from prefect_seedream.engine.output_lock import OutputLock, OutputLockedError
+from prefect_seedream.engine.progress import RunProgress
+from prefect_seedream.engine.run_folder import RunDescription, RunParts, clear_runs
+from prefect_seedream.engine.storage import ImageStore
+from prefect_seedream.engine.summary import DatasetRunSummary
 from prefect_seedream.execution import RowRange, RowsJob, execute_rows
-from prefect_seedream.ledger import TaskLedger
-from prefect_seedream.lines import lines_from_ledger
-from prefect_seedream.manifest import RunLine
-from prefect_seedream.options import RunOptions
-from prefect_seedream.output_lock import OutputLock, OutputLockedError
-from prefect_seedream.parts import RunDescription, RunParts, clear_runs
-from prefect_seedream.progress import RunProgress
 from prefect_seedream.shards import run_shards
-from prefect_seedream.storage import ImageStore
-from prefect_seedream.summary import DatasetRunSummary
 
 #: More task runs than this in one run is what a default `prefect server start` cannot record
 #: as fast as they come (measured, see the README's "Scale and cost").

@@ -26,9 +26,9 @@ from prefect.flows import Flow
 
 from prefect_seedream.artifacts import ProgressArtifact
 from prefect_seedream.credentials import SeedreamCredentials
-from prefect_seedream.defaults import SHARD_POLL_SECONDS
+from prefect_seedream.engine.defaults import SHARD_POLL_SECONDS
+from prefect_seedream.engine.run_folder import RunParts
 from prefect_seedream.execution import RowRange, RowsJob
-from prefect_seedream.parts import RunParts
 
 #: States after which a shard will not change any more.
 FINAL = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}

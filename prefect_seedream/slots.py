@@ -35,7 +35,7 @@ import httpx
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 
-from prefect_seedream.defaults import SLOT_LEASE_SECONDS, SLOT_LINGER_SECONDS
+from prefect_seedream.engine.defaults import SLOT_LEASE_SECONDS, SLOT_LINGER_SECONDS
 
 logger = logging.getLogger("prefect_seedream.slots")
 

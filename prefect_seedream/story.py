@@ -42,11 +42,18 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactUpdate
 from prefect.runtime import flow_run, task_run
 
-from prefect_seedream.artifacts import DEFAULT_PREFIX, Gallery, RunTables, StoryKeys, summary_table
+from prefect_seedream.artifacts import (
+    DEFAULT_PREFIX,
+    RunTables,
+    StoryKeys,
+    publish_gallery,
+    summary_table,
+)
+from prefect_seedream.engine.gallery import Gallery
+from prefect_seedream.engine.manifest import RunLine
+from prefect_seedream.engine.storage import ImageStore
+from prefect_seedream.engine.summary import DatasetRunSummary
 from prefect_seedream.events import emit_dataset_event
-from prefect_seedream.manifest import RunLine
-from prefect_seedream.storage import ImageStore
-from prefect_seedream.summary import DatasetRunSummary
 
 #: Longest prefix kept (the keys add ``-summary`` and a call's ``-N``).
 PREFIX_LENGTH = 48
@@ -127,7 +134,7 @@ async def publish_run_story(
     await tables.publish(summary, keys)
     await fill_gallery(gallery, tables, store)
     gallery.total = max(gallery.total, summary.images)  # rows stored earlier count too
-    await gallery.publish(keys.gallery, summary.manifest)
+    await publish_gallery(gallery, keys.gallery, summary.manifest)
 
 
 async def fill_gallery(gallery: Gallery, tables: RunTables, store: ImageStore) -> None:

@@ -1,7 +1,7 @@
 """Reusable Prefect tasks: submit a generation, wait for it, store its images; many at once.
 
 Each task is one Prefect task run whose work is a plain async call of
-:mod:`prefect_seedream.generation`, the functions the dataset flow's rows run too.
+:mod:`prefect_seedream.engine.generation`, the functions the dataset flow's rows run too.
 :func:`generate_images` does all three steps in **one** task run, resuming from the ledger;
 :func:`generate_many` runs a whole list of requests with the dataset flow's batching (about
 50 task runs whatever the size), concurrency, retries, ledger and budget.
@@ -30,6 +30,12 @@ from prefect.runtime import task_run as current_task_run
 from prefect.tasks import Task, exponential_backoff
 from pydantic import BaseModel, Field
 
+from prefect_seedream.api.defaults import (
+    MAX_IMAGE_BYTES,
+    MAX_POLL_INTERVAL_SECONDS,
+    MAX_WAIT_SECONDS,
+    POLL_INTERVAL_SECONDS,
+)
 from prefect_seedream.api.errors import (
     SeedreamConfigurationError,
     SeedreamError,
@@ -40,21 +46,16 @@ from prefect_seedream.api.models import GenerationRequest, GenerationTask
 from prefect_seedream.artifacts import RunTables
 from prefect_seedream.clients import api_client, shared_clients
 from prefect_seedream.credentials import SeedreamCredentials, resolve_credentials
-from prefect_seedream.dataset import ValidRow
-from prefect_seedream.defaults import (
+from prefect_seedream.dispatch import dual_task
+from prefect_seedream.engine.dataset import ValidRow
+from prefect_seedream.engine.defaults import (
     MAX_CONCURRENCY,
     MAX_CONCURRENCY_BOUND,
-    MAX_IMAGE_BYTES,
-    MAX_POLL_INTERVAL_SECONDS,
-    MAX_WAIT_SECONDS,
-    POLL_INTERVAL_SECONDS,
     RETRIES,
     RETRY_DELAY_SECONDS,
     RETRY_JITTER_FACTOR,
 )
-from prefect_seedream.dispatch import dual_task
-from prefect_seedream.execution import read_concurrency_limit, scan_dataset
-from prefect_seedream.generation import (
+from prefect_seedream.engine.generation import (
     GenerationOptions,
     StepReporter,
     WaitOptions,
@@ -64,15 +65,18 @@ from prefect_seedream.generation import (
     submit_request,
     wait_for_task,
 )
-from prefect_seedream.ledger import LedgerRecord, NextStep, TaskLedger, request_hash
-from prefect_seedream.lines import line_from_record
-from prefect_seedream.manifest import ManifestError, RowStatus, RunLine
-from prefect_seedream.options import RunOptions
-from prefect_seedream.reconcile import TaskListIndex
-from prefect_seedream.references import ReferenceStore, no_store_message
+from prefect_seedream.engine.ledger import LedgerRecord, NextStep, TaskLedger, request_hash
+from prefect_seedream.engine.lines import line_from_record
+from prefect_seedream.engine.manifest import ManifestError, RowStatus, RunLine
+from prefect_seedream.engine.options import RunOptions
+from prefect_seedream.engine.reconcile import TaskListIndex
+from prefect_seedream.engine.references import ReferenceStore, no_store_message
+from prefect_seedream.engine.sources import spill_rows
+from prefect_seedream.engine.storage import ImageStore, StoredImage
+from prefect_seedream.engine.summary import DatasetRunSummary
+from prefect_seedream.events import PREFECT_EVENTS
+from prefect_seedream.execution import read_concurrency_limit, scan_dataset
 from prefect_seedream.runs import run_in_output
-from prefect_seedream.sources import spill_rows
-from prefect_seedream.storage import ImageStore, StoredImage
 from prefect_seedream.story import (
     call_story,
     claim_story_keys,
@@ -80,7 +84,6 @@ from prefect_seedream.story import (
     emit_run_end_event,
     publish_run_story,
 )
-from prefect_seedream.summary import DatasetRunSummary
 
 
 def is_retryable_failure(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
@@ -159,7 +162,7 @@ def _task_options(
 
 def _reporter() -> StepReporter:
     # A task the API refused is an expected outcome: one WARNING line with its code and message.
-    return StepReporter(get_run_logger(), failure_level=logging.WARNING)
+    return StepReporter(get_run_logger(), failure_level=logging.WARNING, listener=PREFECT_EVENTS)
 
 
 @dual_task(
@@ -521,7 +524,7 @@ async def generate_many(
     does not raise: its result says why (``result.ok``, ``result.error``).
 
     Requests without an id get one derived from their content, so the same list run again
-    resumes instead of paying again (see :mod:`prefect_seedream.sources`).
+    resumes instead of paying again (see :mod:`prefect_seedream.engine.sources`).
 
     Args:
         requests: A list of :class:`GenerationRequest` or of dicts (the dataset's columns:

@@ -20,13 +20,12 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from prefect_seedream.options import RunOptions
+from prefect_seedream.engine.options import RunOptions
 from prefect_seedream.simulator import RunningSimulator, SimulatorConfig, running_simulator
 from tests.conftest import TEST_API_KEY
 from tests.helpers import manifest, run_dataset, summary_of, write_jsonl
@@ -221,12 +220,12 @@ async def test_a_restarted_shard_counts_what_the_lost_attempt_paid(
     paid for as free. A row's charge belongs to the parent run that made it, whichever
     attempt of whichever shard: the merged summary reports what the service charged."""
     from prefect_seedream.api.client import api_identity
+    from prefect_seedream.engine.output_lock import OutputLock
+    from prefect_seedream.engine.run_folder import RunParts
+    from prefect_seedream.engine.storage import ImageStore
+    from prefect_seedream.engine.summary import DatasetRunSummary
     from prefect_seedream.flows import generate_shard
-    from prefect_seedream.output_lock import OutputLock
-    from prefect_seedream.parts import RunParts
     from prefect_seedream.runs import merge_manifest
-    from prefect_seedream.storage import ImageStore
-    from prefect_seedream.summary import DatasetRunSummary
 
     dataset = write_jsonl(tmp_path / "rows.jsonl", rows(8))
     output = tmp_path / "out"

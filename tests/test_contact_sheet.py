@@ -12,15 +12,15 @@ from typing import Any
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from prefect_seedream.contact_sheet import (
+from prefect_seedream.engine.contact_sheet import (
     INDEX_NAME,
     PAGES_DIR,
     publish_contact_sheet,
     write_contact_sheet,
 )
-from prefect_seedream.manifest import MANIFEST_NAME, ManifestLine
-from prefect_seedream.storage import ImageStore
-from prefect_seedream.thumbnails import THUMBNAIL_SIDE, thumbnail_jpeg, thumbnail_name
+from prefect_seedream.engine.manifest import MANIFEST_NAME, ManifestLine
+from prefect_seedream.engine.storage import ImageStore
+from prefect_seedream.engine.thumbnails import THUMBNAIL_SIDE, thumbnail_jpeg, thumbnail_name
 
 HOSTILE = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'
 

@@ -20,9 +20,9 @@ from PIL import Image
 from prefect import flow
 
 from prefect_seedream import GenerationRequest, generate_many
-from prefect_seedream.contact_sheet import INDEX_NAME, PAGES_DIR
+from prefect_seedream.engine.contact_sheet import INDEX_NAME, PAGES_DIR
+from prefect_seedream.engine.thumbnails import THUMBNAIL_SIDE, thumbnail_name
 from prefect_seedream.simulator import RunningSimulator, SimulatorConfig, running_simulator
-from prefect_seedream.thumbnails import THUMBNAIL_SIDE, thumbnail_name
 from tests.conftest import TEST_API_KEY
 from tests.helpers import manifest, run_dataset, summary_of, write_csv, write_jsonl
 
@@ -129,13 +129,13 @@ async def test_generate_many_and_a_sharded_run_write_the_sheet(
 async def _sharded_run(sim: RunningSimulator, tmp_path: Path) -> None:
     """Two shards of one parent run, then the parent's merge: the merged manifest's sheet."""
     from prefect_seedream.api.client import api_identity
+    from prefect_seedream.engine.options import RunOptions
+    from prefect_seedream.engine.output_lock import OutputLock
+    from prefect_seedream.engine.run_folder import RunParts
+    from prefect_seedream.engine.storage import ImageStore
+    from prefect_seedream.engine.summary import DatasetRunSummary
     from prefect_seedream.flows import generate_shard
-    from prefect_seedream.options import RunOptions
-    from prefect_seedream.output_lock import OutputLock
-    from prefect_seedream.parts import RunParts
     from prefect_seedream.runs import merge_manifest
-    from prefect_seedream.storage import ImageStore
-    from prefect_seedream.summary import DatasetRunSummary
 
     rows = [{"id": f"s{i}", "prompt": f"A shard picture {i}"} for i in range(1, 7)]
     rows[4]["prompt"] += " [[sim:task_error=content_policy_violation]]"

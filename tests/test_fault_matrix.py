@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 
 from prefect_seedream.api.client import RetryPolicy
+from prefect_seedream.api.defaults import MAX_IMAGE_BYTES
 from prefect_seedream.api.models import TASK_ERROR_KINDS, TaskErrorKind
-from prefect_seedream.defaults import MAX_IMAGE_BYTES
 from prefect_seedream.flows import recover_dataset
 from prefect_seedream.simulator import RunningSimulator, SimulatorConfig, running_simulator
 from tests.conftest import TEST_API_KEY

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from prefect_seedream.dataset import DatasetError, RowDefaults, ValidRow, parse_row
+from prefect_seedream.engine.dataset import DatasetError, RowDefaults, ValidRow, parse_row
 from prefect_seedream.simulator import RunningSimulator
 from tests.helpers import manifest, run_dataset, summary_of, write_csv, write_jsonl
 

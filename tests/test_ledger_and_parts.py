@@ -18,19 +18,19 @@ import pytest
 import prefect_seedream
 from prefect_seedream.api.models import GenerationRequest, GenerationTask
 from prefect_seedream.batches import batches_of, rows_per_task_for
-from prefect_seedream.dataset import ValidRow
-from prefect_seedream.defaults import REATTACH_WINDOW_SECONDS
-from prefect_seedream.ledger import (
+from prefect_seedream.engine.dataset import ValidRow
+from prefect_seedream.engine.defaults import REATTACH_WINDOW_SECONDS
+from prefect_seedream.engine.ledger import (
     LedgerRecord,
     LedgerState,
     LedgerTransitionError,
     NextStep,
     TaskLedger,
 )
-from prefect_seedream.manifest import ManifestLine, RunLine
-from prefect_seedream.parts import RunParts
+from prefect_seedream.engine.manifest import ManifestLine, RunLine
+from prefect_seedream.engine.run_folder import RunParts
+from prefect_seedream.engine.storage import ImageStore, StoredImage
 from prefect_seedream.shards import split_rows
-from prefect_seedream.storage import ImageStore, StoredImage
 
 
 def _modules() -> list[str]:

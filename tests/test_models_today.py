@@ -17,10 +17,10 @@ from prefect_seedream.api.models import (
     GenerationTask,
     models_markdown,
 )
-from prefect_seedream.balance import balance_stop, needed_credits
-from prefect_seedream.budget import CreditBudget
-from prefect_seedream.dataset import InvalidRow, RowDefaults, ValidRow, parse_row
-from prefect_seedream.options import RunOptions
+from prefect_seedream.engine.balance import balance_stop, needed_credits
+from prefect_seedream.engine.budget import CreditBudget
+from prefect_seedream.engine.dataset import InvalidRow, RowDefaults, ValidRow, parse_row
+from prefect_seedream.engine.options import RunOptions
 
 V40, V45 = "doubao-seedream-4.0", "doubao-seedream-4.5"
 LITE, PRO, FLASH = "doubao-seedream-5.0-lite", "doubao-seedream-5.0-pro", "doubao-seedream-5.0-flash"

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from prefect_seedream.output_lock import (
+from prefect_seedream.engine.output_lock import (
     OutputLock,
     OutputLockedError,
     check_held_by,
     current_holder,
 )
+from prefect_seedream.engine.storage import ImageStore
 from prefect_seedream.simulator import RunningSimulator
-from prefect_seedream.storage import ImageStore
 from tests.helpers import manifest, run_dataset, summary_of, write_csv
 
 
@@ -50,8 +50,8 @@ def test_a_killed_holder_never_blocks_the_next_run(tmp_path: Path) -> None:
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import time
-            from prefect_seedream.output_lock import OutputLock
-            from prefect_seedream.storage import ImageStore
+            from prefect_seedream.engine.output_lock import OutputLock
+            from prefect_seedream.engine.storage import ImageStore
             lock = OutputLock(ImageStore({str(out)!r}), run_id="doomed")
             lock.acquire()
             print("held", flush=True)

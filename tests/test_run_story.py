@@ -29,7 +29,7 @@ from prefect.futures import wait
 from prefect.logging.handlers import APILogHandler
 
 from prefect_seedream import GenerationRequest, generate_images, generate_many
-from prefect_seedream.defaults import GALLERY_LIMIT
+from prefect_seedream.engine.defaults import GALLERY_LIMIT
 from prefect_seedream.simulator import RunningSimulator
 from tests.helpers import FAST, run_dataset, write_csv
 from tests.prefect_reads import artifacts_of, events_of_run, flow_run_id_of
@@ -230,7 +230,7 @@ def test_a_batch_that_raised_logs_its_traceback(
     seedream_env: RunningSimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Quiet is for expected outcomes only: an exception of our own still shows its traceback."""
-    from prefect_seedream.parts import RunParts
+    from prefect_seedream.engine.run_folder import RunParts
 
     def broken_write(self: RunParts, *args: Any) -> None:
         raise RuntimeError("the part file could not be written")
@@ -254,8 +254,8 @@ async def test_a_shard_writes_nothing_per_batch_and_no_traceback(
     """A shard flow run (run here under its parent's lock, as a worker would) shows its
     progress only: the parent's four artifacts tell the run's story."""
     from prefect_seedream import RunOptions, generate_shard
-    from prefect_seedream.output_lock import OutputLock
-    from prefect_seedream.storage import ImageStore
+    from prefect_seedream.engine.output_lock import OutputLock
+    from prefect_seedream.engine.storage import ImageStore
 
     rows = [{"id": f"s{n}", "prompt": f"A harbour at night, take {n}"} for n in range(1, 13)]
     rows[2]["prompt"] += f" {REFUSED}"

@@ -18,7 +18,6 @@ import httpx
 import pytest
 from prefect import flow
 
-from prefect_seedream.account import SubmissionGate, SubmissionsStopped
 from prefect_seedream.api import (
     BadRequestError,
     GenerationRequest,
@@ -27,11 +26,12 @@ from prefect_seedream.api import (
 )
 from prefect_seedream.api.errors import RateLimitError, api_error_for_status
 from prefect_seedream.api.models import GenerationTask, TaskPage
-from prefect_seedream.generation import GenerationOptions, StepReporter, generate_recorded
-from prefect_seedream.ledger import LedgerRecord, LedgerState, TaskLedger, prompt_sha256
-from prefect_seedream.reconcile import TaskListIndex
+from prefect_seedream.engine.account import SubmissionGate, SubmissionsStopped
+from prefect_seedream.engine.generation import GenerationOptions, StepReporter, generate_recorded
+from prefect_seedream.engine.ledger import LedgerRecord, LedgerState, TaskLedger, prompt_sha256
+from prefect_seedream.engine.reconcile import TaskListIndex
+from prefect_seedream.engine.storage import ImageStore
 from prefect_seedream.simulator import RunningSimulator
-from prefect_seedream.storage import ImageStore
 from prefect_seedream.tasks import submit_generation
 from tests.test_client_edge_cases import Recorder, error_json, make_client, sleeps, task_json
 

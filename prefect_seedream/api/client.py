@@ -41,6 +41,25 @@ from urllib.parse import urlsplit
 import httpx
 
 from prefect_seedream.api.balance import BalanceUnavailableError, CreditBalance
+from prefect_seedream.api.defaults import (
+    API_CONNECTIONS,
+    API_KEY_ENV,
+    BASE_URL_ENV,
+    BATCH_READ_MAX_IDS,
+    CONNECT_TIMEOUT_SECONDS,
+    DEFAULT_BASE_URL,
+    FIRST_POLL_FLOOR_SECONDS,
+    MAX_IMAGE_BYTES,
+    MAX_POLL_INTERVAL_SECONDS,
+    MAX_WAIT_SECONDS,
+    NOT_FOUND_GRACE_SECONDS,
+    POLL_INTERVAL_SECONDS,
+    POOL_TIMEOUT_SECONDS,
+    READ_TIMEOUT_SECONDS,
+    RESULT_CONNECTIONS,
+    SUBMIT_TIMEOUT_SECONDS,
+    WRITE_TIMEOUT_SECONDS,
+)
 from prefect_seedream.api.errors import (
     DownloadError,
     ImageTooLargeError,
@@ -62,25 +81,6 @@ from prefect_seedream.api.errors import (
 from prefect_seedream.api.imagetype import sniff_image_type
 from prefect_seedream.api.models import GenerationRequest, GenerationTask, TaskPage
 from prefect_seedream.api.task_reader import MISSING_ENDPOINT_STATUSES, TaskStatusReader
-from prefect_seedream.defaults import (
-    API_CONNECTIONS,
-    API_KEY_ENV,
-    BASE_URL_ENV,
-    BATCH_READ_MAX_IDS,
-    CONNECT_TIMEOUT_SECONDS,
-    DEFAULT_BASE_URL,
-    FIRST_POLL_FLOOR_SECONDS,
-    MAX_IMAGE_BYTES,
-    MAX_POLL_INTERVAL_SECONDS,
-    MAX_WAIT_SECONDS,
-    NOT_FOUND_GRACE_SECONDS,
-    POLL_INTERVAL_SECONDS,
-    POOL_TIMEOUT_SECONDS,
-    READ_TIMEOUT_SECONDS,
-    RESULT_CONNECTIONS,
-    SUBMIT_TIMEOUT_SECONDS,
-    WRITE_TIMEOUT_SECONDS,
-)
 
 logger = logging.getLogger("prefect_seedream.api")
 

@@ -407,7 +407,7 @@ def is_local_reference(url: str) -> bool:
     ``../...``, ``~/...``) or a storage URL (``file://``, ``s3://``, ``gs://``, ...).
 
     Such a reference must be uploaded to a place the API can reach before it is sent (the
-    Prefect layer does it, see ``prefect_seedream.references``).
+    Prefect layer does it, see ``prefect_seedream.engine.references``).
 
     Examples:
         >>> [is_local_reference(u) for u in ("./fox.png", "s3://b/fox.png", "https://cdn/fox.png")]

@@ -4,7 +4,7 @@ Each wait (:meth:`SeedreamClient.wait`) keeps its own schedule, as before: its f
 at the task's ``estimated_time`` (:meth:`PollPolicy.first_delay`), later ones back off from
 ``min_interval`` to ``max_interval``. What changes is how a read that falls due is made: it is
 handed to the client's :class:`TaskStatusReader`, whose single background loop collects every
-read due, waits until :data:`~prefect_seedream.defaults.BATCH_READ_INTERVAL_SECONDS` after its
+read due, waits until :data:`~prefect_seedream.api.defaults.BATCH_READ_INTERVAL_SECONDS` after its
 previous read, and answers them all with one ``POST /v1/tasks/batch`` per 50 ids.
 
 - How long a read may wait for its round: see :meth:`TaskStatusReader.hold_for` (a task's
@@ -54,14 +54,14 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
-from prefect_seedream.api.errors import SeedreamAPIError, SeedreamConnectionError
-from prefect_seedream.api.models import GenerationTask
-from prefect_seedream.defaults import (
+from prefect_seedream.api.defaults import (
     BATCH_READ_GATHER_SECONDS,
     BATCH_READ_INTERVAL_SECONDS,
     BATCH_READ_MAX_IDS,
     FIRST_READ_HOLD_FRACTION,
 )
+from prefect_seedream.api.errors import SeedreamAPIError, SeedreamConnectionError
+from prefect_seedream.api.models import GenerationTask
 
 #: Weight of the newest first read in the share of first reads that found the task running.
 _UNFINISHED_WEIGHT = 0.1

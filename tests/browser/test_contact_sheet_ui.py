@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Page
 
-from prefect_seedream.contact_sheet import write_contact_sheet
-from prefect_seedream.manifest import MANIFEST_NAME, ManifestLine
-from prefect_seedream.storage import ImageStore
+from prefect_seedream.engine.contact_sheet import write_contact_sheet
+from prefect_seedream.engine.manifest import MANIFEST_NAME, ManifestLine
+from prefect_seedream.engine.storage import ImageStore
 from tests.browser.prefect_ui import CHROMIUM_PATH
 
 pytestmark = [

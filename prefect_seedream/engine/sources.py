@@ -27,8 +27,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from prefect_seedream.api.models import GenerationRequest
-from prefect_seedream.dataset import ROW_FIELDS, DatasetError
-from prefect_seedream.storage import PRIVATE_DIR, ImageStore
+from prefect_seedream.engine.dataset import ROW_FIELDS, DatasetError
+from prefect_seedream.engine.storage import PRIVATE_DIR, ImageStore
 
 INPUTS_DIR = f"{PRIVATE_DIR}/inputs"
 #: Rows converted at a time from a DataFrame.

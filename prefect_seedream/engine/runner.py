@@ -1,13 +1,13 @@
 """Runs the rows of a dataset run, one coroutine per row: budget, concurrency, retries, outcome.
 
 A row costs no Prefect task run, event or INFO line of its own: its steps are plain calls
-(:func:`prefect_seedream.generation.generate_recorded`), its retries an ``asyncio.sleep``
+(:func:`prefect_seedream.engine.generation.generate_recorded`), its retries an ``asyncio.sleep``
 that gives its concurrency slot back meanwhile, its failure one WARNING line (for the first
 ``FAILURES_LOGGED`` of a run) and, when ``row_events`` asks for it, one event. Every outcome,
 a bug included, becomes the row's manifest line: nothing is silently lost.
 
 An answer that concerns the whole account (401, 402, 403) closes the run's
-:class:`~prefect_seedream.account.SubmissionGate`: no row submits after it, and the rows that
+:class:`~prefect_seedream.engine.account.SubmissionGate`: no row submits after it, and the rows that
 did not are ``skipped`` with the API's code and message.
 """
 
@@ -18,13 +18,12 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
-from prefect_seedream.account import SubmissionGate, SubmissionsPaused, SubmissionsStopped
 from prefect_seedream.api.client import SeedreamClient
 from prefect_seedream.api.errors import (
     SeedreamAPIError,
@@ -32,22 +31,23 @@ from prefect_seedream.api.errors import (
     SubmissionOutcomeUnknownError,
     TaskFailedError,
 )
-from prefect_seedream.artifacts import Gallery
-from prefect_seedream.budget import CreditBudget
-from prefect_seedream.dataset import DatasetRow, InvalidRow, ValidRow
-from prefect_seedream.defaults import FAILURES_LOGGED, RETRY_JITTER_FACTOR, RowEvents
-from prefect_seedream.generation import (
+from prefect_seedream.engine.account import SubmissionGate, SubmissionsPaused, SubmissionsStopped
+from prefect_seedream.engine.budget import CreditBudget
+from prefect_seedream.engine.dataset import DatasetRow, InvalidRow, ValidRow
+from prefect_seedream.engine.defaults import FAILURES_LOGGED, RETRY_JITTER_FACTOR, RowEvents
+from prefect_seedream.engine.gallery import Gallery
+from prefect_seedream.engine.generation import (
     GenerationOptions,
     StepReporter,
     generate_recorded,
     next_step_of,
 )
-from prefect_seedream.ledger import Charge, LedgerRecord, LedgerState, NextStep, TaskLedger
-from prefect_seedream.lines import invalid_line, line_for, line_from_record
-from prefect_seedream.manifest import ManifestError, RunLine
-from prefect_seedream.output_lock import OutputLockedError
-from prefect_seedream.reconcile import TaskListIndex
-from prefect_seedream.slots import SlotPool
+from prefect_seedream.engine.ledger import Charge, LedgerRecord, LedgerState, NextStep, TaskLedger
+from prefect_seedream.engine.lines import invalid_line, line_for, line_from_record
+from prefect_seedream.engine.listener import NO_LISTENER, RunListener
+from prefect_seedream.engine.manifest import ManifestError, RunLine
+from prefect_seedream.engine.output_lock import OutputLockedError
+from prefect_seedream.engine.reconcile import TaskListIndex
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,15 @@ def is_worth_retrying(error: SeedreamError) -> bool:
 LOOKUP_DELAY_SECONDS = 1.0
 
 
+class Slots(Protocol):
+    """Slots of a concurrency limit shared beyond this process (the Prefect layer's
+    :class:`prefect_seedream.slots.SlotPool` leases them from a global concurrency limit)."""
+
+    def slot(self) -> AbstractAsyncContextManager[None]:
+        """Hold one slot until the block ends."""
+        ...
+
+
 class RowLimiter:
     """At most ``max_concurrency`` generations in flight at the API from this process (from
     the submission to the task seen terminal; downloading needs none), and, optionally, one
@@ -94,7 +103,7 @@ class RowLimiter:
         ```
     """
 
-    def __init__(self, max_concurrency: int, slots: SlotPool | None = None) -> None:
+    def __init__(self, max_concurrency: int, slots: Slots | None = None) -> None:
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self.slots = slots
 
@@ -207,12 +216,13 @@ class RowRunner:
         retry: Row retries.
         row_events: Which ``seedream.generation.*`` events rows emit.
         gallery: Thumbnails for the gallery artifact (made for its first images only).
+        listener: Receives the rows' ``seedream.generation.*`` events.
         run_id: The run (a sharded run's parent): its submissions' charges are its own.
-        gate: Closed by the first account-wide answer (see :mod:`prefect_seedream.account`).
+        gate: Closed by the first account-wide answer (see :mod:`prefect_seedream.engine.account`).
         finder: Looks up the tasks of submissions whose outcome is unknown.
         on_row: Called with each finished row (progress).
         guard: Called before a row's first submission; raises
-            :class:`~prefect_seedream.output_lock.OutputLockedError` when the run lost its
+            :class:`~prefect_seedream.engine.output_lock.OutputLockedError` when the run lost its
             output's lock (the row is then skipped, never submitted).
     """
 
@@ -232,7 +242,9 @@ class RowRunner:
         finder: TaskListIndex | None = None,
         on_row: Callable[[RunLine], None] = lambda item: None,
         guard: Callable[[], None] = lambda: None,
+        listener: RunListener = NO_LISTENER,
     ) -> None:
+        self.listener = listener
         self.guard = guard
         self.ledger = ledger
         self.client = client
@@ -256,6 +268,7 @@ class RowRunner:
         return StepReporter(
             logger, level=logging.INFO if verbose else logging.DEBUG,
             failure_level=logging.DEBUG, events=self.row_events, on_submitted=self.budget.learn,
+            listener=self.listener,
         )
 
     async def run(self, row: DatasetRow, reporter: StepReporter) -> RunLine:

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from prefect_seedream.account import AccountStop
-from prefect_seedream.manifest import MANIFEST_NAME, RunLine, iter_manifest
-from prefect_seedream.options import RunOptions
-from prefect_seedream.storage import PRIVATE_DIR, ImageStore
+from prefect_seedream.engine.account import AccountStop
+from prefect_seedream.engine.manifest import MANIFEST_NAME, RunLine, iter_manifest
+from prefect_seedream.engine.options import RunOptions
+from prefect_seedream.engine.storage import PRIVATE_DIR, ImageStore
 
 RUNS_DIR = f"{PRIVATE_DIR}/runs"
 _PART = re.compile(r"part-(\d+)-(\d+)\.jsonl$")

@@ -6,7 +6,7 @@ budget, waits, retries, ...) are gathered once, at the start of a run, into a
 each shard (as a flow parameter, unchanged but for its share of the budget), and to the hooks
 that write the manifest of a stopped run. Each field has the name of its flow parameter, so
 ``max_credits`` is ``options.max_credits`` from the flow down to
-:class:`~prefect_seedream.budget.CreditBudget`.
+:class:`~prefect_seedream.engine.budget.CreditBudget`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from prefect_seedream.api.defaults import MAX_WAIT_SECONDS, POLL_INTERVAL_SECONDS
 from prefect_seedream.api.models import (
     DEFAULT_MODEL,
     GenerationRequest,
@@ -24,24 +25,22 @@ from prefect_seedream.api.models import (
     Quality,
     find_model_limits,
 )
-from prefect_seedream.dataset import RowDefaults
-from prefect_seedream.defaults import (
+from prefect_seedream.engine.dataset import RowDefaults
+from prefect_seedream.engine.defaults import (
     DEFAULT_N,
     DEFAULT_PROMPT_PRIORITY,
     DEFAULT_SIZE,
     MAX_CONCURRENCY,
     MAX_CONCURRENCY_BOUND,
-    MAX_WAIT_SECONDS,
-    POLL_INTERVAL_SECONDS,
     RETRIES,
     RETRY_DELAY_SECONDS,
     ROW_EVENTS,
     PromptPriority,
     RowEvents,
 )
-from prefect_seedream.generation import GenerationOptions, WaitOptions
-from prefect_seedream.references import ReferenceStore
-from prefect_seedream.runner import RetryOptions
+from prefect_seedream.engine.generation import GenerationOptions, WaitOptions
+from prefect_seedream.engine.references import ReferenceStore
+from prefect_seedream.engine.runner import RetryOptions
 
 #: The options that are fsspec options: they may hold credentials, and are never written out.
 STORAGE_OPTION_FIELDS = ("storage_options", "dataset_storage_options", "reference_storage_options")

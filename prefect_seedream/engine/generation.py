@@ -7,10 +7,10 @@ rows costs no task run, event or INFO line per step, while a task used on its ow
 emits everything.
 
 :func:`generate_recorded` runs one attempt of a ledger-backed generation: it follows the
-record's :meth:`~prefect_seedream.ledger.LedgerRecord.next_step`, saves the write-ahead intent
+record's :meth:`~prefect_seedream.engine.ledger.LedgerRecord.next_step`, saves the write-ahead intent
 (with the submission's ``Idempotency-Key``) before submitting, saves the task id before
 waiting, and saves the stored images last. A row whose earlier submission's outcome is unknown
-is first looked up in the API's task list (:mod:`prefect_seedream.reconcile`).
+is first looked up in the API's task list (:mod:`prefect_seedream.engine.reconcile`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from prefect_seedream.account import SubmissionsPaused, SubmissionsStopped
 from prefect_seedream.api.client import PollPolicy, SeedreamClient
+from prefect_seedream.api.defaults import (
+    FIRST_POLL_FLOOR_SECONDS,
+    MAX_IMAGE_BYTES,
+    MAX_POLL_INTERVAL_SECONDS,
+    MAX_WAIT_SECONDS,
+    NOT_FOUND_GRACE_SECONDS,
+    POLL_INTERVAL_SECONDS,
+)
 from prefect_seedream.api.errors import (
     NotFoundError,
     SeedreamAPIError,
@@ -32,20 +39,13 @@ from prefect_seedream.api.errors import (
     TaskFailedError,
 )
 from prefect_seedream.api.models import GenerationRequest, GenerationTask, TaskStatus
-from prefect_seedream.defaults import (
-    FIRST_POLL_FLOOR_SECONDS,
-    MAX_IMAGE_BYTES,
-    MAX_POLL_INTERVAL_SECONDS,
-    MAX_WAIT_SECONDS,
-    NOT_FOUND_GRACE_SECONDS,
-    POLL_INTERVAL_SECONDS,
-    RowEvents,
-)
-from prefect_seedream.events import emit_generation_event
-from prefect_seedream.ledger import LedgerRecord, LedgerState, NextStep, TaskLedger
-from prefect_seedream.reconcile import TaskListIndex
-from prefect_seedream.references import ReferenceImageError, ReferenceStore, no_store_message
-from prefect_seedream.storage import ImageStore, StoredImage, safe_stem
+from prefect_seedream.engine.account import SubmissionsPaused, SubmissionsStopped
+from prefect_seedream.engine.defaults import RowEvents
+from prefect_seedream.engine.ledger import LedgerRecord, LedgerState, NextStep, TaskLedger
+from prefect_seedream.engine.listener import NO_LISTENER, RunListener
+from prefect_seedream.engine.reconcile import TaskListIndex
+from prefect_seedream.engine.references import ReferenceImageError, ReferenceStore, no_store_message
+from prefect_seedream.engine.storage import ImageStore, StoredImage, safe_stem
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class GenerationOptions:
 
 
 class StepReporter:
-    """What the steps of a generation tell the world: log lines and Prefect events.
+    """What the steps of a generation tell the world: log lines and events (through a listener).
 
     Args:
         logger: Where log lines go (a Prefect run logger, usually).
@@ -102,6 +102,8 @@ class StepReporter:
             (a failed task only) or ``none``.
         on_submitted: Called with the request and the API's task when a submission is
             answered (a run learns the model's price from it).
+        listener: Receives the ``seedream.generation.*`` events (the Prefect layer's emits
+            them as Prefect events; the default drops them).
 
     Examples:
         ```python
@@ -117,8 +119,10 @@ class StepReporter:
         failure_level: int = logging.ERROR,
         events: RowEvents = "all",
         on_submitted: Callable[[GenerationRequest, GenerationTask], None] | None = None,
+        listener: RunListener = NO_LISTENER,
     ) -> None:
         self.logger = logger
+        self.listener = listener
         self.level = level
         self.failure_level = failure_level
         self.events = events
@@ -142,7 +146,7 @@ class StepReporter:
                 task.usage.credits_reserved if task.usage else "?",
             )
         if self.events == "all":
-            emit_generation_event(
+            self.listener.generation_event(
                 "submitted", task.id, label=label, model=request.model,
                 payload={"n": request.n, "credits_reserved": task.credits},
             )
@@ -175,7 +179,7 @@ class StepReporter:
             self.failure_level, "%s: remote task %s failed with %s: %s", label, task.id, code, message
         )
         if self.events in ("all", "failures"):
-            emit_generation_event(
+            self.listener.generation_event(
                 "failed", task.id, label=label, model=task.model,
                 payload={"code": code, "message": message},
             )
@@ -183,7 +187,7 @@ class StepReporter:
     def completed(self, label: str, task: GenerationTask) -> None:
         """The task completed."""
         if self.events == "all":
-            emit_generation_event(
+            self.listener.generation_event(
                 "completed", task.id, label=label, model=task.model,
                 payload={"images": len(task.image_urls), "credits": task.credits},
             )

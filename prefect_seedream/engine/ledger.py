@@ -13,7 +13,7 @@ submission's ``Idempotency-Key``. Whatever instant the process dies, a later run
 
 * ``submitting``: the submission may have reached the API and no answer was recorded. The row
   is ``outcome_unknown``: a later run looks its task up in the API's task list and re-attaches
-  to it when found (:mod:`prefect_seedream.reconcile`); it is submitted again only when the
+  to it when found (:mod:`prefect_seedream.engine.reconcile`); it is submitted again only when the
   user asks (``resubmit_unknown=True``), and then with **the same key**, which the API answers
   with the task the lost submission created, if it created one.
 * ``submitted``: the task id is known; the row re-attaches to it (within the results' 24 h).
@@ -45,10 +45,10 @@ from prefect_seedream.api.models import (
     classify_task_error,
     is_local_reference,
 )
-from prefect_seedream.defaults import REATTACH_WINDOW_SECONDS
-from prefect_seedream.manifest import ManifestError, RowStatus
-from prefect_seedream.references import reference_fingerprint
-from prefect_seedream.storage import PRIVATE_DIR, ImageStore, StoredImage, safe_stem
+from prefect_seedream.engine.defaults import REATTACH_WINDOW_SECONDS
+from prefect_seedream.engine.manifest import ManifestError, RowStatus
+from prefect_seedream.engine.references import reference_fingerprint
+from prefect_seedream.engine.storage import PRIVATE_DIR, ImageStore, StoredImage, safe_stem
 
 LEDGER_DIR = f"{PRIVATE_DIR}/tasks"
 OUTCOME_UNKNOWN_GUIDANCE = (
@@ -446,7 +446,7 @@ class TaskLedger:
         """The record key of a row, its request and this ledger's API.
 
         Examples:
-            >>> from prefect_seedream.storage import ImageStore
+            >>> from prefect_seedream.engine.storage import ImageStore
             >>> import tempfile
             >>> store = ImageStore(tempfile.mkdtemp())
             >>> request = GenerationRequest(prompt="a fox")

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import logging
 
-from prefect_seedream.account import AccountStop
 from prefect_seedream.api.client import SeedreamClient
 from prefect_seedream.api.errors import SeedreamError
+from prefect_seedream.engine.account import AccountStop
 
-logger = logging.getLogger("prefect_seedream.balance")
+logger = logging.getLogger("prefect_seedream.engine.balance")
 
 #: The code of a run stopped before any submission because the balance is below its estimate.
 INSUFFICIENT_BALANCE = "insufficient_balance"

@@ -29,8 +29,8 @@ import time
 from dataclasses import dataclass
 from typing import IO
 
-from prefect_seedream.defaults import LOCK_HEARTBEAT_SECONDS, LOCK_TTL_SECONDS
-from prefect_seedream.storage import PRIVATE_DIR, ImageStore
+from prefect_seedream.engine.defaults import LOCK_HEARTBEAT_SECONDS, LOCK_TTL_SECONDS
+from prefect_seedream.engine.storage import PRIVATE_DIR, ImageStore
 
 LOCK_FILE = f"{PRIVATE_DIR}/lock"
 LEASE_DIR = f"{PRIVATE_DIR}/lock.d"

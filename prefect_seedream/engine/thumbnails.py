@@ -2,7 +2,7 @@
 
 Every stored image gets one small JPEG (longest side :data:`THUMBNAIL_SIDE` pixels) at
 ``thumbs/<image file name>.jpg`` below the output, made once: when the image is stored, from
-the pixels already decoded to verify it (see :meth:`prefect_seedream.storage.ImageStore.save_results`),
+the pixels already decoded to verify it (see :meth:`prefect_seedream.engine.storage.ImageStore.save_results`),
 or when the contact sheet is written, only for images that have none yet. A thumbnail of a
 2048x2048 image is about 8 KB (a JPEG of that image is about 1 MB, a PNG about 5 MB). An image
 no larger than a thumbnail (the simulator serves 256-pixel images) is its own thumbnail: no

@@ -29,7 +29,7 @@ from pydantic import BaseModel
 
 from prefect_seedream.api.errors import InsufficientQuotaError, SeedreamAPIError
 
-logger = logging.getLogger("prefect_seedream.account")
+logger = logging.getLogger("prefect_seedream.engine.account")
 
 #: Longest pause for a renewing quota (a longer ``Retry-After`` stops the run instead).
 MAX_QUOTA_PAUSE_SECONDS = 24 * 3600.0

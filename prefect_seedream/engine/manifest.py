@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from prefect_seedream.storage import ImageFile, ImageStore, StoredImage
+from prefect_seedream.engine.storage import ImageFile, ImageStore, StoredImage
 
 MANIFEST_NAME = "manifest.jsonl"
 
@@ -55,7 +55,7 @@ class ManifestLine(BaseModel):
 class RunLine(BaseModel):
     """A manifest line as one run produced it, with what that run spent on the row.
 
-    Runs write these to their part files (see :mod:`prefect_seedream.parts`); the manifest
+    Runs write these to their part files (see :mod:`prefect_seedream.engine.run_folder`); the manifest
     keeps only ``line``, the run's summary adds up ``spent`` and ``at_risk``.
 
     Attributes:

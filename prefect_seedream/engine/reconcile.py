@@ -37,12 +37,12 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from prefect_seedream.api.client import SeedreamClient
+from prefect_seedream.api.defaults import SUBMIT_TIMEOUT_SECONDS
 from prefect_seedream.api.errors import SeedreamError
 from prefect_seedream.api.models import GenerationTask
-from prefect_seedream.defaults import SUBMIT_TIMEOUT_SECONDS
-from prefect_seedream.ledger import LedgerRecord
+from prefect_seedream.engine.ledger import LedgerRecord
 
-logger = logging.getLogger("prefect_seedream.reconcile")
+logger = logging.getLogger("prefect_seedream.engine.reconcile")
 
 #: Seconds of clock difference allowed between our intent's time and the API's ``created``.
 CLOCK_SLACK_SECONDS = 5.0

@@ -7,9 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from prefect_seedream.account import AccountStop
 from prefect_seedream.api.models import TASK_ERROR_KINDS, TaskErrorKind
-from prefect_seedream.manifest import ManifestLine, RowStatus, RunLine, iter_manifest_lines
+from prefect_seedream.engine.account import AccountStop
+from prefect_seedream.engine.manifest import ManifestLine, RowStatus, RunLine, iter_manifest_lines
 
 RESUBMIT_UNKNOWN_HINT = (
     "the API's task list did not show their tasks; re-run with --resubmit-unknown "
@@ -32,7 +32,7 @@ def next_step_for(line: ManifestLine) -> str:
     """What to run next about a row that did not succeed (empty for one that did).
 
     Examples:
-        >>> from prefect_seedream.manifest import ManifestError
+        >>> from prefect_seedream.engine.manifest import ManifestError
         >>> def line(status, code=""):
         ...     error = ManifestError(code=code, message="m") if code else None
         ...     return ManifestLine(row_id="r", row_number=1, prompt="p", model=None,
@@ -123,7 +123,7 @@ class DatasetRunSummary(BaseModel):
         """Count one row's outcome (as written to the manifest).
 
         Examples:
-            >>> from prefect_seedream.manifest import ManifestLine
+            >>> from prefect_seedream.engine.manifest import ManifestLine
             >>> summary = DatasetRunSummary()
             >>> summary.add(RunLine(line=ManifestLine(row_id="a", row_number=1, prompt="x",
             ...     model=None, status="succeeded"), spent=2.0))
@@ -160,7 +160,7 @@ class DatasetRunSummary(BaseModel):
     def lines(
         self, storage_options: dict[str, Any] | None = None, *, status: RowStatus | None = None
     ) -> Iterator[ManifestLine]:
-        """The run's rows, one :class:`~prefect_seedream.manifest.ManifestLine` each, read
+        """The run's rows, one :class:`~prefect_seedream.engine.manifest.ManifestLine` each, read
         lazily from its manifest (a run of 100,000 rows is never loaded at once).
 
         Args:

@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from prefect_seedream.defaults import PROGRESS_LOG_STEP
-from prefect_seedream.manifest import ManifestLine, RunLine
+from prefect_seedream.engine.defaults import PROGRESS_LOG_STEP
+from prefect_seedream.engine.manifest import ManifestLine, RunLine
 
 RowListener = Callable[[ManifestLine], None]
 TotalListener = Callable[[int], None]

@@ -25,7 +25,7 @@ import fsspec
 from pydantic import ValidationError
 
 from prefect_seedream.api.models import GenerationRequest, find_model_limits
-from prefect_seedream.references import no_store_message
+from prefect_seedream.engine.references import no_store_message
 
 ROW_FIELDS = (
     "id", "prompt", "model", "size", "quality", "n", "prompt_priority", "image_urls",

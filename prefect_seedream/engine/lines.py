@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from prefect_seedream.dataset import DatasetRow, InvalidRow, RowDefaults, ValidRow, iter_rows
-from prefect_seedream.ledger import LedgerRecord, LedgerState, TaskLedger, prompt_sha256
-from prefect_seedream.manifest import (
+from prefect_seedream.engine.dataset import DatasetRow, InvalidRow, RowDefaults, ValidRow, iter_rows
+from prefect_seedream.engine.ledger import LedgerRecord, LedgerState, TaskLedger, prompt_sha256
+from prefect_seedream.engine.manifest import (
     MANIFEST_NAME,
     ManifestError,
     ManifestImage,
@@ -16,7 +16,7 @@ from prefect_seedream.manifest import (
     RunLine,
     iter_manifest,
 )
-from prefect_seedream.storage import ImageStore, StoredImage
+from prefect_seedream.engine.storage import ImageStore, StoredImage
 
 
 def manifest_images(images: list[StoredImage]) -> list[ManifestImage]:
@@ -28,7 +28,7 @@ def line_for(row: DatasetRow, status: RowStatus, **fields: Any) -> ManifestLine:
     """A manifest line for a row, with its request's parameters.
 
     Examples:
-        >>> from prefect_seedream.dataset import InvalidRow
+        >>> from prefect_seedream.engine.dataset import InvalidRow
         >>> line = line_for(InvalidRow(3, "row-3", "x", "prompt is missing", {}), "failed")
         >>> line.row_id, line.row_number, line.status
         ('row-3', 3, 'failed')

@@ -12,7 +12,7 @@ HTTP:
   works from ``file://`` where ``fetch()`` of a local file does not. Only the page shown is
   loaded, so a 100,000-row output opens as fast as a 100-row one.
 * ``thumbs/<image file name>.jpg``: a small JPEG per image (see
-  :mod:`prefect_seedream.thumbnails`), made when the image was stored; the sheet makes only
+  :mod:`prefect_seedream.engine.thumbnails`), made when the image was stored; the sheet makes only
   the missing ones (images stored by an earlier version). An image no larger than a
   thumbnail is shown as it is. Images are ``loading="lazy"``.
 
@@ -38,9 +38,14 @@ from importlib.resources import files
 from typing import Any
 from urllib.parse import quote
 
-from prefect_seedream.manifest import ROW_STATUSES, ManifestImage, ManifestLine, iter_manifest_lines
-from prefect_seedream.storage import ImageStore
-from prefect_seedream.thumbnails import (
+from prefect_seedream.engine.manifest import (
+    ROW_STATUSES,
+    ManifestImage,
+    ManifestLine,
+    iter_manifest_lines,
+)
+from prefect_seedream.engine.storage import ImageStore
+from prefect_seedream.engine.thumbnails import (
     THUMBNAIL_SIDE,
     THUMBNAILS_DIR,
     needs_thumbnail,
@@ -57,7 +62,7 @@ PAGE_ROWS = 100
 THUMBNAIL_THREADS = 4
 _PAGE_FILE = re.compile(r"page-(\d+)\.js$")
 _TEMPLATE = "data/contact_sheet.html"
-logger = logging.getLogger("prefect_seedream.contact_sheet")
+logger = logging.getLogger("prefect_seedream.engine.contact_sheet")
 
 
 @dataclass

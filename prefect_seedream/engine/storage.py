@@ -11,7 +11,7 @@ disk, then renamed into place; on an object store (``s3://``) an object appears 
 upload completes. A run clears ``.seedream/tmp/`` when it starts (:meth:`ImageStore.clear_temporary`).
 
 Each stored image also gets its contact-sheet thumbnail, ``thumbs/<file name>.jpg`` (see
-:mod:`prefect_seedream.thumbnails`), made from the pixels decoded to verify it. On an object
+:mod:`prefect_seedream.engine.thumbnails`), made from the pixels decoded to verify it. On an object
 store (S3) every file is written with the ``Content-Type`` its name implies, so that a
 browser shows the images and ``index.html`` of an output served from a bucket.
 """
@@ -40,14 +40,14 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field
 
 from prefect_seedream.api.client import SeedreamClient
+from prefect_seedream.api.defaults import MAX_IMAGE_BYTES
 from prefect_seedream.api.errors import NotAnImageError
-from prefect_seedream.defaults import MAX_IMAGE_BYTES
-from prefect_seedream.thumbnails import needs_thumbnail, thumbnail_jpeg, thumbnail_name
+from prefect_seedream.engine.thumbnails import needs_thumbnail, thumbnail_jpeg, thumbnail_name
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_STEM_CHARS = 80
 THUMBNAIL_SIDE = 160
-logger = logging.getLogger("prefect_seedream.storage")
+logger = logging.getLogger("prefect_seedream.engine.storage")
 #: Private folder of a destination: the ledger, the lock, temporary files.
 PRIVATE_DIR = ".seedream"
 TEMPORARY_DIR = f"{PRIVATE_DIR}/tmp"

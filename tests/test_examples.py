@@ -1,7 +1,8 @@
-"""The README's "Using it from your own flows" examples run as a user runs them (issue 15).
+"""The examples of docs/own-flows.md run as a user runs them (issue 15).
 
-Each example is a script in ``examples/``; the README shows it verbatim (checked here), and
-it is executed as a subprocess against the simulator and a real Prefect API.
+Each example is a script in ``examples/``; docs/own-flows.md (linked from the README) shows it
+verbatim (checked here), and it is executed as a subprocess against the simulator and a real
+Prefect API.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ pytestmark = pytest.mark.usefixtures("prefect_api")
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ("catalog_sync.py", "catalog_async.py", "image_to_image.py")
+#: The page that shows the examples (it was the README's "Using it from your own flows").
+EXAMPLES_PAGE = ROOT / "docs" / "own-flows.md"
 
 
 @pytest.fixture(scope="module")
@@ -31,17 +34,17 @@ def fetching_simulator() -> Iterator[RunningSimulator]:
         yield sim
 
 
-def readme_examples() -> dict[str, str]:
-    """The README's code blocks that start with `# examples/<name>.py`, by name."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+def shown_examples() -> dict[str, str]:
+    """The docs page's code blocks that start with `# examples/<name>.py`, by name."""
+    text = EXAMPLES_PAGE.read_text(encoding="utf-8")
     blocks = re.findall(r"```python\n# examples/([\w.]+)\n(.*?)```", text, flags=re.DOTALL)
     return {name: body for name, body in blocks}
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
-def test_the_readme_shows_the_example_as_it_is(name: str) -> None:
-    shown = readme_examples()
-    assert name in shown, f"the README does not show examples/{name}"
+def test_the_docs_show_the_example_as_it_is(name: str) -> None:
+    shown = shown_examples()
+    assert name in shown, f"{EXAMPLES_PAGE.relative_to(ROOT)} does not show examples/{name}"
     assert shown[name] == (ROOT / "examples" / name).read_text(encoding="utf-8")
 
 

@@ -222,7 +222,8 @@ class ImageStore:
 
         Local disks use ``O_EXCL``; object stores a conditional write (S3: ``If-None-Match``,
         which s3fs sends for ``mode="create"``). A filesystem that cannot create
-        exclusively raises ``NotImplementedError`` (see the README on output locks).
+        exclusively raises ``NotImplementedError`` (see "One live run per output" in
+        docs/reliability-and-cost.md).
         """
         path = self.path_for(relative)
         self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)

@@ -45,6 +45,7 @@ from prefect_seedream.engine.defaults import (
 from prefect_seedream.engine.generation import (
     GenerationOptions,
     StepReporter,
+    SubmissionPolicy,
     WaitOptions,
     generate_recorded,
 )
@@ -427,7 +428,7 @@ async def recover_dataset(
             try:
                 await generate_recorded(
                     record, None, client=client, ledger=ledger, options=options,
-                    reporter=reporter, finder=finder,
+                    reporter=reporter, policy=SubmissionPolicy(finder=finder),
                 )
             except SeedreamError as exc:
                 logger.error("%s: could not collect %s: %s", record.row_id, record.task_id or "its task", exc)

@@ -58,6 +58,7 @@ from prefect_seedream.engine.defaults import (
 from prefect_seedream.engine.generation import (
     GenerationOptions,
     StepReporter,
+    SubmissionPolicy,
     WaitOptions,
     generate_recorded,
     next_step_of,
@@ -462,8 +463,10 @@ async def generate_images(
             record = await generate_recorded(
                 record, request, client=client, ledger=ledger, options=options, reporter=_reporter(),
                 thumbnails=story.wants_thumbnails(),
-                finder=TaskListIndex(client, submit_timeout=resolve_credentials(credentials).submit_timeout),
-                run_id=run_id,
+                policy=SubmissionPolicy(
+                    run_id=run_id,
+                    finder=TaskListIndex(client, submit_timeout=resolve_credentials(credentials).submit_timeout),
+                ),
             )
         finally:  # the call's outcome, success or not, joins the flow run's story
             charge = record.charge_for(run_id)

@@ -27,7 +27,12 @@ from prefect_seedream.api import (
 from prefect_seedream.api.errors import RateLimitError, api_error_for_status
 from prefect_seedream.api.models import GenerationTask, TaskPage
 from prefect_seedream.engine.account import SubmissionGate, SubmissionsStopped
-from prefect_seedream.engine.generation import GenerationOptions, StepReporter, generate_recorded
+from prefect_seedream.engine.generation import (
+    GenerationOptions,
+    StepReporter,
+    SubmissionPolicy,
+    generate_recorded,
+)
 from prefect_seedream.engine.ledger import LedgerRecord, LedgerState, TaskLedger, prompt_sha256
 from prefect_seedream.engine.reconcile import TaskListIndex
 from prefect_seedream.engine.storage import ImageStore
@@ -111,15 +116,16 @@ async def test_a_submission_is_withdrawn_when_the_account_stopped_while_its_inte
     gate = SubmissionGate()
     handler = Recorder(httpx.Response(200, json=task_json()))
 
-    async def the_key_is_refused_meanwhile() -> None:  # before_submit: the gate was still open
-        gate.check(MODEL)
-        gate.trip(api_error_for_status(401, "Invalid or expired token"), MODEL)
+    class TheKeyIsRefusedMeanwhile(SubmissionPolicy):
+        async def before_submit(self) -> None:  # the gate was still open
+            gate.check(MODEL)
+            gate.trip(api_error_for_status(401, "Invalid or expired token"), MODEL)
+
+        def before_send(self) -> None:
+            gate.check(MODEL)
 
     with pytest.raises(SubmissionsStopped):
-        await attempt(
-            handler, ledger, record,
-            before_submit=the_key_is_refused_meanwhile, before_send=lambda: gate.check(MODEL),
-        )
+        await attempt(handler, ledger, record, policy=TheKeyIsRefusedMeanwhile())
     assert handler.calls == 0
     saved = ledger.load(record.key)
     assert saved is not None and saved.state is LedgerState.NEW and saved.stopped

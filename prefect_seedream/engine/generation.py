@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -274,6 +274,54 @@ def next_step_of(record: LedgerRecord, store: ImageStore, *, resubmit_unknown: b
     return record.next_step(images_present=images_present, resubmit_unknown=resubmit_unknown)
 
 
+class SubmissionPolicy:
+    """What a caller of :func:`generate_recorded` decides about its submissions.
+
+    The default submits freely, looks nothing up and charges no run; a caller overrides what
+    it needs (the dataset runner checks its account gate and budget, and frees the row's
+    concurrency slot once the task is terminal).
+
+    Attributes:
+        run_id: The run making the submission (its charge is that run's).
+        finder: Looks up, in the API's task list, the task of an earlier submission whose
+            outcome is unknown (found: re-attached, nothing is submitted).
+
+    Examples:
+        >>> class NoMoreThanOne(SubmissionPolicy):
+        ...     sent = 0
+        ...     async def before_submit(self) -> None:
+        ...         if self.sent:
+        ...             raise RuntimeError("one submission only")
+        ...         self.sent += 1
+        >>> policy = NoMoreThanOne(run_id="run-1")
+        >>> policy.run_id, policy.finder
+        ('run-1', None)
+    """
+
+    def __init__(self, *, run_id: str | None = None, finder: TaskListIndex | None = None) -> None:
+        self.run_id = run_id
+        self.finder = finder
+
+    async def before_submit(self) -> None:
+        """Awaited before a submission is prepared (nothing is written yet); raises to stop
+        the attempt."""
+
+    def before_send(self) -> None:
+        """Called once the intent is saved, right before the request leaves; raises
+        :class:`SubmissionsStopped` or :class:`SubmissionsPaused` to withdraw the submission
+        (an account-wide answer may have come while the intent was written). The record
+        then says it was not sent."""
+
+    async def on_terminal(self) -> None:
+        """Awaited once the remote task is seen terminal, before its images are downloaded:
+        the generation is no longer in flight at the API, so its concurrency slot may go to
+        the next row while this one downloads."""
+
+
+#: The policy of a caller that decides nothing.
+SUBMIT_FREELY = SubmissionPolicy()
+
+
 async def generate_recorded(
     record: LedgerRecord,
     request: GenerationRequest | None,
@@ -283,11 +331,7 @@ async def generate_recorded(
     options: GenerationOptions,
     reporter: StepReporter,
     thumbnails: bool = True,
-    on_terminal: Callable[[], Awaitable[Any]] | None = None,
-    before_submit: Callable[[], Awaitable[None]] | None = None,
-    before_send: Callable[[], None] | None = None,
-    finder: TaskListIndex | None = None,
-    run_id: str | None = None,
+    policy: SubmissionPolicy = SUBMIT_FREELY,
 ) -> LedgerRecord:
     """One attempt at a row: reuse, re-attach or submit, then wait and store.
 
@@ -303,18 +347,8 @@ async def generate_recorded(
         options: Wait, resubmission and size options.
         reporter: Which log lines and events the steps emit.
         thumbnails: Also make gallery thumbnails of the images.
-        on_terminal: Awaited once the remote task is seen terminal, before its images are
-            downloaded: the generation is no longer in flight at the API, so the caller can
-            give its concurrency slot to the next row while this one downloads.
-        before_submit: Awaited before a submission is sent (nothing is written yet); raises
-            to stop the attempt (the runner checks its submission gate and budget there).
-        before_send: Called once the intent is saved, right before the request leaves; raises
-            :class:`SubmissionsStopped` or :class:`SubmissionsPaused` to withdraw the
-            submission (the runner checks its gate again: an account-wide answer may have
-            come while the intent was written). The record then says it was not sent.
-        finder: Looks up, in the API's task list, the task of an earlier submission whose
-            outcome is unknown (found: re-attached, nothing is submitted).
-        run_id: The run making the submission (its charge is that run's).
+        policy: The caller's checks before submitting and sending, its lookup of lost
+            answers, its run, and what it does once the task is terminal.
 
     Raises:
         SubmissionOutcomeUnknownError: an earlier or this submission may have been billed.
@@ -322,11 +356,40 @@ async def generate_recorded(
         SeedreamError: anything else that stopped the attempt; ``retryable`` says if
             another attempt may help.
     """
-    store = ledger.store
-    step = next_step_of(record, store, resubmit_unknown=options.resubmit_unknown)
-    label = record.row_id
+    step = next_step_of(record, ledger.store, resubmit_unknown=options.resubmit_unknown)
     if step is NextStep.REUSE:
         return record
+    step = await _reconcile_unknown(record, step, ledger, reporter, policy.finder)
+    done = None
+    if step is NextStep.REATTACH:
+        done = await _reattach(record, request, client, ledger, reporter, options)
+    if done is None:
+        if request is None:
+            raise NotFoundError(404, f"{record.row_id}: no task in flight to collect ({record.state.value})")
+        await policy.before_submit()
+        estimated_time = await _submit_recorded(
+            record, request, client, ledger, reporter, options.references, policy
+        )
+        done = await _wait_recorded(record, client, ledger, reporter, options, estimated_time=estimated_time)
+    await policy.on_terminal()
+    record.task_completed(done)
+    images = await store_task_images(
+        client, ledger.store, done, record.row_id, max_bytes=options.max_bytes, thumbnails=thumbnails
+    )
+    reporter.stored(record.row_id, len(images), ledger.store.destination)
+    record.images_stored(images)
+    await ledger.asave(record)
+    return record
+
+
+async def _reconcile_unknown(
+    record: LedgerRecord, step: NextStep, ledger: TaskLedger, reporter: StepReporter,
+    finder: TaskListIndex | None,
+) -> NextStep:
+    """The step once an unknown outcome was looked up: re-attach to a task found in the
+    API's task list; raise for what must not be submitted (an unknown outcome not found, a
+    failure the request caused)."""
+    label = record.row_id
     if record.outcome_unknown and finder is not None and step in (NextStep.REFUSE_UNKNOWN, NextStep.SUBMIT):
         found = await finder.find(record)
         if found is not None:
@@ -347,49 +410,36 @@ async def generate_recorded(
         raise TaskFailedError(
             record.task_id, record.error["code"], record.error.get("message", ""), "request"
         )
+    return step
 
-    estimated_time: float | None = None
-    done: GenerationTask | None = None
-    if step is NextStep.REATTACH:
-        assert record.task_id is not None
-        if record.state is LedgerState.STORED:
-            record.images_lost()  # its files went missing: fetch the results again
-        reporter.reattached(label, record.task_id)
-        # Submitted by an earlier attempt or run: look at once (its estimate has passed or is
-        # unknown). A 404 means "gone" only once the task is older than the grace a fresh
-        # task gets: a run killed right after a submission and run again at once must not
-        # take "not visible yet" for "gone" and pay again.
-        age = time.time() - (record.submitted_at or 0.0)
-        try:
-            done = await _wait_recorded(
-                record, client, ledger, reporter, options,
-                estimated_time=FIRST_POLL_FLOOR_SECONDS,
-                not_found_grace=max(0.0, NOT_FOUND_GRACE_SECONDS - age),
-            )
-        except NotFoundError:
-            record.task_gone()
-            await ledger.asave(record)
-            if request is None:
-                raise
-    if done is None:
-        if request is None:
-            raise NotFoundError(404, f"{label}: no task in flight to collect ({record.state.value})")
-        if before_submit is not None:
-            await before_submit()
-        estimated_time = await _submit_recorded(
-            record, request, client, ledger, reporter, run_id, options.references, before_send
+
+async def _reattach(
+    record: LedgerRecord, request: GenerationRequest | None, client: SeedreamClient,
+    ledger: TaskLedger, reporter: StepReporter, options: GenerationOptions,
+) -> GenerationTask | None:
+    """Wait for the task an earlier attempt or run submitted; None when it is gone (and a
+    request may submit it again)."""
+    assert record.task_id is not None
+    if record.state is LedgerState.STORED:
+        record.images_lost()  # its files went missing: fetch the results again
+    reporter.reattached(record.row_id, record.task_id)
+    # Submitted by an earlier attempt or run: look at once (its estimate has passed or is
+    # unknown). A 404 means "gone" only once the task is older than the grace a fresh
+    # task gets: a run killed right after a submission and run again at once must not
+    # take "not visible yet" for "gone" and pay again.
+    age = time.time() - (record.submitted_at or 0.0)
+    try:
+        return await _wait_recorded(
+            record, client, ledger, reporter, options,
+            estimated_time=FIRST_POLL_FLOOR_SECONDS,
+            not_found_grace=max(0.0, NOT_FOUND_GRACE_SECONDS - age),
         )
-        done = await _wait_recorded(record, client, ledger, reporter, options, estimated_time=estimated_time)
-    if on_terminal is not None:
-        await on_terminal()
-    record.task_completed(done)
-    images = await store_task_images(
-        client, store, done, label, max_bytes=options.max_bytes, thumbnails=thumbnails
-    )
-    reporter.stored(label, len(images), store.destination)
-    record.images_stored(images)
-    await ledger.asave(record)
-    return record
+    except NotFoundError:
+        record.task_gone()
+        await ledger.asave(record)
+        if request is None:
+            raise
+        return None
 
 
 async def _submit_recorded(
@@ -398,9 +448,8 @@ async def _submit_recorded(
     client: SeedreamClient,
     ledger: TaskLedger,
     reporter: StepReporter,
-    run_id: str | None,
     references: ReferenceStore | None,
-    before_send: Callable[[], None] | None = None,
+    policy: SubmissionPolicy,
 ) -> float | None:
     """Write the intent, submit, record the answer; returns the task's estimated time."""
     sent = await _api_request(record, request, references)
@@ -408,24 +457,23 @@ async def _submit_recorded(
     # whatever this submission hears: its task may exist.
     key_reused = record.key_in_doubt and record.idempotency_key is not None
     record.begin_submission(
-        request.reserved_credits, run_id=run_id,
+        request.reserved_credits, run_id=policy.run_id,
         sent_image_urls=list(sent.image_urls) if request.local_references else None,
     )
     if record.sent_image_urls is not None:  # the key's first body, again: a replay matches it
         sent = sent.model_copy(update={"image_urls": tuple(record.sent_image_urls)})
     await ledger.asave(record)  # durable before a byte is sent
-    if before_send is not None:
-        try:
-            before_send()
-        except (SubmissionsStopped, SubmissionsPaused) as exc:  # withdrawn: nothing was sent
-            stop = exc.stop if isinstance(exc, SubmissionsStopped) else None
-            record.submission_refused(
-                stop.code if stop else "quota_paused",
-                stop.skip_message() if stop else str(exc),
-                key_settled=not key_reused, stopped=True,
-            )
-            await ledger.asave(record)
-            raise
+    try:
+        policy.before_send()
+    except (SubmissionsStopped, SubmissionsPaused) as exc:  # withdrawn: nothing was sent
+        stop = exc.stop if isinstance(exc, SubmissionsStopped) else None
+        record.submission_refused(
+            stop.code if stop else "quota_paused",
+            stop.skip_message() if stop else str(exc),
+            key_settled=not key_reused, stopped=True,
+        )
+        await ledger.asave(record)
+        raise
     try:
         task = await submit_request(
             client, sent, reporter, record.row_id, idempotency_key=record.idempotency_key

@@ -39,6 +39,7 @@ from prefect_seedream.engine.gallery import Gallery
 from prefect_seedream.engine.generation import (
     GenerationOptions,
     StepReporter,
+    SubmissionPolicy,
     generate_recorded,
     next_step_of,
 )
@@ -290,6 +291,19 @@ class RowRunner:
             logging.getLogger("prefect_seedream").exception("row %s: its ledger record cannot be read", row.row_id)
             error = ManifestError(code="ledger_unreadable", message=f"{type(exc).__name__}: {exc}")
             return RunLine(line=line_for(row, "failed", error=error))
+        settled = self._settled_outcome(row, record, step)
+        if settled is not None:
+            return settled
+        # Reserved when the row gets its slot, not while it is queued: rows queued in later
+        # batches must not take the budget from rows that will run first. A row that
+        # re-attaches reserves nothing, unless it must submit after all (its task is gone).
+        reservation = _Reservation(self.budget, wanted=self.budget.estimate(row.request))
+        if step is NextStep.SUBMIT:
+            reservation.amount = reservation.wanted
+        return await self._attempted_outcome(row, record, reporter, reservation, will_submit=step is NextStep.SUBMIT)
+
+    def _settled_outcome(self, row: ValidRow, record: LedgerRecord, step: NextStep) -> RunLine | None:
+        """The outcome of a row that needs no attempt (stored, or refused without one)."""
         if step is NextStep.REUSE:  # stored already: no API call, nothing paid now
             # Stored by an earlier attempt of this run (a shard restarted after its worker
             # died), the row's charge is still this run's; stored by an earlier run, it is not.
@@ -297,21 +311,22 @@ class RowRunner:
             line = line_from_record(row, record, reused=record.run_id != self.run_id)
             return RunLine(line=line, spent=charge.spent, at_risk=charge.at_risk, stored=record.images)
         if step is NextStep.REFUSE_UNKNOWN and self.finder is not None:
-            step = NextStep.REATTACH  # unless its task is found, generate_recorded refuses it
+            return None  # unless its task is found, generate_recorded refuses it
         if step in (NextStep.REFUSE_UNKNOWN, NextStep.REPEAT_FAILURE):
             # An unknown outcome may have been billed: its reservation counts against the budget.
             at_risk = record.charge().at_risk
             self.budget.settle(reserved=0.0, spent=at_risk)
             return RunLine(line=line_from_record(row, record), at_risk=at_risk)
-        # Reserved when the row gets its slot, not while it is queued: rows queued in later
-        # batches must not take the budget from rows that will run first. A row that
-        # re-attaches reserves nothing, unless it must submit after all (its task is gone).
-        reservation = _Reservation(self.budget, wanted=self.budget.estimate(row.request))
-        if step is NextStep.SUBMIT:
-            reservation.amount = reservation.wanted
+        return None
+
+    async def _attempted_outcome(
+        self, row: ValidRow, record: LedgerRecord, reporter: StepReporter,
+        reservation: _Reservation, *, will_submit: bool,
+    ) -> RunLine:
+        """Attempt the row and settle its charge with the budget, whatever the outcome."""
         clock = RowClock()
         try:
-            await self._attempts(row, record, reporter, clock, reservation, will_submit=step is NextStep.SUBMIT)
+            await self._attempts(row, record, reporter, clock, reservation, will_submit=will_submit)
         except OutputLockedError as exc:  # another run holds the output now: submit nothing
             error = ManifestError(code="output_lock_lost", message=str(exc))
             return RunLine(line=line_for(row, "skipped", error=error))
@@ -329,19 +344,24 @@ class RowRunner:
             error = ManifestError(code=stopped.stop.code, message=stopped.stop.skip_message())
             return RunLine(line=line_for(row, "skipped", error=error))
         finally:
-            charge = record.charge_for(self.run_id)
-            if record.outcome_unknown and charge.total == 0.0:
-                # An earlier run's submission of unknown outcome may have been billed: its
-                # reservation counts against this run's budget.
-                charge = Charge(at_risk=record.charge().at_risk)
-            if clock.started is not None:
-                self.budget.settle(reserved=reservation.amount, spent=charge.total)
-                self.budget.learn_charge(row.request, charge.spent)
+            charge = self._settle(row, record, clock, reservation)
         line = line_from_record(row, record, **clock.fields())
         if line.status == "succeeded":
             for image in record.images:
                 self.gallery.add(row.row_id, image)
         return RunLine(line=line, spent=charge.spent, at_risk=charge.at_risk, stored=record.images)
+
+    def _settle(self, row: ValidRow, record: LedgerRecord, clock: RowClock, reservation: _Reservation) -> Charge:
+        """The row's charge to this run, settled with the budget (its reservation given back)."""
+        charge = record.charge_for(self.run_id)
+        if record.outcome_unknown and charge.total == 0.0:
+            # An earlier run's submission of unknown outcome may have been billed: its
+            # reservation counts against this run's budget.
+            charge = Charge(at_risk=record.charge().at_risk)
+        if clock.started is not None:
+            self.budget.settle(reserved=reservation.amount, spent=charge.total)
+            self.budget.learn_charge(row.request, charge.spent)
+        return charge
 
     async def _attempts(
         self, row: ValidRow, record: LedgerRecord, reporter: StepReporter, clock: RowClock,
@@ -354,11 +374,6 @@ class RowRunner:
             SubmissionsStopped: the account refuses submissions (nothing was sent).
         """
         model = row.request.model
-
-        async def before_submit() -> None:
-            self.gate.check(model)  # within one round trip of an account-wide answer
-            reservation.ensure()
-
         retry = 0
         while True:
             if will_submit:
@@ -374,7 +389,8 @@ class RowRunner:
                     clock.start()
                 while True:
                     try:
-                        delay = await self._attempt(row, record, reporter, slot, retry, before_submit)
+                        policy = _RowPolicy(self, model, reservation, slot)
+                        delay = await self._attempt(row, record, reporter, policy, retry)
                     except SubmissionsPaused:
                         will_submit, delay = True, 0.0
                         break  # give the slot back and wait for the quota (not a retry)
@@ -396,8 +412,8 @@ class RowRunner:
         return step is NextStep.SUBMIT
 
     async def _attempt(
-        self, row: ValidRow, record: LedgerRecord, reporter: StepReporter, slot: AsyncExitStack,
-        retry: int, before_submit: Callable[[], Any],
+        self, row: ValidRow, record: LedgerRecord, reporter: StepReporter, policy: _RowPolicy,
+        retry: int,
     ) -> float | None:
         """One attempt; returns the delay before the next one, or None when the row is done
         (its outcome, success or not, is in the record)."""
@@ -405,12 +421,7 @@ class RowRunner:
             await generate_recorded(
                 record, row.request, client=self.client, ledger=self.ledger,
                 options=self.generation, reporter=reporter,
-                thumbnails=self.gallery.wants_more(),
-                on_terminal=slot.aclose,  # downloading holds no slot: next row goes
-                before_submit=before_submit,
-                before_send=lambda: self.gate.check(row.request.model),
-                finder=self.finder,
-                run_id=self.run_id,
+                thumbnails=self.gallery.wants_more(), policy=policy,
             )
             return None
         except (_OverBudget, SubmissionsStopped, SubmissionsPaused):
@@ -439,3 +450,24 @@ class RowRunner:
             record.note_error("internal_error", f"{type(exc).__name__}: {exc}")
             return None
 
+
+class _RowPolicy(SubmissionPolicy):
+    """A dataset row's submission policy: the account gate and the budget before submitting,
+    the gate again right before sending, its slot given back once the task is terminal."""
+
+    def __init__(self, runner: RowRunner, model: str, reservation: _Reservation, slot: AsyncExitStack) -> None:
+        super().__init__(run_id=runner.run_id, finder=runner.finder)
+        self.gate = runner.gate
+        self.model = model
+        self.reservation = reservation
+        self.slot = slot
+
+    async def before_submit(self) -> None:
+        self.gate.check(self.model)  # within one round trip of an account-wide answer
+        self.reservation.ensure()
+
+    def before_send(self) -> None:
+        self.gate.check(self.model)
+
+    async def on_terminal(self) -> None:
+        await self.slot.aclose()  # downloading holds no slot: the next row goes

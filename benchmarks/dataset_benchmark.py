@@ -509,7 +509,7 @@ def run_benchmark(
         sim_cpu = (proc_cpu_seconds(sim.pid) or 0) - (sim_cpu_before or 0) if sim.pid else None
         stats = sim.stats()
         flow_run_id = state.state_details.flow_run_id
-        from prefect_seedream.batches import rows_per_task_for
+        from prefect_seedream.engine.rows import rows_per_task_for
 
         # One task run per row up to 50 rows, else one per batch (retries are inside them).
         expected = math.ceil(args.rows / rows_per_task_for(args.rows))

@@ -627,10 +627,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.keep and workdir.exists() and any(workdir.iterdir()):
         raise SystemExit(f"scale_out: --keep {workdir} must be a new or empty folder")
     workdir.mkdir(parents=True, exist_ok=True)
-    # rows_per_task_for is the plugin's rule; importing it imports Prefect: keep its home here
+    # the shards' rule imports Prefect: PREFECT_HOME first
     os.environ["PREFECT_HOME"] = str(workdir / "prefect-home-bench")
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    from prefect_seedream.batches import rows_per_task_for
+    from prefect_seedream.engine.rows import rows_per_task_for
     from prefect_seedream.shards import split_rows
 
     n, k, c, m, lat = args.rows, args.workers, args.limit, args.per_shard_concurrency, args.latency

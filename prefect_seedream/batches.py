@@ -25,8 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -37,77 +36,9 @@ from prefect.tasks import Task
 from prefect.utilities.annotations import quote
 
 from prefect_seedream.engine.dataset import DatasetRow
-from prefect_seedream.engine.defaults import (
-    MAX_ROWS_PER_TASK,
-    ONE_TASK_RUN_PER_ROW_UP_TO,
-    TARGET_TASK_RUNS,
-)
-from prefect_seedream.engine.manifest import ROW_STATUSES, RunLine
+from prefect_seedream.engine.rows import RowBatch, batches_of, row_counts, row_message
 from prefect_seedream.engine.run_folder import RunParts
 from prefect_seedream.engine.runner import RowRunner
-
-
-def rows_per_task_for(total_rows: int, requested: int | None = None) -> int:
-    """How many rows one task run handles.
-
-    Examples:
-        >>> rows_per_task_for(14), rows_per_task_for(1000), rows_per_task_for(10_000)
-        (1, 20, 200)
-        >>> rows_per_task_for(10_000, requested=1)
-        1
-    """
-    if requested is not None:
-        return max(1, requested)
-    if total_rows <= ONE_TASK_RUN_PER_ROW_UP_TO:
-        return 1
-    return min(MAX_ROWS_PER_TASK, math.ceil(total_rows / TARGET_TASK_RUNS))
-
-
-@dataclass
-class RowBatch:
-    """Consecutive rows handled by one task run.
-
-    Attributes:
-        rows: The rows, in input order.
-    """
-
-    rows: list[DatasetRow] = field(default_factory=list)
-
-    @property
-    def first(self) -> int:
-        """Number of the first row."""
-        return self.rows[0].number
-
-    @property
-    def last(self) -> int:
-        """Number of the last row."""
-        return self.rows[-1].number
-
-    @property
-    def label(self) -> str:
-        """The task run's name: the row's id for one row, the row range for a batch."""
-        if len(self.rows) == 1:
-            return f"row-{self.rows[0].row_id}"[:100]
-        return f"rows-{self.first}-{self.last}"
-
-
-def batches_of(rows: Iterable[DatasetRow], size: int) -> Iterator[RowBatch]:
-    """Group a stream of rows into batches of ``size`` consecutive rows."""
-    batch = RowBatch()
-    for row in rows:
-        batch.rows.append(row)
-        if len(batch.rows) == size:
-            yield batch
-            batch = RowBatch()
-    if batch.rows:
-        yield batch
-
-
-def _counts(items: list[RunLine]) -> dict[str, int]:
-    counts = dict.fromkeys(ROW_STATUSES, 0)
-    for item in items:
-        counts[item.line.status] += 1
-    return counts
 
 
 def never_retried(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
@@ -123,22 +54,6 @@ def never_retried(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) ->
         False
     """
     return False
-
-
-def _row_message(item: RunLine) -> str:
-    """A one-row task run's state message: its outcome, and the API's code and message.
-
-    Examples:
-        >>> from prefect_seedream.engine.manifest import ManifestError, ManifestLine
-        >>> line = ManifestLine(row_id="r", row_number=1, prompt="p", model=None, status="failed",
-        ...                     error=ManifestError(code="content_policy_violation", message="refused"))
-        >>> _row_message(RunLine(line=line))
-        'failed: content_policy_violation: refused'
-    """
-    line = item.line
-    if line.error is None or line.status == "succeeded":
-        return f"1 {line.status.replace('_', ' ')}"
-    return f"{line.status.replace('_', ' ')}: {line.error.code}: {line.error.message}"[:500]
 
 
 @task(
@@ -181,9 +96,9 @@ async def generate_rows(
         # Prefect does not log it (see `never_retried`): a bug of ours gets its traceback here.
         logger.exception("Rows %d-%d stopped on an error", batch.first, batch.last)
         raise
-    counts = _counts(items)
+    counts = row_counts(items)
     summary = ", ".join(f"{count} {status.replace('_', ' ')}" for status, count in counts.items() if count)
-    message = f"rows {batch.first}-{batch.last}: {summary}" if len(items) > 1 else _row_message(items[0])
+    message = f"rows {batch.first}-{batch.last}: {summary}" if len(items) > 1 else row_message(items[0])
     if counts["succeeded"] == len(items):
         return Completed(message=message)
     return Failed(message=message)

@@ -1,8 +1,9 @@
 """Running a range of a dataset's rows in this process: what a single run and each shard do.
 
-The pieces (:mod:`runner` for a row, :mod:`batches` for task runs, :mod:`slots` for a global
-concurrency limit, :mod:`parts` for the manifest) are put together here, once, for the
-dataset flow and for the shard flow.
+The pieces (the engine's :mod:`~prefect_seedream.engine.runner` for a row, :mod:`batches` for
+task runs, :mod:`slots` for a global concurrency limit, the engine's
+:mod:`~prefect_seedream.engine.run_folder` for the manifest's parts) are put together here,
+once, for the dataset flow and for the shard flow.
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
@@ -19,36 +19,27 @@ from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 
-from prefect_seedream.batches import rows_per_task_for, run_batches
+from prefect_seedream.batches import run_batches
 from prefect_seedream.clients import api_client, shared_clients
 from prefect_seedream.credentials import SeedreamCredentials, resolve_credentials
 from prefect_seedream.engine.account import AccountStop, SubmissionGate
 from prefect_seedream.engine.budget import CreditBudget
-from prefect_seedream.engine.dataset import InvalidRow, RowDefaults, ValidRow, iter_rows
-from prefect_seedream.engine.defaults import FAILURES_LOGGED
-from prefect_seedream.engine.gallery import Gallery
-from prefect_seedream.engine.ledger import TaskLedger, prompt_sha256
+from prefect_seedream.engine.dataset import iter_rows
+from prefect_seedream.engine.ledger import TaskLedger
 from prefect_seedream.engine.manifest import RunLine
 from prefect_seedream.engine.options import RunOptions
-from prefect_seedream.engine.reconcile import PromptKey, TaskListIndex, shared_prompt_keys
+from prefect_seedream.engine.reconcile import TaskListIndex
+from prefect_seedream.engine.rows import (
+    RowRange,
+    RowsReport,
+    dataset_shared_prompts,
+    rows_per_task_for,
+)
 from prefect_seedream.engine.run_folder import RunParts
 from prefect_seedream.engine.runner import RowLimiter, RowRunner
 from prefect_seedream.engine.storage import ImageStore
 from prefect_seedream.events import PREFECT_EVENTS
 from prefect_seedream.slots import SlotPool
-
-
-@dataclass(frozen=True)
-class RowRange:
-    """Rows ``first..last`` of a dataset (1-based, both included), as a shard gets them."""
-
-    first: int
-    last: int
-
-    @property
-    def rows(self) -> int:
-        """How many rows the range holds."""
-        return self.last - self.first + 1
 
 
 @dataclass(frozen=True)
@@ -82,51 +73,6 @@ class RowsJob:
         return rows_per_task_for(self.total_rows, self.options.rows_per_task)
 
 
-@dataclass
-class RowsReport:
-    """What running rows left besides their lines (which went to the parts).
-
-    Attributes:
-        gallery: The images this process stored, for the gallery artifact.
-        stop: Why submissions stopped, if an answer concerned the whole account.
-        reconciled: Rows of unknown outcome whose task the API's task list showed.
-    """
-
-    gallery: Gallery = field(default_factory=Gallery)
-    stop: AccountStop | None = None
-    reconciled: int = 0
-
-
-def scan_dataset(
-    dataset: str, defaults: RowDefaults, storage_options: dict[str, Any] | None = None
-) -> DatasetScan:
-    """Pass 1: validate every row (streamed) and estimate the credits; spends nothing."""
-    logger = get_run_logger()
-    scan = DatasetScan()
-    for row in iter_rows(dataset, defaults, storage_options=storage_options):
-        scan.rows += 1
-        if isinstance(row, InvalidRow):
-            scan.invalid += 1
-            if scan.invalid <= FAILURES_LOGGED:
-                logger.warning("Row %s (line %d) is invalid: %s", row.row_id, row.number, row.reason)
-        else:
-            scan.estimated_credits += row.request.reserved_credits
-    logger.info(
-        "Dataset %s: %d rows, %d invalid; at most %g credits",
-        dataset, scan.rows, scan.invalid, scan.estimated_credits,
-    )
-    return scan
-
-
-@dataclass
-class DatasetScan:
-    """What pass 1 found: rows, invalid rows, the most the valid ones can cost."""
-
-    rows: int = 0
-    invalid: int = 0
-    estimated_credits: float = 0.0
-
-
 async def read_concurrency_limit(name: str) -> int:
     """The limit of a Prefect global concurrency limit; a missing one fails before any submit."""
     async with get_client() as client:
@@ -138,16 +84,6 @@ async def read_concurrency_limit(name: str) -> int:
                 f"`prefect gcl create {name} --limit N`"
             ) from None
     return int(found.limit)
-
-
-def dataset_shared_prompts(job: RowsJob) -> set[PromptKey]:
-    """The (prompt sha256, model) pairs of the whole dataset (every shard's rows) that several
-    rows have: a lost answer of such a row is never matched by its prompt alone."""
-    options = job.options
-    rows = iter_rows(job.dataset, options.row_defaults(), storage_options=options.dataset_storage_options)
-    return shared_prompt_keys(
-        (prompt_sha256(row.request.prompt), row.request.model) for row in rows if isinstance(row, ValidRow)
-    )
 
 
 async def execute_rows(
@@ -167,26 +103,13 @@ async def execute_rows(
     """
     options = job.options
     report = RowsReport()
-    slots: SlotPool | None = None
-    if options.concurrency_limit_name and job.concurrency_limit:
-        holder = ConcurrencyLeaseHolder(type="flow_run", id=flow_run.id) if flow_run.id else None
-        slots = SlotPool(
-            options.concurrency_limit_name, limit=job.concurrency_limit,
-            max_slots=options.max_concurrency, holder=holder,
-        )
-        await slots.__aenter__()
-    gate = SubmissionGate(
-        wait_for_quota=options.wait_for_quota,
-        on_stop=parts.write_stop if job.sharded else None,
-        peek=parts.read_stop if job.sharded else None,
-    )
-    if job.stop is not None:
-        gate.close(job.stop)
+    slots = await _global_slots(job)
+    gate = _submission_gate(job, parts)
     try:
         async with shared_clients(), api_client(job.credentials) as client:
             finder = TaskListIndex(
                 client, submit_timeout=resolve_credentials(job.credentials).submit_timeout,
-                shared_prompts=lambda: asyncio.to_thread(dataset_shared_prompts, job),
+                shared_prompts=lambda: asyncio.to_thread(dataset_shared_prompts, job.dataset, job.options),
             )
             runner = RowRunner(
                 ledger=TaskLedger(store, client.identity),
@@ -215,27 +138,60 @@ async def execute_rows(
                 max_concurrency=options.max_concurrency,
                 before_batch=before_batch,
             )
-            report.reconciled = finder.found
-        logger = get_run_logger()
-        if runner.failures.unlogged:
-            logger.warning(
-                "%d more rows did not succeed (past the first %d, not logged one by one): "
-                "see the run's rows table artifact and the manifest",
-                runner.failures.unlogged, runner.failures.limit,
-            )
+        report.reconciled = finder.found
         report.stop = gate.report()
-        if report.stop is not None:
-            logger.error("%s", report.stop.sentence())
-        if finder.lookups:
-            logger.info(
-                "%d row(s) had a submission of unknown outcome: the API's task list showed the "
-                "task of %d of them (re-attached, nothing paid again)", finder.lookups, finder.found,
-            )
+        _log_rows_end(runner, report, finder)
     finally:
         if slots is not None:
             await slots.close()
             _log_slot_stats(slots)
     return report
+
+
+async def _global_slots(job: RowsJob) -> SlotPool | None:
+    """The slots of the run's global concurrency limit, leased as rows need them (None:
+    no limit named)."""
+    options = job.options
+    if not (options.concurrency_limit_name and job.concurrency_limit):
+        return None
+    holder = ConcurrencyLeaseHolder(type="flow_run", id=flow_run.id) if flow_run.id else None
+    slots = SlotPool(
+        options.concurrency_limit_name, limit=job.concurrency_limit,
+        max_slots=options.max_concurrency, holder=holder,
+    )
+    await slots.__aenter__()
+    return slots
+
+
+def _submission_gate(job: RowsJob, parts: RunParts) -> SubmissionGate:
+    """The gate of the rows' submissions: shards share its stop through the run folder; a
+    stop known before the run (a balance below the estimate) closes it from the start."""
+    gate = SubmissionGate(
+        wait_for_quota=job.options.wait_for_quota,
+        on_stop=parts.write_stop if job.sharded else None,
+        peek=parts.read_stop if job.sharded else None,
+    )
+    if job.stop is not None:
+        gate.close(job.stop)
+    return gate
+
+
+def _log_rows_end(runner: RowRunner, report: RowsReport, finder: TaskListIndex) -> None:
+    """The run's lines on what its rows' outcomes do not say one by one."""
+    logger = get_run_logger()
+    if runner.failures.unlogged:
+        logger.warning(
+            "%d more rows did not succeed (past the first %d, not logged one by one): "
+            "see the run's rows table artifact and the manifest",
+            runner.failures.unlogged, runner.failures.limit,
+        )
+    if report.stop is not None:
+        logger.error("%s", report.stop.sentence())
+    if finder.lookups:
+        logger.info(
+            "%d row(s) had a submission of unknown outcome: the API's task list showed the "
+            "task of %d of them (re-attached, nothing paid again)", finder.lookups, finder.found,
+        )
 
 
 def _log_slot_stats(slots: SlotPool) -> None:

@@ -55,18 +55,13 @@ from prefect_seedream.engine.options import RunOptions, dataset_storage_options_
 from prefect_seedream.engine.output_lock import OutputLock, check_held_by
 from prefect_seedream.engine.progress import RunProgress, notify_total
 from prefect_seedream.engine.reconcile import PromptKey, TaskListIndex, shared_prompt_keys
+from prefect_seedream.engine.rows import RowRange, scan_dataset
 from prefect_seedream.engine.run_folder import RunParts
 from prefect_seedream.engine.sources import is_in_memory, spill_rows
 from prefect_seedream.engine.storage import ImageStore
 from prefect_seedream.engine.summary import DatasetRunSummary
 from prefect_seedream.events import PREFECT_EVENTS
-from prefect_seedream.execution import (
-    RowRange,
-    RowsJob,
-    execute_rows,
-    read_concurrency_limit,
-    scan_dataset,
-)
+from prefect_seedream.execution import RowsJob, execute_rows, read_concurrency_limit
 from prefect_seedream.hooks import record_stopped_run
 from prefect_seedream.runs import ShardPlan, account_balance, run_in_output
 from prefect_seedream.shards import check_shard_deployment, unfair_share_warning
@@ -250,7 +245,9 @@ async def generate_dataset(
         if warning:
             logger.warning(warning)
 
-    scan = scan_dataset(dataset, options.row_defaults(), options.dataset_storage_options)
+    scan = scan_dataset(
+        dataset, options.row_defaults(), options.dataset_storage_options, logger=get_run_logger()
+    )
     summary = DatasetRunSummary(dry_run=dry_run, estimated_credits=scan.estimated_credits)
     notify_total(scan.rows)
     if dry_run:

@@ -31,10 +31,11 @@ from prefect_seedream.engine.manifest import RunLine
 from prefect_seedream.engine.options import RunOptions
 from prefect_seedream.engine.output_lock import OutputLock, OutputLockedError
 from prefect_seedream.engine.progress import RunProgress
+from prefect_seedream.engine.rows import RowRange
 from prefect_seedream.engine.run_folder import RunDescription, RunParts, clear_runs
 from prefect_seedream.engine.storage import ImageStore
 from prefect_seedream.engine.summary import DatasetRunSummary
-from prefect_seedream.execution import RowRange, RowsJob, execute_rows
+from prefect_seedream.execution import RowsJob, execute_rows
 from prefect_seedream.shards import run_shards
 
 #: More task runs than this in one run is what a default `prefect server start` cannot record

@@ -27,8 +27,9 @@ from prefect.flows import Flow
 from prefect_seedream.artifacts import ProgressArtifact
 from prefect_seedream.credentials import SeedreamCredentials
 from prefect_seedream.engine.defaults import SHARD_POLL_SECONDS
+from prefect_seedream.engine.rows import RowRange
 from prefect_seedream.engine.run_folder import RunParts
-from prefect_seedream.execution import RowRange, RowsJob
+from prefect_seedream.execution import RowsJob
 
 #: States after which a shard will not change any more.
 FINAL = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
@@ -134,73 +135,105 @@ async def run_shards(
 
     Each shard gets the run's options as they are, but for its rows' share of the budget.
     """
-    logger = get_run_logger()
     if work_pool:
         await ensure_shard_deployment(deployment, work_pool, shard_flow)
-    rows = job.total_rows
-    ranges = split_rows(rows, shards)
-
-    async def start(index: int, rows_range: RowRange, attempt: int) -> FlowRun:
-        options = job.options.share(rows=rows_range.rows, total_rows=rows)
-        run = await run_deployment(
-            name=deployment,
-            parameters={
-                "dataset": job.dataset, "output": output,
-                "first_row": rows_range.first, "last_row": rows_range.last,
-                "run_id": job.run_id, "total_rows": rows,
-                "options": options.model_dump(mode="json"),
-                "credentials": credentials_parameter(job.credentials),
-                "concurrency_limit": job.concurrency_limit,
-            },
-            flow_run_name=f"shard-{index + 1}-of-{len(ranges)}-rows-{rows_range.first}-{rows_range.last}"
-            + (f"-retry-{attempt}" if attempt else ""),
-            timeout=0,
-            as_subflow=True,
-        )
-        logger.info(
-            "Shard %d of %d (rows %d-%d) is flow run %s", index + 1, len(ranges),
-            rows_range.first, rows_range.last, run.name,
-        )
-        return run
-
-    runs: dict[int, FlowRun] = {i: await start(i, r, 0) for i, r in enumerate(ranges)}
-    attempts = dict.fromkeys(runs, 0)
+    shard_runs = _ShardRuns(job, split_rows(job.total_rows, shards), deployment, output)
+    await shard_runs.start_all()
     waiting_since = time.monotonic()
     async with get_client() as client:
         while True:
             await asyncio.sleep(SHARD_POLL_SECONDS)
             progress.set_done(await asyncio.to_thread(parts.rows_done))
-            current = await _read_runs(client, [run.id for run in runs.values()])
-            for index, run in list(runs.items()):
-                state = current.get(run.id)
-                if state is None or state.state_type not in FINAL:
-                    continue
-                if state.state_type is StateType.CRASHED and attempts[index] < SHARD_RETRIES:
-                    attempts[index] += 1
-                    logger.warning(
-                        "Shard %d (rows %d-%d) crashed (%s); starting it again: it re-attaches to its "
-                        "tasks in flight and skips its stored rows", index + 1, ranges[index].first,
-                        ranges[index].last, state.state.message if state.state else "",
-                    )
-                    runs[index] = await start(index, ranges[index], attempts[index])
-            if all(
-                (found := current.get(run.id)) is not None and found.state_type in FINAL
-                for run in runs.values()
-            ):
+            current = await _read_runs(client, shard_runs.ids())
+            await shard_runs.restart_crashed(current)
+            if shard_runs.all_final(current):
                 break
             if waiting_since and any(r.state_type is not StateType.SCHEDULED for r in current.values()):
                 waiting_since = 0.0  # a worker took one
             elif waiting_since and time.monotonic() - waiting_since > SHARD_START_WARNING_SECONDS:
                 waiting_since = 0.0
-                logger.warning(
+                get_run_logger().warning(
                     "No worker has started a shard after %.0f s: is a worker running on the work "
                     "pool of %s (`prefect worker start --pool POOL`)?", SHARD_START_WARNING_SECONDS,
                     deployment,
                 )
-    for index, run in runs.items():
-        final = current[run.id]
-        logger.info("Shard %d ended %s: %s", index + 1, final.state_type.value,
-                    final.state.message if final.state else "")
+    shard_runs.log_ends(current)
+
+
+class _ShardRuns:
+    """The flow runs of a run's shards: started, restarted when they crash, followed."""
+
+    def __init__(self, job: RowsJob, ranges: list[RowRange], deployment: str, output: str) -> None:
+        self.job = job
+        self.ranges = ranges
+        self.deployment = deployment
+        self.output = output
+        self.runs: dict[int, FlowRun] = {}
+        self.attempts = dict.fromkeys(range(len(ranges)), 0)
+        self.logger = get_run_logger()
+
+    async def start_all(self) -> None:
+        """Start a flow run per row range."""
+        for index in range(len(self.ranges)):
+            self.runs[index] = await self.start(index)
+
+    async def start(self, index: int) -> FlowRun:
+        """Start (or start again) the flow run of shard ``index``, with its budget's share."""
+        job, rows_range, attempt = self.job, self.ranges[index], self.attempts[index]
+        options = job.options.share(rows=rows_range.rows, total_rows=job.total_rows)
+        run = await run_deployment(
+            name=self.deployment,
+            parameters={
+                "dataset": job.dataset, "output": self.output,
+                "first_row": rows_range.first, "last_row": rows_range.last,
+                "run_id": job.run_id, "total_rows": job.total_rows,
+                "options": options.model_dump(mode="json"),
+                "credentials": credentials_parameter(job.credentials),
+                "concurrency_limit": job.concurrency_limit,
+            },
+            flow_run_name=f"shard-{index + 1}-of-{len(self.ranges)}-rows-{rows_range.first}-{rows_range.last}"
+            + (f"-retry-{attempt}" if attempt else ""),
+            timeout=0,
+            as_subflow=True,
+        )
+        self.logger.info(
+            "Shard %d of %d (rows %d-%d) is flow run %s", index + 1, len(self.ranges),
+            rows_range.first, rows_range.last, run.name,
+        )
+        return run
+
+    def ids(self) -> list[UUID]:
+        """The current flow run of every shard."""
+        return [run.id for run in self.runs.values()]
+
+    async def restart_crashed(self, current: dict[UUID, FlowRun]) -> None:
+        """Start again each shard that crashed, while it has restarts left."""
+        for index, run in list(self.runs.items()):
+            state = current.get(run.id)
+            if state is None or state.state_type is not StateType.CRASHED:
+                continue
+            if self.attempts[index] < SHARD_RETRIES:
+                self.attempts[index] += 1
+                self.logger.warning(
+                    "Shard %d (rows %d-%d) crashed (%s); starting it again: it re-attaches to its "
+                    "tasks in flight and skips its stored rows", index + 1, self.ranges[index].first,
+                    self.ranges[index].last, state.state.message if state.state else "",
+                )
+                self.runs[index] = await self.start(index)
+
+    def all_final(self, current: dict[UUID, FlowRun]) -> bool:
+        """Whether every shard's current flow run is final."""
+        return all(
+            (found := current.get(run.id)) is not None and found.state_type in FINAL
+            for run in self.runs.values()
+        )
+
+    def log_ends(self, current: dict[UUID, FlowRun]) -> None:
+        """One line per shard: how it ended."""
+        for index, run in self.runs.items():
+            final = current[run.id]
+            self.logger.info("Shard %d ended %s: %s", index + 1, final.state_type.value,
+                             final.state.message if final.state else "")
 
 
 async def _read_runs(client: Any, ids: list[UUID]) -> dict[UUID, FlowRun]:

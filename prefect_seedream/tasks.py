@@ -72,11 +72,12 @@ from prefect_seedream.engine.manifest import ManifestError, RowStatus, RunLine
 from prefect_seedream.engine.options import RunOptions
 from prefect_seedream.engine.reconcile import TaskListIndex
 from prefect_seedream.engine.references import ReferenceStore, no_store_message
+from prefect_seedream.engine.rows import scan_dataset
 from prefect_seedream.engine.sources import spill_rows
 from prefect_seedream.engine.storage import ImageStore, StoredImage
 from prefect_seedream.engine.summary import DatasetRunSummary
 from prefect_seedream.events import PREFECT_EVENTS
-from prefect_seedream.execution import read_concurrency_limit, scan_dataset
+from prefect_seedream.execution import read_concurrency_limit
 from prefect_seedream.runs import run_in_output
 from prefect_seedream.story import (
     call_story,
@@ -589,7 +590,8 @@ async def generate_many(
     if "://" in destination and storage_options:  # the requests were written into the destination
         options = options.model_copy(update={"dataset_storage_options": storage_options})
     scan = await asyncio.to_thread(
-        scan_dataset, dataset, options.row_defaults(), options.dataset_storage_options
+        scan_dataset, dataset, options.row_defaults(), options.dataset_storage_options,
+        logger=get_run_logger(),
     )
     results: list[GeneratedImages | None] = [None] * scan.rows
 

@@ -17,7 +17,6 @@ import pytest
 
 import prefect_seedream
 from prefect_seedream.api.models import GenerationRequest, GenerationTask
-from prefect_seedream.batches import batches_of, rows_per_task_for
 from prefect_seedream.engine.dataset import ValidRow
 from prefect_seedream.engine.defaults import REATTACH_WINDOW_SECONDS
 from prefect_seedream.engine.ledger import (
@@ -28,6 +27,7 @@ from prefect_seedream.engine.ledger import (
     TaskLedger,
 )
 from prefect_seedream.engine.manifest import ManifestLine, RunLine
+from prefect_seedream.engine.rows import batches_of, rows_per_task_for
 from prefect_seedream.engine.run_folder import RunParts
 from prefect_seedream.engine.storage import ImageStore, StoredImage
 from prefect_seedream.shards import split_rows

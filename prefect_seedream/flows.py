@@ -24,7 +24,7 @@ from pydantic import Field
 from prefect_seedream.api.defaults import MAX_WAIT_SECONDS, POLL_INTERVAL_SECONDS
 from prefect_seedream.api.errors import SeedreamError
 from prefect_seedream.api.models import DEFAULT_MODEL, ModelName, OutputFormat, Quality
-from prefect_seedream.artifacts import DEFAULT_PREFIX, ProgressArtifact, RunTables
+from prefect_seedream.artifacts import ProgressArtifact
 from prefect_seedream.clients import api_client, shared_clients
 from prefect_seedream.credentials import SeedreamCredentials, resolve_credentials
 from prefect_seedream.dispatch import dual_flow
@@ -57,6 +57,7 @@ from prefect_seedream.engine.progress import RunProgress, notify_total
 from prefect_seedream.engine.reconcile import PromptKey, TaskListIndex, shared_prompt_keys
 from prefect_seedream.engine.rows import RowRange, scan_dataset
 from prefect_seedream.engine.run_folder import RunParts
+from prefect_seedream.engine.run_report import DEFAULT_PREFIX, RunTables
 from prefect_seedream.engine.sources import is_in_memory, spill_rows
 from prefect_seedream.engine.storage import ImageStore
 from prefect_seedream.engine.summary import DatasetRunSummary

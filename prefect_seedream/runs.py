@@ -19,7 +19,7 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.flows import Flow
 
-from prefect_seedream.artifacts import ProgressArtifact, RunTables, StoryKeys
+from prefect_seedream.artifacts import ProgressArtifact
 from prefect_seedream.clients import api_client
 from prefect_seedream.credentials import SeedreamCredentials, resolve_credentials
 from prefect_seedream.engine.balance import balance_stop, read_balance
@@ -33,6 +33,7 @@ from prefect_seedream.engine.output_lock import OutputLock, OutputLockedError
 from prefect_seedream.engine.progress import RunProgress
 from prefect_seedream.engine.rows import RowRange
 from prefect_seedream.engine.run_folder import RunDescription, RunParts, clear_runs
+from prefect_seedream.engine.run_report import RunTables, StoryKeys
 from prefect_seedream.engine.storage import ImageStore
 from prefect_seedream.engine.summary import DatasetRunSummary
 from prefect_seedream.execution import RowsJob, execute_rows

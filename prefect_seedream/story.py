@@ -42,15 +42,10 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactUpdate
 from prefect.runtime import flow_run, task_run
 
-from prefect_seedream.artifacts import (
-    DEFAULT_PREFIX,
-    RunTables,
-    StoryKeys,
-    publish_gallery,
-    summary_table,
-)
+from prefect_seedream.artifacts import publish_gallery, publish_tables
 from prefect_seedream.engine.gallery import Gallery
 from prefect_seedream.engine.manifest import RunLine
+from prefect_seedream.engine.run_report import DEFAULT_PREFIX, RunTables, StoryKeys, summary_table
 from prefect_seedream.engine.storage import ImageStore
 from prefect_seedream.engine.summary import DatasetRunSummary
 from prefect_seedream.events import emit_dataset_event
@@ -131,7 +126,7 @@ async def publish_run_story(
     """The end of a run's story: the summary, the rows table and the gallery (the progress
     artifact was written while it ran). The dataset flow and ``generate_many`` both end here.
     """
-    await tables.publish(summary, keys)
+    await publish_tables(tables, summary, keys)
     await fill_gallery(gallery, tables, store)
     gallery.total = max(gallery.total, summary.images)  # rows stored earlier count too
     await publish_gallery(gallery, keys.gallery, summary.manifest)

@@ -43,7 +43,6 @@ from prefect_seedream.api.errors import (
     TaskFailedError,
 )
 from prefect_seedream.api.models import GenerationRequest, GenerationTask
-from prefect_seedream.artifacts import RunTables
 from prefect_seedream.clients import api_client, shared_clients
 from prefect_seedream.credentials import SeedreamCredentials, resolve_credentials
 from prefect_seedream.dispatch import dual_task
@@ -73,6 +72,7 @@ from prefect_seedream.engine.options import RunOptions
 from prefect_seedream.engine.reconcile import TaskListIndex
 from prefect_seedream.engine.references import ReferenceStore, no_store_message
 from prefect_seedream.engine.rows import scan_dataset
+from prefect_seedream.engine.run_report import RunTables
 from prefect_seedream.engine.sources import spill_rows
 from prefect_seedream.engine.storage import ImageStore, StoredImage
 from prefect_seedream.engine.summary import DatasetRunSummary

@@ -1,0 +1,171 @@
+"""What a run's report shows: its artifacts' keys, the summary table, the rows table.
+
+Built from manifest lines and the run's summary, in bounded memory, with no Prefect: the Prefect
+layer (:mod:`prefect_seedream.artifacts`) publishes them as the run's artifacts, and the command
+line and the contact sheet read the same counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from prefect_seedream.engine.defaults import FAILED_ROWS_SHOWN, GALLERY_LIMIT, ROWS_TABLE_LIMIT
+from prefect_seedream.engine.manifest import ROW_STATUSES, ManifestLine
+from prefect_seedream.engine.summary import DatasetRunSummary, next_step_for
+
+#: The dataset flow's default prefix: its keys are ``seedream-progress``, ``seedream-summary``,
+#: ``seedream-rows`` and ``seedream-gallery``.
+DEFAULT_PREFIX = "seedream"
+
+
+@dataclass(frozen=True)
+class StoryKeys:
+    """The keys of a run's four artifacts, all derived from one prefix.
+
+    A key names one artifact whose versions are kept: a deployment that runs daily with the
+    same prefix keeps the history of each artifact under one key.
+
+    Examples:
+        >>> keys = StoryKeys("seedream-posters")
+        >>> keys.progress, keys.summary, keys.rows, keys.gallery
+        ('seedream-posters-progress', 'seedream-posters-summary', 'seedream-posters-rows', 'seedream-posters-gallery')
+    """
+
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def progress(self) -> str:
+        """Key of the progress artifact."""
+        return f"{self.prefix}-progress"
+
+    @property
+    def summary(self) -> str:
+        """Key of the summary table."""
+        return f"{self.prefix}-summary"
+
+    @property
+    def rows(self) -> str:
+        """Key of the rows table."""
+        return f"{self.prefix}-rows"
+
+    @property
+    def gallery(self) -> str:
+        """Key of the gallery."""
+        return f"{self.prefix}-gallery"
+
+
+def row_table(lines: Iterable[ManifestLine]) -> list[dict[str, Any]]:
+    """Table rows for lines: row, status, the API's code and message, next step, task id, ...
+
+    Examples:
+        >>> from prefect_seedream.engine.manifest import ManifestError
+        >>> line = ManifestLine(row_id="a", row_number=1, prompt="x", model=None, status="failed",
+        ...     task_id="task-1", error=ManifestError(code="content_policy_violation", message="no"))
+        >>> row = row_table([line])[0]
+        >>> row["row"], row["code"], row["message"], row["task id"]
+        ('a', 'content_policy_violation', 'no', 'task-1')
+    """
+    return [
+        {
+            "row": line.row_id,
+            "status": line.status,
+            "code": line.error.code if line.error else "",
+            "message": line.error.message if line.error else "",
+            "task id": line.task_id or "",
+            "next step": next_step_for(line),
+            "line": line.row_number,
+            "images": len(line.images),
+            "credits": line.credits if line.credits is not None else "",
+        }
+        for line in lines
+    ]
+
+
+class RunTables:
+    """Collects what the rows table and the gallery show while the manifest is written, in
+    bounded memory: the first rows that did not succeed, the first others, the first images.
+
+    Examples:
+        >>> tables = RunTables()
+        >>> for number, status in enumerate(["succeeded", "failed", "succeeded"], 1):
+        ...     tables.add(ManifestLine(row_id=f"r{number}", row_number=number, prompt="x",
+        ...                             model=None, status=status))
+        >>> [row["row"] for row in tables.table()]
+        ['r2', 'r1', 'r3']
+    """
+
+    def __init__(self, limit: int = ROWS_TABLE_LIMIT, failures_limit: int = FAILED_ROWS_SHOWN) -> None:
+        self.limit = limit
+        self.failures_limit = min(failures_limit, limit)
+        self.rows_total = 0
+        self.failures_total = 0
+        self.failures: list[ManifestLine] = []
+        self.others: list[ManifestLine] = []
+        #: The first lines with images (enough for a gallery made from the manifest).
+        self.gallery_lines: list[ManifestLine] = []
+
+    def add(self, line: ManifestLine) -> None:
+        """See one line of the manifest."""
+        self.rows_total += 1
+        if line.images and len(self.gallery_lines) < GALLERY_LIMIT:
+            self.gallery_lines.append(line)
+        if line.status != "succeeded":
+            self.failures_total += 1
+            if len(self.failures) < self.failures_limit:
+                self.failures.append(line)
+        elif len(self.others) < self.limit:
+            self.others.append(line)
+
+    def shown(self) -> list[ManifestLine]:
+        """The lines the table lists: failures first, then the others, at most ``limit``."""
+        return (self.failures + self.others)[: self.limit]
+
+    def table(self) -> list[dict[str, Any]]:
+        """The table's rows."""
+        return row_table(self.shown())
+
+    def description(self, where: str | None) -> str:
+        """What the table holds, and where the rest is."""
+        shown = len(self.shown())
+        text = f"{self.rows_total} row(s), {self.failures_total} did not succeed (listed first)"
+        if shown < self.rows_total:
+            text += f"; {shown} shown, every row is in {where or 'the manifest'}"
+        return text
+
+
+def summary_table(summary: DatasetRunSummary, where: tuple[str, str] | None = None) -> list[dict[str, Any]]:
+    """The summary's rows: counts by outcome (the manifest's), images, credits, the manifest.
+
+    Examples:
+        >>> table = summary_table(DatasetRunSummary(rows=2, succeeded=1, failed=1, manifest="o/m.jsonl"))
+        >>> table[1], table[9]
+        ({'what': 'rows succeeded', 'count': 1}, {'what': 'manifest (one line per row)', 'count': 'o/m.jsonl'})
+    """
+    table: list[dict[str, Any]] = [{"what": "rows in all", "count": summary.rows}]
+    table += [
+        {"what": f"rows {status.replace('_', ' ')}", "count": getattr(summary, status)}
+        for status in ROW_STATUSES
+    ]
+    table += [
+        {"what": "images stored", "count": summary.images},
+        {"what": "credits charged by this run", "count": summary.credits},
+        {"what": "credits reserved that may be charged", "count": summary.credits_at_risk},
+    ]
+    if where is None and summary.manifest:
+        where = ("manifest (one line per row)", summary.manifest)
+    if where is not None:
+        table.append({"what": where[0], "count": where[1]})
+    # (The UI shows tables 10 rows a page: the details come after what everyone needs.)
+    table += [
+        {"what": "rows invalid (of the failed)", "count": summary.invalid},
+        {"what": "rows stored by an earlier run (of the succeeded)", "count": summary.reused},
+    ]
+    if summary.contact_sheet:
+        table.append({"what": "contact sheet (open it in a browser)", "count": summary.contact_sheet})
+    if summary.balance is not None:
+        table.append({"what": "account credits left after the run", "count": summary.balance})
+    if summary.stopped is not None:
+        table.append({"what": "stopped", "count": summary.stopped.sentence()})
+    return table

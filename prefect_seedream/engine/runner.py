@@ -84,7 +84,8 @@ LOOKUP_DELAY_SECONDS = 1.0
 
 class Slots(Protocol):
     """Slots of a concurrency limit shared beyond this process (the Prefect layer's
-    :class:`prefect_seedream.slots.SlotPool` leases them from a global concurrency limit)."""
+    :class:`~prefect_seedream.engine.slot_pool.SlotPool` leases them, from a Prefect global
+    concurrency limit in the Prefect layer)."""
 
     def slot(self) -> AbstractAsyncContextManager[None]:
         """Hold one slot until the block ends."""

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -45,63 +44,22 @@ from prefect.runtime import flow_run, task_run
 from prefect_seedream.artifacts import publish_gallery, publish_tables
 from prefect_seedream.engine.gallery import Gallery
 from prefect_seedream.engine.manifest import RunLine
-from prefect_seedream.engine.run_report import DEFAULT_PREFIX, RunTables, StoryKeys, summary_table
+from prefect_seedream.engine.run_report import (
+    REMEMBERED_RUNS,
+    ClaimedPrefixes,
+    RunTables,
+    StoryKeys,
+    key_prefix,
+    summary_table,
+)
 from prefect_seedream.engine.storage import ImageStore
 from prefect_seedream.engine.summary import DatasetRunSummary
 from prefect_seedream.events import emit_dataset_event
 
-#: Longest prefix kept (the keys add ``-summary`` and a call's ``-N``).
-PREFIX_LENGTH = 48
-#: Flow runs whose claimed prefixes a process remembers (a served flow runs many).
-REMEMBERED_RUNS = 256
-
 logger = logging.getLogger("prefect_seedream")
 
 
-def key_prefix(text: str) -> str:
-    """A valid artifact key prefix (lowercase letters, digits and dashes) from any text.
-
-    Examples:
-        >>> key_prefix("Seedream Posters_2026"), key_prefix("!!!")
-        ('seedream-posters-2026', 'seedream')
-    """
-    words = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return words[:PREFIX_LENGTH].rstrip("-") or DEFAULT_PREFIX
-
-
-def destination_prefix(destination: str) -> str:
-    """The default prefix of a call writing into ``destination``: its last part.
-
-    Examples:
-        >>> destination_prefix("s3://bucket/renders/posters/"), destination_prefix("/")
-        ('seedream-posters', 'seedream')
-    """
-    name = destination.rstrip("/").rsplit("/", 1)[-1]
-    return key_prefix(f"{DEFAULT_PREFIX}-{name}" if name else DEFAULT_PREFIX)
-
-
-class _ClaimedPrefixes:
-    """The prefixes each recent flow run has used (thread-safe: ``.map`` runs in threads)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._runs: OrderedDict[str, set[str]] = OrderedDict()
-
-    def claim(self, scope: str, prefix: str) -> str:
-        """``prefix`` the first time in ``scope``, then ``prefix-2``, ``prefix-3``, ..."""
-        with self._lock:
-            used = self._runs.setdefault(scope, set())
-            self._runs.move_to_end(scope)
-            while len(self._runs) > REMEMBERED_RUNS:
-                self._runs.popitem(last=False)
-            candidate, number = prefix, 2
-            while candidate in used:
-                candidate, number = f"{prefix}-{number}", number + 1
-            used.add(candidate)
-            return candidate
-
-
-_claimed = _ClaimedPrefixes()
+_claimed = ClaimedPrefixes()
 
 
 def _run_scope() -> str:

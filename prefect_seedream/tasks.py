@@ -72,7 +72,7 @@ from prefect_seedream.engine.options import RunOptions
 from prefect_seedream.engine.reconcile import TaskListIndex
 from prefect_seedream.engine.references import ReferenceStore, no_store_message
 from prefect_seedream.engine.rows import scan_dataset
-from prefect_seedream.engine.run_report import RunTables
+from prefect_seedream.engine.run_report import RunTables, destination_prefix
 from prefect_seedream.engine.sources import spill_rows
 from prefect_seedream.engine.storage import ImageStore, StoredImage
 from prefect_seedream.engine.summary import DatasetRunSummary
@@ -82,7 +82,6 @@ from prefect_seedream.runs import run_in_output
 from prefect_seedream.story import (
     call_story,
     claim_story_keys,
-    destination_prefix,
     emit_run_end_event,
     publish_run_story,
 )

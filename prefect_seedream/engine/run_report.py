@@ -1,5 +1,7 @@
 """What a run's report shows: its artifacts' keys, the summary table, the rows table.
 
+Keys: see :mod:`prefect_seedream.story` for how a call's prefix is chosen and claimed.
+
 Built from manifest lines and the run's summary, in bounded memory, with no Prefect: the Prefect
 layer (:mod:`prefect_seedream.artifacts`) publishes them as the run's artifacts, and the command
 line and the contact sheet read the same counts.
@@ -7,6 +9,9 @@ line and the contact sheet read the same counts.
 
 from __future__ import annotations
 
+import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +23,63 @@ from prefect_seedream.engine.summary import DatasetRunSummary, next_step_for
 #: The dataset flow's default prefix: its keys are ``seedream-progress``, ``seedream-summary``,
 #: ``seedream-rows`` and ``seedream-gallery``.
 DEFAULT_PREFIX = "seedream"
+
+
+#: Longest prefix kept (the keys add ``-summary`` and a call's ``-N``).
+PREFIX_LENGTH = 48
+#: Flow runs whose claimed prefixes a process remembers (a served flow runs many).
+REMEMBERED_RUNS = 256
+
+
+def key_prefix(text: str) -> str:
+    """A valid artifact key prefix (lowercase letters, digits and dashes) from any text.
+
+    Examples:
+        >>> key_prefix("Seedream Posters_2026"), key_prefix("!!!")
+        ('seedream-posters-2026', 'seedream')
+    """
+    words = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return words[:PREFIX_LENGTH].rstrip("-") or DEFAULT_PREFIX
+
+
+def destination_prefix(destination: str) -> str:
+    """The default prefix of a call writing into ``destination``: its last part.
+
+    Examples:
+        >>> destination_prefix("s3://bucket/renders/posters/"), destination_prefix("/")
+        ('seedream-posters', 'seedream')
+    """
+    name = destination.rstrip("/").rsplit("/", 1)[-1]
+    return key_prefix(f"{DEFAULT_PREFIX}-{name}" if name else DEFAULT_PREFIX)
+
+
+class ClaimedPrefixes:
+    """The prefixes each recent flow run has used (thread-safe: ``.map`` runs in threads).
+
+    Examples:
+        >>> claimed = ClaimedPrefixes()
+        >>> claimed.claim("run-1", "seedream"), claimed.claim("run-1", "seedream")
+        ('seedream', 'seedream-2')
+        >>> claimed.claim("run-2", "seedream")
+        'seedream'
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: OrderedDict[str, set[str]] = OrderedDict()
+
+    def claim(self, scope: str, prefix: str) -> str:
+        """``prefix`` the first time in ``scope``, then ``prefix-2``, ``prefix-3``, ..."""
+        with self._lock:
+            used = self._runs.setdefault(scope, set())
+            self._runs.move_to_end(scope)
+            while len(self._runs) > REMEMBERED_RUNS:
+                self._runs.popitem(last=False)
+            candidate, number = prefix, 2
+            while candidate in used:
+                candidate, number = f"{prefix}-{number}", number + 1
+            used.add(candidate)
+            return candidate
 
 
 @dataclass(frozen=True)

@@ -76,17 +76,9 @@ class PrefectEvents(RunListener):
         ```
     """
 
-    def generation_event(
-        self,
-        kind: GenerationEventKind,
-        task_id: str,
-        *,
-        label: str | None = None,
-        model: str | None = None,
-        payload: dict[str, Any] | None = None,
-    ) -> None:
+    def generation_event(self, kind: GenerationEventKind, task_id: str, **facts: Any) -> None:
         """Emit ``seedream.generation.<kind>`` (see :func:`emit_generation_event`)."""
-        emit_generation_event(kind, task_id, label=label, model=model, payload=payload)
+        emit_generation_event(kind, task_id, **facts)
 
 
 #: The listener the tasks and flows give the engine.

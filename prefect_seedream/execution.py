@@ -40,7 +40,7 @@ from prefect_seedream.engine.runner import RowLimiter, RowRunner
 from prefect_seedream.engine.slot_pool import SlotPool
 from prefect_seedream.engine.storage import ImageStore
 from prefect_seedream.events import PREFECT_EVENTS
-from prefect_seedream.slots import global_limit_slots
+from prefect_seedream.slots import GlobalLimitLeases
 
 
 @dataclass(frozen=True)
@@ -156,9 +156,9 @@ async def _global_slots(job: RowsJob) -> SlotPool | None:
     if not (options.concurrency_limit_name and job.concurrency_limit):
         return None
     holder = ConcurrencyLeaseHolder(type="flow_run", id=flow_run.id) if flow_run.id else None
-    slots = global_limit_slots(
-        options.concurrency_limit_name, limit=job.concurrency_limit,
-        max_slots=options.max_concurrency, holder=holder,
+    slots = SlotPool(
+        GlobalLimitLeases(options.concurrency_limit_name, holder),
+        limit=job.concurrency_limit, max_slots=options.max_concurrency,
     )
     await slots.__aenter__()
     return slots

@@ -15,8 +15,7 @@ import httpx
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 
-from prefect_seedream.engine.defaults import SLOT_LEASE_SECONDS, SLOT_LINGER_SECONDS
-from prefect_seedream.engine.slot_pool import SlotPool, SlotServerUnavailable, SlotsRefused
+from prefect_seedream.engine.slot_pool import SlotServerUnavailable, SlotsRefused
 
 
 class GlobalLimitLeases:
@@ -86,35 +85,3 @@ class GlobalLimitLeases:
                 return False
             raise
         return True
-
-
-def global_limit_slots(
-    name: str,
-    *,
-    limit: int,
-    max_slots: int,
-    holder: ConcurrencyLeaseHolder | None = None,
-    lease_seconds: float = SLOT_LEASE_SECONDS,
-    linger: float = SLOT_LINGER_SECONDS,
-) -> SlotPool:
-    """A slot pool on a Prefect global concurrency limit.
-
-    Args:
-        name: The global concurrency limit's name (it must exist).
-        limit: Its limit (a request is never bigger).
-        max_slots: Most slots this pool holds (the run's own concurrency).
-        holder: Who holds the slots, shown by the server (the flow run).
-        lease_seconds: Duration of each lease (Prefect's minimum is 60 s).
-        linger: Seconds an unused lease is kept for a row that may come.
-
-    Examples:
-        ```python
-        async with global_limit_slots("evolink", limit=50, max_slots=16) as pool:
-            async with pool.slot():
-                ...  # one generation in flight
-        ```
-    """
-    return SlotPool(
-        GlobalLimitLeases(name, holder), limit=limit, max_slots=max_slots,
-        lease_seconds=lease_seconds, linger=linger,
-    )

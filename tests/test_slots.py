@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
-from prefect_seedream.slots import global_limit_slots
+from prefect_seedream.engine.slot_pool import SlotPool
+from prefect_seedream.slots import GlobalLimitLeases
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -24,11 +24,11 @@ async def _active_slots(name: str) -> int:
         return (await client.read_global_concurrency_limit_by_name(name)).active_slots
 
 
-async def _hammer(pools: list[Any], rows: int, hold: float, seen: list[int]) -> None:
+async def _hammer(pools: list[SlotPool], rows: int, hold: float, seen: list[int]) -> None:
     """`rows` coroutines per pool, each holding one slot for `hold` seconds."""
     in_use = [0]
 
-    async def row(pool: Any) -> None:
+    async def row(pool: SlotPool) -> None:
         async with pool.slot():
             in_use[0] += 1
             seen.append(in_use[0])
@@ -41,7 +41,7 @@ async def _hammer(pools: list[Any], rows: int, hold: float, seen: list[int]) -> 
 async def test_rows_share_leased_slots_and_never_pass_the_limit() -> None:
     await _limit("slots-one-pool", 3)
     seen: list[int] = []
-    async with global_limit_slots("slots-one-pool", limit=3, max_slots=8) as pool:
+    async with SlotPool(GlobalLimitLeases("slots-one-pool"), limit=3, max_slots=8) as pool:
         await _hammer([pool], rows=12, hold=0.2, seen=seen)
         assert pool.stats.peak_held <= 3
         # 12 rows, a handful of leases: slots go from row to row without a call each.
@@ -62,8 +62,7 @@ async def test_two_pools_on_one_limit_stay_under_it_together() -> None:
             await asyncio.sleep(0.05)
 
     stop = asyncio.Event()
-    async with global_limit_slots("slots-two-pools", limit=4, max_slots=4) as first, global_limit_slots(
-        "slots-two-pools", limit=4, max_slots=4
+    async with SlotPool(GlobalLimitLeases("slots-two-pools"), limit=4, max_slots=4) as first, SlotPool(GlobalLimitLeases("slots-two-pools"), limit=4, max_slots=4
     ) as second:
         watcher = asyncio.create_task(watch(stop))
         await _hammer([first, second], rows=8, hold=0.3, seen=seen)
@@ -78,7 +77,7 @@ async def test_two_pools_on_one_limit_stay_under_it_together() -> None:
 
 async def test_a_cancelled_waiter_leaks_no_slot() -> None:
     await _limit("slots-cancel", 1)
-    async with global_limit_slots("slots-cancel", limit=1, max_slots=1) as pool:
+    async with SlotPool(GlobalLimitLeases("slots-cancel"), limit=1, max_slots=1) as pool:
         async with pool.slot():
             waiter = asyncio.create_task(_hold(pool))
             await asyncio.sleep(0.1)
@@ -90,7 +89,7 @@ async def test_a_cancelled_waiter_leaks_no_slot() -> None:
     assert await _active_slots("slots-cancel") == 0
 
 
-async def _hold(pool: Any) -> None:
+async def _hold(pool: SlotPool) -> None:
     async with pool.slot():
         await asyncio.sleep(10)
 
@@ -99,7 +98,7 @@ async def test_rows_waiting_when_a_lease_is_lost_get_a_new_one() -> None:
     """The server took a lease back (it expired: a stalled process, a restarted server):
     the rows waiting behind it must not wait forever."""
     await _limit("slots-lost", 1)
-    async with global_limit_slots("slots-lost", limit=1, max_slots=1) as pool:
+    async with SlotPool(GlobalLimitLeases("slots-lost"), limit=1, max_slots=1) as pool:
         async with pool.slot():
             waiter = asyncio.create_task(_hold_briefly(pool))
             await asyncio.sleep(0.3)
@@ -114,6 +113,6 @@ async def test_rows_waiting_when_a_lease_is_lost_get_a_new_one() -> None:
     assert await _active_slots("slots-lost") == 0
 
 
-async def _hold_briefly(pool: Any) -> None:
+async def _hold_briefly(pool: SlotPool) -> None:
     async with pool.slot():
         await asyncio.sleep(0.05)

@@ -62,8 +62,10 @@ async def test_two_pools_on_one_limit_stay_under_it_together() -> None:
             await asyncio.sleep(0.05)
 
     stop = asyncio.Event()
-    async with SlotPool(GlobalLimitLeases("slots-two-pools"), limit=4, max_slots=4) as first, SlotPool(GlobalLimitLeases("slots-two-pools"), limit=4, max_slots=4
-    ) as second:
+    async with (
+        SlotPool(GlobalLimitLeases("slots-two-pools"), limit=4, max_slots=4) as first,
+        SlotPool(GlobalLimitLeases("slots-two-pools"), limit=4, max_slots=4) as second,
+    ):
         watcher = asyncio.create_task(watch(stop))
         await _hammer([first, second], rows=8, hold=0.3, seen=seen)
         stop.set()

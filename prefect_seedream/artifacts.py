@@ -44,12 +44,8 @@ from prefect_seedream.engine.summary import DatasetRunSummary
 class ProgressArtifact:
     """A progress artifact updated in place as rows finish (at most every few seconds).
 
-    Examples:
-        ```python
-        progress = await ProgressArtifact.create(total=200)
-        progress.advance()
-        await progress.finish()
-        ```
+    A run creates it (:meth:`create`), calls :meth:`advance` as each row finishes and
+    :meth:`finish` at its end.
     """
 
     def __init__(self, artifact_id: UUID, total: int, every: float = PROGRESS_UPDATE_SECONDS) -> None:
@@ -113,11 +109,6 @@ async def publish_gallery(gallery: Gallery, key: str, where: str | None = None) 
         gallery: The images a run stored.
         key: The artifact's key (``<prefix>-gallery``).
         where: The manifest that lists every image.
-
-    Examples:
-        ```python
-        await publish_gallery(Gallery(), "seedream-gallery", "out/manifest.jsonl")
-        ```
     """
     return await acreate_markdown_artifact(
         gallery.markdown(where), key=key, description=f"Generated images: {gallery.total}"

@@ -79,13 +79,8 @@ async def generate_rows(
         label: The task run's name.
         batch: The rows.
         runner: Runs each row.
-        parts: Where the batch's lines go.
-
-    Examples:
-        ```python
-        state = await generate_rows(batch.label, quote(batch), quote(runner), quote(parts),
-                                    return_state=True)
-        ```
+        parts: Where the batch's lines go (the arguments other than ``label`` are passed
+            wrapped in ``prefect.utilities.annotations.quote``: Prefect does not inspect them).
     """
     logger = get_run_logger()
     reporter = runner.reporter_for(logger, verbose=len(batch.rows) == 1)

@@ -208,12 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _next_steps(args: argparse.Namespace, summary: Any) -> list[str]:
     """The exact commands that finish a run's unfinished rows."""
+    from prefect_seedream.engine.guidance import recover_command, resubmit_command
+
     steps = []
     if summary.in_flight:
-        steps.append(f"prefect-seedream recover {shlex.quote(args.output)}")
+        steps.append(recover_command(args.output))
     if summary.outcome_unknown:
-        command = [a for a in sys.argv[1:] if a != "--resubmit-unknown"]
-        steps.append(shlex.join(["prefect-seedream", *command, "--resubmit-unknown"]))
+        steps.append(resubmit_command(sys.argv[1:]))
     return steps
 
 
@@ -228,6 +229,8 @@ def _balance_text(balance: float | None) -> str:
 
 
 def _print_summary(args: argparse.Namespace, summary: Any, state: Any) -> None:
+    from prefect_seedream.engine.guidance import outcome_unknown_guidance, recover_hint
+
     print()
     print(f"Rows:       {summary.rows} ({summary.invalid} invalid)")
     if summary.dry_run:
@@ -255,15 +258,11 @@ def _print_summary(args: argparse.Namespace, summary: Any, state: Any) -> None:
         print(f"\n{summary.stopped.sentence()}")
         print(f"  {_same_command()}")
     if summary.outcome_unknown:
-        print(
-            f"\n{summary.outcome_unknown} row(s) have an unknown outcome: their submission may have "
-            "created (and billed) a task, but no answer was recorded and the API's task list did "
-            "not show it. To submit them again with the same Idempotency-Key (the API returns the "
-            "task a lost submission created, if any), run:"
-        )
+        guidance = outcome_unknown_guidance("the command below")
+        print(f"\n{summary.outcome_unknown} row(s) have an unknown outcome: {guidance}.")
         print(f"  {_next_steps(args, summary)[-1]}")
     if summary.in_flight:
-        print(f"\n{summary.in_flight} task(s) are still in flight; collect them (nothing is paid) with:")
+        print(f"\n{summary.in_flight} task(s) are still in flight; {recover_hint('the command below')}.")
         print(f"  {_next_steps(args, summary)[0]}")
 
 

@@ -59,8 +59,10 @@ async def shared_clients() -> AsyncIterator[None]:
     Examples:
         ```python
         async with shared_clients():
-            async with api_client(None) as client:  # pooled; closed when the block ends
-                ...
+            async with api_client(None) as client:  # the environment's credentials
+                balance = await client.get_credits()
+            async with api_client(None) as again:  # the same one, closed when the scope ends
+                assert again is client
         ```
     """
     scope = _Scope(asyncio.get_running_loop())

@@ -45,11 +45,14 @@ class SeedreamCredentials(CredentialsBlock):
         SeedreamCredentials(api_key="sk-...").save("evolink", overwrite=True)
         ```
 
-        Load it in a flow and get a client:
+        Load it in a flow (``await ... .aload`` in async code) and get a client:
         ```python
-        credentials = SeedreamCredentials.load("evolink")
+        from prefect_seedream import GenerationRequest, SeedreamCredentials
+
+        credentials = await SeedreamCredentials.aload("evolink")
         async with credentials.get_client() as client:
-            task = await client.get_task("task-unified-...")
+            task = await client.submit(GenerationRequest(prompt="A red fox"))
+            print(task.id, task.status.value)
         ```
     """
 
@@ -83,7 +86,8 @@ class SeedreamCredentials(CredentialsBlock):
 
         Examples:
             ```python
-            credentials = SeedreamCredentials.from_env()
+            credentials = SeedreamCredentials.from_env()  # SEEDREAM_API_KEY must be set
+            print(credentials.base_url)
             ```
         """
         key = os.environ.get(API_KEY_ENV, "")
@@ -100,8 +104,8 @@ class SeedreamCredentials(CredentialsBlock):
 
         Examples:
             ```python
-            async with SeedreamCredentials.load("evolink").get_client() as client:
-                ...
+            async with SeedreamCredentials.from_env().get_client() as client:  # closed after
+                print(await client.get_credits())
             ```
         """
         timeout = httpx.Timeout(

@@ -65,22 +65,9 @@ def _dispatch(awaitable: Coroutine[Any, Any, T], sync: bool | None) -> T | Corou
 
 
 class DualTask(Task):  # type: ignore[type-arg]
-    """An async Prefect task that can also be called from sync code (see the module docstring).
-
-    Examples:
-        ```python
-        from prefect import flow
-        from prefect_seedream import GenerationRequest, generate_images
-
-        @flow
-        def sync_poster():
-            return generate_images(GenerationRequest(prompt="A red fox"), "output").images
-
-        @flow
-        async def async_poster():
-            return (await generate_images(GenerationRequest(prompt="A red fox"), "output")).images
-        ```
-    """
+    """An async Prefect task that can also be called from sync code (see the module docstring;
+    the examples of :func:`~prefect_seedream.tasks.generate_images` and
+    :func:`~prefect_seedream.tasks.generate_many` call one from a sync and an async flow)."""
 
     def __call__(self, *args: Any, _sync: bool | None = None, **kwargs: Any) -> Any:
         return _dispatch(super().__call__(*args, **kwargs), _sync)

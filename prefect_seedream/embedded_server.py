@@ -43,11 +43,8 @@ def _free_port() -> int:
 class EmbeddedServer:
     """A temporary Prefect API server on a free loopback port, for one command.
 
-    Examples:
-        ```python
-        with EmbeddedServer() as server:  # sets PREFECT_API_URL
-            run_the_flow()
-        ```
+    Entering the ``with`` block starts the server and sets ``PREFECT_API_URL`` (call
+    :meth:`wait_ready` before using it); leaving it stops the server and unsets the variable.
     """
 
     def __init__(self) -> None:

@@ -68,13 +68,9 @@ def emit_dataset_event(
 
 
 class PrefectEvents(RunListener):
-    """The engine's listener in a Prefect run: each generation event becomes a Prefect event.
-
-    Examples:
-        ```python
-        reporter = StepReporter(get_run_logger(), listener=PREFECT_EVENTS)
-        ```
-    """
+    """The engine's listener in a Prefect run: each generation event becomes a Prefect event
+    (the tasks and flows give :data:`PREFECT_EVENTS` to their
+    :class:`~prefect_seedream.engine.generation.StepReporter`)."""
 
     def generation_event(self, kind: GenerationEventKind, task_id: str, **facts: Any) -> None:
         """Emit ``seedream.generation.<kind>`` (see :func:`emit_generation_event`)."""

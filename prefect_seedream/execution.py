@@ -1,9 +1,9 @@
 """Running a range of a dataset's rows in this process: what a single run and each shard do.
 
-The pieces (the engine's :mod:`~prefect_seedream.engine.runner` for a row, :mod:`batches` for
-task runs, :mod:`slots` for a global concurrency limit, the engine's
-:mod:`~prefect_seedream.engine.run_folder` for the manifest's parts) are put together here,
-once, for the dataset flow and for the shard flow.
+The pieces (:mod:`~prefect_seedream.engine.runner` for a row, :mod:`~prefect_seedream.batches`
+for task runs, :mod:`~prefect_seedream.slots` for a global concurrency limit's leases,
+:mod:`~prefect_seedream.engine.run_folder` for the manifest) are put together here, once, for
+the dataset flow and for the shard flow.
 """
 
 from __future__ import annotations

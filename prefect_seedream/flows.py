@@ -204,16 +204,22 @@ async def generate_dataset(
         The final state; its result is a `DatasetRunSummary` (`.lines()` reads the rows).
 
     Examples:
+        A file (`prompts.csv` has a `prompt` column):
         ```python
         from prefect_seedream import generate_dataset
 
         state = generate_dataset("prompts.csv", output="output", max_concurrency=4,
                                  return_state=True)
         print(state.message)
+        ```
+
+        Rows in memory, from async code:
+        ```python
+        from prefect_seedream import generate_dataset
 
         rows = [{"id": "fox", "prompt": "A red fox in the snow"}, {"prompt": "A lighthouse"}]
-        summary = generate_dataset(rows, output="output", return_state=True).result(
-            raise_on_failure=False)
+        state = await generate_dataset(rows, output="output", return_state=True)
+        summary = await state.aresult(raise_on_failure=False)
         print([image.uri for line in summary.lines() for image in line.images])
         ```
     """
@@ -324,13 +330,22 @@ async def generate_shard(
         Completed when every row of the range succeeded, else Failed with the counts.
 
     Examples:
+        `generate_dataset(..., shards=4)` starts each shard on a work pool with
+        `run_deployment("seedream-generate-shard/generate-shard", parameters={...})`, the
+        parameters below, while it holds the output's lock as `run_id`. The same shard, run
+        here:
         ```python
-        from prefect.deployments import run_deployment
+        from prefect_seedream import RunOptions, generate_shard
+        from prefect_seedream.engine.output_lock import OutputLock
+        from prefect_seedream.engine.storage import ImageStore
 
-        await run_deployment("seedream-generate-shard/generate-shard", parameters={
-            "dataset": "s3://bucket/prompts.csv", "output": "s3://bucket/out",
-            "first_row": 1, "last_row": 5000, "run_id": parent_id, "total_rows": 20000,
-            "options": RunOptions(max_concurrency=50).model_dump(mode="json")})
+        async with OutputLock(ImageStore("output"), run_id="parent-run"):  # the parent's part
+            state = await generate_shard(
+                dataset="prompts.csv", output="output", first_row=1, last_row=2,
+                run_id="parent-run", total_rows=2, options=RunOptions(max_concurrency=50),
+                return_state=True,
+            )
+        print(state.message)  # its rows' lines are in the parent's part files
         ```
     """
     logger = get_run_logger()
@@ -397,7 +412,7 @@ async def recover_dataset(
         ```python
         from prefect_seedream import recover_dataset
 
-        state = recover_dataset("output", return_state=True)
+        state = recover_dataset("output", return_state=True)  # the earlier run's output
         print(state.message)
         ```
     """

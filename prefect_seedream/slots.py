@@ -27,9 +27,13 @@ class GlobalLimitLeases:
 
     Examples:
         ```python
-        async with SlotPool(GlobalLimitLeases("evolink"), limit=50, max_slots=16) as pool:
-            async with pool.slot():
-                ...  # one generation in flight
+        # The limit exists: `prefect gcl create evolink --limit 50`
+        leases = GlobalLimitLeases("evolink")
+        await leases.open()
+        lease = await leases.take(2, lease_seconds=60)
+        assert await leases.renew(lease, lease_seconds=60)
+        await leases.give_back(lease)
+        await leases.close()
         ```
     """
 

@@ -132,13 +132,6 @@ class CallStory:
     Args:
         keys: The artifacts' keys.
         where: What the summary names as the place of every outcome (the ledger).
-
-    Examples:
-        ```python
-        story = CallStory(StoryKeys("seedream-posters"), where="output/.seedream/tasks")
-        number = story.start()
-        await story.finish(run_line)
-        ```
     """
 
     def __init__(self, keys: StoryKeys, where: str) -> None:

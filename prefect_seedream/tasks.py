@@ -201,9 +201,11 @@ async def submit_generation(
         from prefect_seedream import GenerationRequest, submit_generation
 
         @flow
-        def one():
+        def one() -> str:
             task = submit_generation(GenerationRequest(prompt="A red fox", size="2K"))
             return task.id
+
+        print(one())  # task-unified-...
         ```
     """
     # The task run's id: the same on every Prefect retry of this task run. Outside a task run
@@ -254,8 +256,17 @@ async def wait_for_generation(
 
     Examples:
         ```python
-        done = wait_for_generation(task.id, max_wait_seconds=600)  # await it in async code
-        print(done.results)
+        from prefect import flow
+        from prefect_seedream import GenerationRequest, submit_generation, wait_for_generation
+
+        @flow
+        def one() -> list[str]:
+            task = submit_generation(GenerationRequest(prompt="A red fox"))
+            done = wait_for_generation(task.id, max_wait_seconds=600,  # `await` it in async code
+                                       estimated_time=task.task_info.estimated_time)
+            return done.results
+
+        print(one())  # the result URLs (they expire after 24 h)
         ```
     """
     options = WaitOptions(max_wait_seconds, poll_interval, max_poll_interval)
@@ -302,8 +313,18 @@ async def store_images(
 
     Examples:
         ```python
-        images = store_images(done, "s3://my-bucket/renders", name="row-7")
-        print([image.uri for image in images])
+        from prefect import flow
+        from prefect_seedream import (
+            GenerationRequest, store_images, submit_generation, wait_for_generation)
+
+        @flow
+        def one() -> list[str]:
+            task = submit_generation(GenerationRequest(prompt="A red fox"))
+            done = wait_for_generation(task.id, estimated_time=task.task_info.estimated_time)
+            images = store_images(done, "renders", name="row-7")  # or "s3://my-bucket/renders"
+            return [image.uri for image in images]
+
+        print(one())  # [".../renders/row-7-1.png"]
         ```
     """
     store = ImageStore(destination, storage_options)
@@ -429,13 +450,15 @@ async def generate_images(
         from prefect_seedream import GenerationRequest, generate_images
 
         @flow
-        def poster():  # or `async def poster()` and `await generate_images(...)`
+        def poster() -> list[str]:  # or `async def poster()` and `await generate_images(...)`
             result = generate_images(
                 GenerationRequest(prompt="A poster of a red fox", size="2K"),
                 destination="output/posters",
                 label="fox-poster",
             )
             return [image.uri for image in result.images]
+
+        print(poster())  # run again: the stored images, with no API call
         ```
     """
     story = call_story(artifact_key or destination_prefix(destination), _ledger_location(destination))
@@ -565,13 +588,17 @@ async def generate_many(
 
     Examples:
         ```python
+        import asyncio
+
         from prefect import flow
         from prefect_seedream import GenerationRequest, generate_many
 
         @flow
-        def posters(prompts: list[str]) -> list[str]:
-            results = generate_many([GenerationRequest(prompt=p) for p in prompts], "output")
+        async def posters(prompts: list[str]) -> list[str]:  # or a sync flow, without await
+            results = await generate_many([GenerationRequest(prompt=p) for p in prompts], "output")
             return [image.uri for result in results if result.ok for image in result.images]
+
+        print(asyncio.run(posters(["A red fox", "An owl"])))
         ```
     """
     options = RunOptions(

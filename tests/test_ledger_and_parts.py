@@ -11,12 +11,16 @@ import doctest
 import importlib
 import json
 import pkgutil
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 import prefect_seedream
 from prefect_seedream.api.models import GenerationRequest, GenerationTask
+from prefect_seedream.engine.account import AccountStop
 from prefect_seedream.engine.dataset import ValidRow
 from prefect_seedream.engine.defaults import REATTACH_WINDOW_SECONDS
 from prefect_seedream.engine.ledger import (
@@ -273,6 +277,39 @@ def test_overlapping_parts_are_a_loud_error(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="overlaps"):
         parts.merge(4, lambda first, last: [], lambda item: None)
     assert not (tmp_path / "manifest.jsonl").exists()  # nothing half-written
+
+
+def _write_stops_at_once(parts: RunParts, stops: list[AccountStop]) -> list[bool]:
+    """Each stop written by its own thread, all released at the same instant."""
+    start = threading.Barrier(len(stops))
+
+    def write(stop: AccountStop) -> bool:
+        start.wait()
+        return parts.write_stop(stop)
+
+    with ThreadPoolExecutor(len(stops)) as pool:
+        return list(pool.map(write, stops))
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_shards_stopping_at_once_keep_exactly_the_first_stop(where: str, tmp_path: Path) -> None:
+    """`write_stop` from shards at once (threads here): one stop is recorded, and every other
+    writer, then a later one, keeps it (on a folder, and on fsspec's memory filesystem)."""
+    destination = str(tmp_path) if where == "local" else f"memory://stop-race-{uuid.uuid4().hex}"
+    writers = 8
+    for attempt in range(10):
+        parts = RunParts(ImageStore(destination), f"run-{attempt}")
+        stops = [
+            AccountStop(status_code=402, code="insufficient_quota", message=f"shard {n}")
+            for n in range(writers)
+        ]
+        recorded = _write_stops_at_once(parts, stops)
+        assert recorded.count(True) == 1, recorded
+        first = stops[recorded.index(True)]
+        assert parts.read_stop() == first
+        assert parts.write_stop(AccountStop(status_code=401, code="late", message="later")) is False
+        assert parts.read_stop() == first
+        assert [path.rsplit("/", 1)[-1] for path in parts.store.list(parts.folder)] == ["stop.json"]
 
 
 # -- row ranges ------------------------------------------------------------------------------

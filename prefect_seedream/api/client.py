@@ -227,15 +227,21 @@ class SeedreamClient:
             :attr:`status_reader`); ``False`` reads each task with its own ``GET``.
 
     Examples:
-        >>> import asyncio
+        Against the bundled simulator (the real API: no ``base_url``, your key):
+
+        >>> import asyncio, io
         >>> from prefect_seedream import GenerationRequest, SeedreamClient
-        >>> async def main():
-        ...     async with SeedreamClient(api_key="sk-...", base_url="http://127.0.0.1:8787") as c:
+        >>> from prefect_seedream.simulator import SimulatorConfig, running_simulator
+        >>> async def main(base_url: str) -> tuple[str, bytes]:
+        ...     async with SeedreamClient(api_key="sk-...", base_url=base_url) as c:
         ...         task = await c.submit(GenerationRequest(prompt="A red fox", size="2K"))
-        ...         done = await c.wait(task.id)
-        ...         with open("fox.png", "wb") as sink:
-        ...             await c.download(done.results[0], sink)
-        >>> asyncio.run(main())  # doctest: +SKIP
+        ...         done = await c.wait(task.id, estimated_time=task.task_info.estimated_time)
+        ...         sink = io.BytesIO()  # or open("fox.png", "wb")
+        ...         await c.download(done.results[0], sink)
+        ...         return done.status.value, sink.getvalue()[:4]
+        >>> with running_simulator(SimulatorConfig(latency_seconds=0.5, jitter_seconds=0)) as sim:
+        ...     asyncio.run(main(sim.base_url))
+        ('completed', b'\\x89PNG')
     """
 
     def __init__(

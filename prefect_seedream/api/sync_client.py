@@ -23,12 +23,16 @@ class SyncSeedreamClient:
     Takes the same arguments as :class:`SeedreamClient`.
 
     Examples:
+        >>> import io
         >>> from prefect_seedream import GenerationRequest, SyncSeedreamClient
-        >>> with SyncSeedreamClient(api_key="sk-...", base_url="http://127.0.0.1:8787") as c:
-        ...     task = c.submit(GenerationRequest(prompt="A red fox", size="2K"))
-        ...     done = c.wait(task.id)
-        ...     with open("fox.png", "wb") as sink:
-        ...         c.download(done.results[0], sink)  # doctest: +SKIP
+        >>> from prefect_seedream.simulator import SimulatorConfig, running_simulator
+        >>> with running_simulator(SimulatorConfig(latency_seconds=0.5, jitter_seconds=0)) as sim:
+        ...     with SyncSeedreamClient(api_key="sk-...", base_url=sim.base_url) as c:
+        ...         task = c.submit(GenerationRequest(prompt="A red fox", size="2K"))
+        ...         done = c.wait(task.id, estimated_time=task.task_info.estimated_time)
+        ...         sink = io.BytesIO()  # or open("fox.png", "wb")
+        ...         c.download(done.results[0], sink).image_type
+        'png'
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

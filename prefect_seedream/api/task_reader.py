@@ -101,13 +101,17 @@ class TaskStatusReader:
 
     Examples:
         >>> import asyncio
-        >>> from prefect_seedream import SeedreamClient
-        >>> async def main():
-        ...     async with SeedreamClient(api_key="sk-...", base_url="http://127.0.0.1:8787") as c:
-        ...         # two waits, read together: one POST /v1/tasks/batch per round
-        ...         return await asyncio.gather(c.status_reader.read("task-unified-1-a"),
-        ...                                     c.status_reader.read("task-unified-1-b"))
-        >>> asyncio.run(main())  # doctest: +SKIP
+        >>> from prefect_seedream import GenerationRequest, SeedreamClient
+        >>> from prefect_seedream.simulator import SimulatorConfig, running_simulator
+        >>> async def main(base_url: str) -> bool:
+        ...     async with SeedreamClient(api_key="sk-...", base_url=base_url) as c:
+        ...         fox = await c.submit(GenerationRequest(prompt="A red fox"))
+        ...         owl = await c.submit(GenerationRequest(prompt="An owl"))
+        ...         read = await asyncio.gather(c.status_reader.read(fox.id), c.status_reader.read(owl.id))
+        ...         return [task.id for task in read] == [fox.id, owl.id]
+        >>> with running_simulator(SimulatorConfig(latency_seconds=5)) as sim:
+        ...     asyncio.run(main(sim.base_url)), sim.stats()["batch_requests"]  # read together
+        (True, 1)
     """
 
     def __init__(

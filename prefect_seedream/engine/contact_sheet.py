@@ -124,11 +124,16 @@ class ThumbnailIndex:
         threads: Thumbnails made at once.
 
     Examples:
-        ```python
-        thumbnails = ThumbnailIndex(ImageStore("output"))
-        thumbnails.ensure(["fox-1.png"])      # made now unless it is there
-        thumbnails.has("fox-1.png"), thumbnails.made
-        ```
+        >>> from PIL import Image
+        >>> store = ImageStore("memory://docs/thumbnail-index")
+        >>> with store.open_atomic("fox-1.png") as handle:  # an image bigger than a thumbnail
+        ...     Image.new("RGB", (800, 600), "orange").save(handle, format="PNG")
+        >>> thumbnails = ThumbnailIndex(store)
+        >>> thumbnails.has("fox-1.png")
+        False
+        >>> thumbnails.ensure(["fox-1.png"])  # made now, as it is not there
+        >>> thumbnails.has("fox-1.png"), thumbnails.made
+        (True, 1)
     """
 
     def __init__(self, store: ImageStore, threads: int = THUMBNAIL_THREADS) -> None:
@@ -219,11 +224,6 @@ def publish_contact_sheet(store: ImageStore) -> str | None:
 
     Returns:
         The URI of ``index.html``, or None when it could not be written.
-
-    Examples:
-        ```python
-        summary.contact_sheet = publish_contact_sheet(ImageStore(output, storage_options))
-        ```
     """
     try:
         return write_contact_sheet(store).uri

@@ -378,10 +378,14 @@ def iter_rows(
         storage_options: fsspec options to read the dataset with.
 
     Examples:
-        ```python
-        for row in iter_rows("prompts.csv", RowDefaults(model="doubao-seedream-4.5")):
-            print(row)
-        ```
+        >>> import fsspec
+        >>> with fsspec.open("memory://docs/prompts.csv", "w") as handle:
+        ...     _ = handle.write("id,prompt,size\\nfox,A red fox,4K\\nfox,A lighthouse,\\n,A barn,\\n")
+        >>> for row in iter_rows("memory://docs/prompts.csv", RowDefaults(model="doubao-seedream-4.5", size="2K")):
+        ...     print(row.number, row.row_id, row.request.size if isinstance(row, ValidRow) else row.reason)
+        1 fox 4K
+        2 fox duplicate id 'fox'
+        3 row-3 2K
     """
     seen_ids: set[str] = set()
     for number, record in read_records(path, storage_options):

@@ -41,6 +41,7 @@ from prefect_seedream.api.errors import (
 from prefect_seedream.api.models import GenerationRequest, GenerationTask, TaskStatus
 from prefect_seedream.engine.account import SubmissionsPaused, SubmissionsStopped
 from prefect_seedream.engine.defaults import RowEvents
+from prefect_seedream.engine.guidance import OUTCOME_UNKNOWN_GUIDANCE
 from prefect_seedream.engine.ledger import LedgerRecord, LedgerState, NextStep, TaskLedger
 from prefect_seedream.engine.listener import NO_LISTENER, RunListener
 from prefect_seedream.engine.reconcile import TaskListIndex
@@ -104,11 +105,6 @@ class StepReporter:
             answered (a run learns the model's price from it).
         listener: Receives the ``seedream.generation.*`` events (the Prefect layer's emits
             them as Prefect events; the default drops them).
-
-    Examples:
-        ```python
-        reporter = StepReporter(get_run_logger(), level=logging.DEBUG, events="failures")
-        ```
     """
 
     def __init__(
@@ -399,9 +395,7 @@ async def _reconcile_unknown(
             step = NextStep.REATTACH
     if step is NextStep.REFUSE_UNKNOWN:
         raise SubmissionOutcomeUnknownError(
-            f"{label}: an earlier submission's outcome is unknown (it may have been billed) and "
-            "the API's task list does not tell its task; not resubmitted. Re-run with "
-            "resubmit_unknown=True to send it again with the same Idempotency-Key",
+            f"{label}: {OUTCOME_UNKNOWN_GUIDANCE}",
             idempotency_key=record.idempotency_key,
             looked_up=finder is not None,
         )

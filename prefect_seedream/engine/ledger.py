@@ -46,17 +46,12 @@ from prefect_seedream.api.models import (
     is_local_reference,
 )
 from prefect_seedream.engine.defaults import REATTACH_WINDOW_SECONDS
+from prefect_seedream.engine.guidance import OUTCOME_UNKNOWN_GUIDANCE, recover_hint
 from prefect_seedream.engine.manifest import ManifestError, RowStatus
 from prefect_seedream.engine.references import reference_fingerprint
 from prefect_seedream.engine.storage import PRIVATE_DIR, ImageStore, StoredImage, safe_stem
 
 LEDGER_DIR = f"{PRIVATE_DIR}/tasks"
-OUTCOME_UNKNOWN_GUIDANCE = (
-    "the submission may have created (and billed) a task but no answer came back, and the "
-    "API's task list did not show it; it was not resubmitted. Re-run with --resubmit-unknown "
-    "(resubmit_unknown=True): the same Idempotency-Key is sent again, so a task the lost "
-    "submission created is returned instead of paid twice"
-)
 
 
 class LedgerState(str, Enum):
@@ -256,7 +251,7 @@ class LedgerRecord(BaseModel):
             # download): a re-run within the results' 24 h downloads again, paying nothing.
             return "failed", error
         if self.state in (LedgerState.SUBMITTED, LedgerState.COMPLETED):
-            note = f"task {self.task_id} is still in flight; collect it with `prefect-seedream recover`"
+            note = f"task {self.task_id} is still in flight; {recover_hint(what='it')}"
             if error is None:
                 return "in_flight", ManifestError(code="in_flight", message=note)
             return "in_flight", ManifestError(code=error.code, message=f"{error.message}; {note}")
@@ -432,10 +427,14 @@ class TaskLedger:
             with another (the real one).
 
     Examples:
-        ```python
-        ledger = TaskLedger(ImageStore("output"), api="https://api.evolink.ai")
-        record = ledger.record_for("row-1", request)
-        ```
+        >>> ledger = TaskLedger(ImageStore("memory://docs/ledger"), api="https://api.evolink.ai")
+        >>> record = ledger.record_for("row-1", GenerationRequest(prompt="A red fox"))
+        >>> record.state, record.next_step(images_present=False, resubmit_unknown=False)
+        (<LedgerState.NEW: 'new'>, <NextStep.SUBMIT: 'submit'>)
+        >>> record.begin_submission(reserved_credits=2.0)  # the intent, saved before sending
+        >>> _ = ledger.save(record)
+        >>> ledger.load(record.key).state  # what a run killed now finds
+        <LedgerState.SUBMITTING: 'submitting'>
     """
 
     def __init__(self, store: ImageStore, api: str) -> None:

@@ -94,11 +94,14 @@ def iter_manifest_lines(
         limit: Read at most this many lines (a run's own lines come first).
 
     Examples:
-        ```python
-        for line in iter_manifest_lines("output"):
-            if line.status != "succeeded":
-                print(line.row_id, line.error.code, line.error.message)
-        ```
+        >>> store = ImageStore("memory://docs/iter-manifest")  # a run's output
+        >>> refused = ManifestLine(row_id="fox", row_number=1, prompt="A red fox", model=None,
+        ...     status="failed", error=ManifestError(code="content_policy_violation", message="refused"))
+        >>> _ = store.write_text(MANIFEST_NAME, refused.model_dump_json() + "\\n")
+        >>> for line in iter_manifest_lines("memory://docs/iter-manifest"):
+        ...     if line.status != "succeeded":
+        ...         print(line.row_id, line.error.code, line.error.message)
+        fox content_policy_violation refused
     """
     store = output if isinstance(output, ImageStore) else ImageStore(output, storage_options)
     for count, raw in enumerate(iter_manifest(store)):
@@ -113,10 +116,14 @@ def read_manifest(
     """Every line of the manifest in ``output``, as :class:`ManifestLine` objects.
 
     Examples:
-        ```python
-        from prefect_seedream import read_manifest
-
-        stored = [image.uri for line in read_manifest("output") for image in line.images]
-        ```
+        >>> from prefect_seedream import read_manifest
+        >>> store = ImageStore("memory://docs/read-manifest")  # a run's output
+        >>> image = ManifestImage(uri="memory:///docs/read-manifest/fox-1.png", width=2048,
+        ...                       height=2048, bytes=812345)
+        >>> line = ManifestLine(row_id="fox", row_number=1, prompt="A red fox", model=None,
+        ...                     status="succeeded", images=[image])
+        >>> _ = store.write_text(MANIFEST_NAME, line.model_dump_json() + "\\n")
+        >>> [image.uri for line in read_manifest("memory://docs/read-manifest") for image in line.images]
+        ['memory:///docs/read-manifest/fox-1.png']
     """
     return list(iter_manifest_lines(output, storage_options))

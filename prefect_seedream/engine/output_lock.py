@@ -9,13 +9,14 @@ manifest is written; the shards of a sharded run work under their parent's lock.
   The file also names the holder (run id, host, pid) for the error message. (On network
   file systems ``flock`` is only as good as the NFS/SMB server's lock support.)
 * **Object stores and other fsspec file systems** (``s3://``, ...) have no kernel lock: the
-  run creates a lease file ``.seedream/lock/<generation>.json`` with a conditional write
+  run creates a lease file ``.seedream/lock.d/<generation>.json`` with a conditional write
   (S3: ``If-None-Match: *``, which only one writer can win) and renews it every
   ``LOCK_HEARTBEAT_SECONDS``. A lease not renewed for ``LOCK_TTL_SECONDS`` (its run was
   killed) may be taken over by the next run, which creates the next generation, again
   conditionally. A holder that finds a newer generation has lost the lock and stops.
-  A store whose fsspec implementation cannot create a file exclusively gets a clear error;
-  ``lock=False`` (the CLI's ``--no-lock``) runs without a lock, at the user's risk.
+  A store whose fsspec implementation cannot create a file exclusively gets a clear error
+  (``NotImplementedError``) rather than a lock that only looks like one; there is no way
+  to run without the lock.
 """
 
 from __future__ import annotations
@@ -91,11 +92,17 @@ class OutputLock:
         heartbeat: Seconds between heartbeats (object stores).
 
     Examples:
-        ```python
-        lock = OutputLock(ImageStore("output"), run_id="...")
-        async with lock:
-            ...  # the only live run on "output"
-        ```
+        >>> import asyncio, tempfile
+        >>> store = ImageStore(tempfile.mkdtemp())
+        >>> async def two_runs() -> str:
+        ...     async with OutputLock(store, run_id="run-1"):  # the only live run on the output
+        ...         try:
+        ...             async with OutputLock(store, run_id="run-2"):
+        ...                 return "both ran"
+        ...         except OutputLockedError as refused:
+        ...             return str(refused)
+        >>> print(asyncio.run(two_runs()))
+        output ... is in use by run run-1 on ... (pid ...), since ...: two runs on one output could pay twice for a row. Wait for it to end, or use another --output.
     """
 
     def __init__(

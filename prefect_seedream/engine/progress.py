@@ -17,13 +17,17 @@ _total_listeners: list[TotalListener] = []
 
 @contextmanager
 def listening(listener: RowListener, on_total: TotalListener | None = None) -> Iterator[None]:
-    """Call ``listener`` with each finished row (and ``on_total`` with the row count).
+    """Call ``listener`` with each finished row (and ``on_total`` with the row count) of the
+    runs in this process (``generate_dataset(...)`` called within the block, say).
 
     Examples:
-        ```python
-        with listening(lambda line: print(line.row_id, line.status)):
-            generate_dataset("prompts.csv", "output")
-        ```
+        >>> with listening(lambda line: print(line.row_id, line.status), on_total=print):
+        ...     notify_total(1)  # what a run does: the row count, then each row
+        ...     notify(ManifestLine(row_id="fox", row_number=1, prompt="A red fox", model=None,
+        ...                         status="succeeded"))
+        1
+        fox succeeded
+        >>> notify_total(1)  # after the block: nobody listens
     """
     _listeners.append(listener)
     if on_total is not None:
@@ -58,11 +62,12 @@ class RunProgress:
         logger: Where the progress lines go.
 
     Examples:
-        ```python
-        progress = RunProgress(total=1000, artifact=await ProgressArtifact.create(1000),
-                               logger=get_run_logger())
-        progress.row_done(run_line)
-        ```
+        >>> import logging
+        >>> progress = RunProgress(total=10, artifact=None, logger=logging.getLogger("docs"))
+        >>> progress.row_done(RunLine(line=ManifestLine(row_id="fox", row_number=1,
+        ...     prompt="A red fox", model=None, status="failed")))
+        >>> progress.done, progress.not_succeeded
+        (1, 1)
     """
 
     def __init__(self, total: int, artifact: Any, logger: Any, log_step: float = PROGRESS_LOG_STEP) -> None:

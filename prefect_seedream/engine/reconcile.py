@@ -107,12 +107,6 @@ class TaskListIndex:
         shared_prompts: Returns the (prompt sha256, model) pairs that several rows of the run
             have; called once, at the first lookup by prompt (a pass over the dataset, paid
             only when an answer was lost). None: the run has a single row.
-
-    Examples:
-        ```python
-        index = TaskListIndex(client)
-        task = await index.find(record)  # None when not found (or not tellable)
-        ```
     """
 
     def __init__(

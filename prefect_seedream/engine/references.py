@@ -94,12 +94,20 @@ class ReferenceStore:
         url_life_seconds: Life of a presigned URL (at least an hour, at most 7 days).
 
     Examples:
-        ```python
-        store = ReferenceStore("s3://my-bucket/seedream-refs", url_life_seconds=6 * 3600)
-        request = await store.resolve(GenerationRequest(prompt="the fox, in winter",
-                                                        image_urls=("./fox.png",)))
-        request.image_urls  # ('https://my-bucket.s3.amazonaws.com/seedream-refs/3f2a...png?X-Amz-...',)
-        ```
+        With ``s3://my-bucket/refs`` and no ``public_url``, the URLs are presigned
+        (``https://my-bucket.s3.amazonaws.com/refs/<sha256>.png?X-Amz-...``); here a prefix
+        served at a public URL:
+
+        >>> import asyncio, tempfile
+        >>> from PIL import Image
+        >>> fox = f"{tempfile.mkdtemp()}/fox.png"
+        >>> Image.new("RGB", (64, 64), "orange").save(fox)
+        >>> store = ReferenceStore("memory://docs/refs", public_url="https://cdn.example.com/refs")
+        >>> request = GenerationRequest(prompt="the fox, in winter", image_urls=(fox,))
+        >>> asyncio.run(store.resolve(request)).image_urls
+        ('https://cdn.example.com/refs/....png',)
+        >>> store.uploads
+        1
     """
 
     def __init__(

@@ -83,11 +83,18 @@ class RunParts:
         run_id: The run's id (the flow run id of the run that owns the output).
 
     Examples:
-        ```python
-        parts = RunParts(ImageStore("output"), run_id)
-        parts.write(1, 20, lines)
-        parts.merge(total_rows=20, fill_gap=lambda first, last: [])
-        ```
+        >>> from prefect_seedream.engine.manifest import ManifestLine, iter_manifest_lines
+        >>> def line(number: int, status: str = "succeeded") -> RunLine:
+        ...     return RunLine(line=ManifestLine(row_id=f"r{number}", row_number=number,
+        ...                                      prompt="p", model=None, status=status))
+        >>> parts = RunParts(ImageStore("memory://docs/run-parts"), run_id="run-1")
+        >>> parts.write(3, 4, [line(4), line(3)])  # a batch of rows 3-4 is done (rows 1-2 not)
+        >>> parts.rows_done()
+        2
+        >>> uri = parts.merge(total_rows=4, fill_gap=lambda first, last: [line(n, "skipped")
+        ...                   for n in range(first, last + 1)], on_line=lambda item: None)
+        >>> [(item.row_id, item.status) for item in iter_manifest_lines(parts.store)]
+        [('r1', 'skipped'), ('r2', 'skipped'), ('r3', 'succeeded'), ('r4', 'succeeded')]
     """
 
     def __init__(self, store: ImageStore, run_id: str) -> None:
@@ -162,11 +169,17 @@ class RunParts:
         text = self.store.read_text(f"{self.folder}/run.json")
         return RunDescription.model_validate_json(text) if text else None
 
-    def write_stop(self, stop: AccountStop) -> None:
-        """Record why the run's submissions stopped (the first stop is kept)."""
-        relative = f"{self.folder}/stop.json"
-        if self.store.read_text(relative) is None:
-            self.store.write_text(relative, stop.model_dump_json())
+    def write_stop(self, stop: AccountStop) -> bool:
+        """Record why the run's submissions stopped; the first stop is kept.
+
+        Shards may stop at once: the file is created exclusively
+        (:meth:`~prefect_seedream.engine.storage.ImageStore.create_exclusive`), so exactly
+        one stop is recorded and a later one never replaces it.
+
+        Returns:
+            True when this stop was recorded, False when an earlier one is kept.
+        """
+        return self.store.create_exclusive(f"{self.folder}/stop.json", stop.model_dump_json())
 
     def read_stop(self) -> AccountStop | None:
         """Why the run's submissions stopped, if they did."""

@@ -98,11 +98,20 @@ class RowLimiter:
     slot of a global concurrency limit per generation (shared by every run and worker).
 
     Examples:
-        ```python
-        limiter = RowLimiter(8)
-        async with limiter.hold():
-            ...
-        ```
+        >>> import asyncio
+        >>> async def five_rows(limiter: RowLimiter) -> int:
+        ...     running, most = set(), 0
+        ...     async def row(number: int) -> None:
+        ...         nonlocal most
+        ...         async with limiter.hold():  # from the submission to the task seen terminal
+        ...             running.add(number)
+        ...             most = max(most, len(running))
+        ...             await asyncio.sleep(0.01)
+        ...             running.discard(number)
+        ...     await asyncio.gather(*(row(number) for number in range(5)))
+        ...     return most
+        >>> asyncio.run(five_rows(RowLimiter(2)))
+        2
     """
 
     def __init__(self, max_concurrency: int, slots: Slots | None = None) -> None:

@@ -135,9 +135,12 @@ class SlotPool:
 
     Examples:
         ```python
+        from prefect_seedream.slots import GlobalLimitLeases
+
+        # The limit exists: `prefect gcl create evolink --limit 50`
         async with SlotPool(GlobalLimitLeases("evolink"), limit=50, max_slots=16) as pool:
             async with pool.slot():
-                ...  # one generation in flight
+                assert pool.in_use == 1  # one generation in flight
         ```
     """
 

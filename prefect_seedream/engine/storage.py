@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -52,10 +53,15 @@ logger = logging.getLogger("prefect_seedream.engine.storage")
 PRIVATE_DIR = ".seedream"
 TEMPORARY_DIR = f"{PRIVATE_DIR}/tmp"
 T = TypeVar("T")
+#: Conditional writes to object stores, one at a time (see :meth:`ImageStore.create_exclusive`).
+_EXCLUSIVE_CREATES = threading.Lock()
 
 
 class ImageFile(BaseModel):
     """A stored image: where it is, its size, and how to read it back from any storage.
+
+    The images of a run's manifest lines (``summary.lines()``, ``read_manifest(output)``) are
+    image files: ``image.open()`` reads one as a PIL image, from a folder or ``s3://``.
 
     Attributes:
         uri: Where it is: an absolute local path or an fsspec URL (``s3://...``).
@@ -64,12 +70,14 @@ class ImageFile(BaseModel):
         bytes: Size in bytes.
 
     Examples:
-        ```python
-        for line in summary.lines():
-            for image in line.images:
-                picture = image.open()          # a PIL image, from a folder or s3://
-                raw = image.read_bytes()
-        ```
+        >>> import fsspec
+        >>> buffer = io.BytesIO()
+        >>> Image.new("RGB", (64, 48), "orange").save(buffer, format="PNG")
+        >>> fsspec.filesystem("memory").pipe("/docs/image-file/fox-1.png", buffer.getvalue())
+        >>> image = ImageFile(uri="memory:///docs/image-file/fox-1.png", width=64, height=48,
+        ...                   bytes=len(buffer.getvalue()))
+        >>> image.open().size, image.read_bytes()[:4]
+        ((64, 48), b'\\x89PNG')
     """
 
     uri: str
@@ -134,10 +142,22 @@ class ImageStore:
             ``endpoint_url``, ...).
 
     Examples:
-        ```python
-        store = ImageStore("s3://my-bucket/images", {"anon": False})
-        images = await store.save_results(client, task, "row-1")
-        ```
+        A completed task's images, downloaded from the bundled simulator into a store (an
+        ``s3://`` one takes its fsspec options: ``ImageStore("s3://bucket/images", {"anon": False})``):
+
+        >>> import asyncio
+        >>> from prefect_seedream import GenerationRequest
+        >>> from prefect_seedream.simulator import SimulatorConfig, running_simulator
+        >>> store = ImageStore("memory://docs/images")
+        >>> async def generate(base_url: str) -> list[StoredImage]:
+        ...     async with SeedreamClient(api_key="sk-...", base_url=base_url) as client:
+        ...         task = await client.submit(GenerationRequest(prompt="A red fox"))
+        ...         done = await client.wait(task.id, estimated_time=task.task_info.estimated_time)
+        ...         return await store.save_results(client, done.results, safe_stem("row 1"))
+        >>> with running_simulator(SimulatorConfig(latency_seconds=0.5, jitter_seconds=0)) as sim:
+        ...     images = asyncio.run(generate(sim.base_url))
+        >>> [(image.uri, image.width, image.height, image.format) for image in images]
+        [('memory:///docs/images/row_1~....png', 256, 256, 'png')]
     """
 
     def __init__(self, destination: str | os.PathLike[str], storage_options: dict[str, Any] | None = None):
@@ -220,19 +240,65 @@ class ImageStore:
     def create_exclusive(self, relative: str, text: str) -> bool:
         """Create a file only if it does not exist yet; False when it already did.
 
-        Local disks use ``O_EXCL``; object stores a conditional write (S3: ``If-None-Match``,
-        which s3fs sends for ``mode="create"``). A filesystem that cannot create
-        exclusively raises ``NotImplementedError`` (see "One live run per output" in
+        Of writers racing to create the same file, exactly one gets True, and a reader never
+        sees the file incomplete. Local disks: the complete file is written in
+        ``.seedream/tmp/`` and hard-linked to its name (``link`` fails when the name exists);
+        object stores: a conditional write (S3: ``If-None-Match``, which s3fs sends for
+        ``mode="create"``), made one at a time in this process, which also makes an
+        in-process store (``memory://``) exclusive across threads. A filesystem that cannot
+        create exclusively raises ``NotImplementedError`` (see "One live run per output" in
         docs/reliability-and-cost.md).
+
+        Examples:
+            >>> store = ImageStore("memory://docs/create-exclusive")
+            >>> store.create_exclusive("stop.json", "first"), store.create_exclusive("stop.json", "second")
+            (True, False)
+            >>> store.read_text("stop.json")
+            'first'
         """
+        if self.is_local:
+            return self._create_exclusive_local(relative, text)
         path = self.path_for(relative)
         self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         try:
-            self.fs.pipe_file(path, text.encode("utf-8"), mode="create")
+            with _EXCLUSIVE_CREATES:
+                self.fs.pipe_file(path, text.encode("utf-8"), mode="create")
         except FileExistsError:
             return False
         except TypeError as exc:  # an implementation without the `mode` argument
             raise NotImplementedError(f"{type(self.fs).__name__} cannot create files exclusively") from exc
+        return True
+
+    def _create_exclusive_local(self, relative: str, text: str) -> bool:
+        path = self.path_for(relative)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = self._temporary_path(os.path.basename(path))
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(text.encode("utf-8"))
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            except OSError:  # a file system without hard links: create it with O_EXCL
+                return self._create_exclusive_open(path, text)
+            return True
+        finally:
+            with _ignoring(OSError):
+                os.unlink(tmp)
+
+    @staticmethod
+    def _create_exclusive_open(path: str, text: str) -> bool:
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(text.encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
         return True
 
     def remove(self, relative: str) -> None:

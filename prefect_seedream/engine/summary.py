@@ -9,14 +9,8 @@ from pydantic import BaseModel
 
 from prefect_seedream.api.models import TASK_ERROR_KINDS, TaskErrorKind
 from prefect_seedream.engine.account import AccountStop
+from prefect_seedream.engine.guidance import next_steps, recover_hint, resubmit_unknown_hint
 from prefect_seedream.engine.manifest import ManifestLine, RowStatus, RunLine, iter_manifest_lines
-
-RESUBMIT_UNKNOWN_HINT = (
-    "the API's task list did not show their tasks; re-run with --resubmit-unknown "
-    "(resubmit_unknown=True) to send them again with the same Idempotency-Key (a task a lost "
-    "submission created is returned, not paid twice)"
-)
-RECOVER_HINT = "collect them with `prefect-seedream recover OUTPUT` (flow seedream-recover-dataset)"
 
 #: What to do next about a row, by its error code (when the code alone says it).
 NEXT_STEP_BY_CODE = {
@@ -43,15 +37,17 @@ def next_step_for(line: ManifestLine) -> str:
         'change the prompt or its images (the API refused the request; it is not sent again as it is)'
         >>> next_step_for(line("failed", "service_error"))
         'run again: the row is submitted anew (the service failed, not the request)'
-        >>> next_step_for(line("in_flight")).startswith("collect them with")
+        >>> next_step_for(line("in_flight"))
+        'collect it with `prefect-seedream recover OUTPUT` (flow seedream-recover-dataset): nothing is paid again'
+        >>> next_step_for(line("outcome_unknown")).startswith("re-run with --resubmit-unknown")
         True
     """
     if line.status == "succeeded":
         return ""
     if line.status == "in_flight":
-        return RECOVER_HINT
+        return recover_hint(what="it")
     if line.status == "outcome_unknown":
-        return "run again with resubmit_unknown=True (--resubmit-unknown): it is never paid twice"
+        return resubmit_unknown_hint()
     code = line.error.code if line.error else ""
     if code in NEXT_STEP_BY_CODE:
         return NEXT_STEP_BY_CODE[code]
@@ -93,9 +89,13 @@ class DatasetRunSummary(BaseModel):
 
     Examples:
         ```python
+        from prefect_seedream import generate_dataset
+
+        rows = [{"id": "fox", "prompt": "A red fox"}, {"id": "owl", "prompt": "An owl"}]
         state = generate_dataset(rows, output="out", return_state=True)
         summary = state.result(raise_on_failure=False)
-        for line in summary.lines():            # read lazily from the manifest
+        print(summary.succeeded, summary.images, summary.credits)
+        for line in summary.lines():  # read lazily from the manifest
             print(line.row_id, line.status, [image.uri for image in line.images])
         ```
     """
@@ -150,12 +150,7 @@ class DatasetRunSummary(BaseModel):
 
     def next_steps(self) -> list[str]:
         """What the user should run next, one hint per kind of unfinished row."""
-        hints = []
-        if self.outcome_unknown:
-            hints.append(f"{self.outcome_unknown} outcome unknown: {RESUBMIT_UNKNOWN_HINT}")
-        if self.in_flight:
-            hints.append(f"{self.in_flight} in flight: {RECOVER_HINT}")
-        return hints
+        return next_steps(self.outcome_unknown, self.in_flight)
 
     def lines(
         self, storage_options: dict[str, Any] | None = None, *, status: RowStatus | None = None

@@ -85,7 +85,8 @@ async def daily_content(
         import asyncio
         from prefect_seedream.pipelines.content import daily_content
 
-        asyncio.run(daily_content(subjects=["a red fox"], styles=["pencil sketch"]))
+        state = asyncio.run(daily_content(subjects=["a red fox"], styles=["pencil sketch"]))
+        print(state.message)  # the day's dataset run: "1 of 1 rows succeeded; ..."
         ```
     """
     day = day or datetime.now(timezone.utc).strftime("%Y-%m-%d")

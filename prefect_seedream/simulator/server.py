@@ -117,14 +117,15 @@ def run_simulator(
 ) -> None:
     """Serve the simulator in the foreground until interrupted (Ctrl-C).
 
+    ``run_simulator(SimulatorConfig(latency_seconds=5), port=8787)`` serves until Ctrl-C
+    (``prefect-seedream simulator`` does the same); :func:`running_simulator` serves one in
+    a background thread for the duration of a block (tests, notebooks).
+
     Args:
         config: Behaviour of the simulator; defaults to ``SimulatorConfig()``.
         host: Interface to listen on.
         port: TCP port to listen on.
         log_level: uvicorn log level; the access log is always off.
-
-    Examples:
-        >>> run_simulator(SimulatorConfig(latency_seconds=5), port=8787)  # doctest: +SKIP
     """
     _serve(create_app(config), _bind(host, port), log_level)
 
@@ -487,9 +488,12 @@ def main_simulator(argv: list[str] | None = None) -> int:
     Returns:
         The process exit code (0 after Ctrl-C, 2 on a bad option value).
 
+    ``main_simulator(["--port", "8787", "--latency", "1"])`` prints ``Seedream simulator
+    listening on http://127.0.0.1:8787`` and serves until Ctrl-C.
+
     Examples:
-        >>> main_simulator(["--port", "8787", "--latency", "1"])  # doctest: +SKIP
-        Seedream simulator listening on http://127.0.0.1:8787
+        >>> main_simulator(["--latency", "-1"])  # a bad value: said on stderr, nothing served
+        2
     """
     parser = build_parser()
     args = parser.parse_args(argv)

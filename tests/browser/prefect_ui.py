@@ -20,7 +20,7 @@ with both (``ui="v1"`` or ``ui="v2"``):
   ``/v2/`` unless ``PREFECT_SERVER_UI_V2_ENABLED=false`` or the browser has the
   ``prefect_ui_version=v1`` cookie, so this is what a user opening the dashboard sees.
 
-Typical use (see ``test_ui_driver.py``; ``tests`` is a package, the repo root on sys.path)::
+Typical use (see ``test_dataset_ui.py``; ``tests`` is a package, the repo root on sys.path)::
 
     from tests.browser.prefect_ui import (
         launch_browser, new_page, open_artifacts_and_check_images, open_custom_run,

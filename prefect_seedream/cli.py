@@ -19,10 +19,11 @@ import logging
 import os
 import shlex
 import sys
+import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from prefect_seedream.api import defaults as api_defaults
 from prefect_seedream.engine import defaults as d
@@ -138,53 +139,120 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="use the bundled simulator instead of the real API (no key, nothing spent)")
     parser.add_argument("--simulator-latency", type=float, default=2.0, metavar="SECONDS",
                         help="latency of the bundled simulator (default 2)")
-    parser.add_argument("--max-wait", type=float, default=api_defaults.MAX_WAIT_SECONDS, metavar="SECONDS",
-                        help=f"wait cap per task (default {api_defaults.MAX_WAIT_SECONDS:g})")
     parser.add_argument("--verbose", action="store_true", help="show Prefect's log lines")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line's parser."""
-    from prefect_seedream.api.models import DEFAULT_MODEL, MODEL_LIMITS, OutputFormat, Quality
+#: The names flags had before they were made from :class:`RunOptions` fields: each still works,
+#: beside the field's own (``--retry-delay`` and ``--retry-delay-seconds``).
+FORMER_FLAGS = {
+    "concurrency_limit_name": "--concurrency-limit",
+    "max_wait_seconds": "--max-wait",
+    "retry_delay_seconds": "--retry-delay",
+}
+#: The options ``recover`` takes (the recovery flow's).
+RECOVER_OPTIONS = ("max_concurrency", "max_wait_seconds", "poll_interval")
 
+
+def add_option_flags(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+    """A flag for each field of :class:`~prefect_seedream.engine.options.RunOptions` (or of
+    those ``names``), made from the field: ``--kebab-name``, its type, default and description;
+    a ``Literal`` gives the choices, a bool a switch. The fsspec options are left out: they
+    may hold credentials, which do not belong on a command line (fsspec reads its own
+    environment variables and configuration).
+    """
+    from prefect_seedream.engine.options import STORAGE_OPTION_FIELDS, RunOptions
+
+    for name, field in RunOptions.model_fields.items():
+        if name in STORAGE_OPTION_FIELDS or (names is not None and name not in names):
+            continue
+        flags = [f"--{name.replace('_', '-')}", *([FORMER_FLAGS[name]] if name in FORMER_FLAGS else [])]
+        parser.add_argument(*flags, **_flag_spec(name, field.annotation, field.default, field.description or ""))
+
+
+def _flag_spec(name: str, annotation: Any, default: Any, description: str) -> dict[str, Any]:
+    """The ``add_argument`` keywords of one option."""
+    kind, choices, known = _value_type(annotation)
+    text = description.rstrip(".").replace("%", "%%")
+    if known:
+        text += f". Known: {', '.join(known)}"
+    if kind is bool:
+        action = argparse.BooleanOptionalAction if default else "store_true"
+        return {"dest": name, "action": action, "default": default, "help": text}
+    if default is not None:
+        text += f". Default: {default:g}" if isinstance(default, float) else f". Default: {default}"
+    spec: dict[str, Any] = {"dest": name, "type": kind, "default": default, "help": text}
+    if choices:
+        spec["choices"] = choices
+    else:
+        spec["metavar"] = _metavar(name, kind)
+    return spec
+
+
+def _value_type(annotation: Any) -> tuple[type, tuple[Any, ...], tuple[Any, ...]]:
+    """The type of an option's value, its choices (a ``Literal``), and the known values of an
+    open one (a ``Literal`` or any ``str``, as a model's name).
+
+    Examples:
+        >>> from typing import Annotated, Literal
+        >>> _value_type(Annotated[float, "gt 0"] | None)
+        (<class 'float'>, (), ())
+        >>> _value_type(Literal["png", "jpeg"] | None)
+        (<class 'str'>, ('png', 'jpeg'), ())
+        >>> _value_type(Literal["a", "b"] | str)
+        (<class 'str'>, (), ('a', 'b'))
+    """
+    leaves = [leaf for leaf in _leaves(annotation) if leaf is not type(None)]
+    values = tuple(value for leaf in leaves if get_origin(leaf) is Literal for value in get_args(leaf))
+    others = [leaf for leaf in leaves if get_origin(leaf) is not Literal]
+    if not others:
+        return type(values[0]), values, ()
+    if len(others) != 1 or not isinstance(others[0], type):
+        raise TypeError(f"no command-line flag for an option of type {annotation!r}")
+    return others[0], (), values
+
+
+def _leaves(annotation: Any) -> list[Any]:
+    """The types a union of (annotated) types is made of."""
+    if get_origin(annotation) is Annotated:
+        return _leaves(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, types.UnionType):
+        return [leaf for arg in get_args(annotation) for leaf in _leaves(arg)]
+    return [annotation]
+
+
+def _metavar(name: str, kind: type) -> str:
+    """What ``--help`` calls an option's value.
+
+    Examples:
+        >>> [_metavar(n, k) for n, k in (("poll_interval", float), ("n", int), ("reference_store", str))]
+        ['SECONDS', 'N', 'URL']
+    """
+    if kind is float:
+        return "SECONDS" if name.endswith(("_seconds", "_interval")) else name.rsplit("_", 1)[-1].upper()
+    if kind is int:
+        return "N"
+    if name.endswith(("_url", "_store")):
+        return "URL"
+    return "NAME" if name.endswith("_name") else name.upper()
+
+
+def run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`RunOptions` fields among parsed arguments (their flags'), by field name."""
+    from prefect_seedream.engine.options import RunOptions
+
+    return {name: value for name, value in vars(args).items() if name in RunOptions.model_fields}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser (the run options' flags: see :func:`add_option_flags`)."""
     parser = argparse.ArgumentParser(prog="prefect-seedream", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="generate images for every row of a dataset")
     run.add_argument("dataset", help="a .csv, .tsv, .jsonl or .parquet file (path or fsspec URL)")
     run.add_argument("--output", default="output", help="folder or fsspec URL (default ./output)")
-    run.add_argument("--model", default=DEFAULT_MODEL, metavar="MODEL",
-                     help=f"default model (default {DEFAULT_MODEL}); known: {', '.join(MODEL_LIMITS)}; "
-                          "any other name is sent as is, its rules not checked locally")
-    run.add_argument("--size", default=d.DEFAULT_SIZE,
-                     help=f"default size: auto, a ratio such as 16:9 (with --quality), a preset or WxH "
-                          f"(default {d.DEFAULT_SIZE})")
-    run.add_argument("--quality", choices=get_args(Quality),
-                     help="default resolution of a ratio size (which values a model takes: see the README's Models)")
-    run.add_argument("--output-format", choices=get_args(OutputFormat),
-                     help="default image format of the 5.0 models (their default: jpeg)")
-    run.add_argument("--n", type=int, default=d.DEFAULT_N, help="default most images per prompt (1-15)")
-    run.add_argument("--prompt-priority", default=d.DEFAULT_PROMPT_PRIORITY, choices=get_args(d.PromptPriority))
-    run.add_argument("--max-concurrency", type=int, default=d.MAX_CONCURRENCY,
-                     help=f"generations in flight at once, per process (default {d.MAX_CONCURRENCY})")
-    run.add_argument("--concurrency-limit", metavar="NAME", help="a Prefect global concurrency limit")
-    run.add_argument("--max-credits", type=float, help="budget for this run")
+    add_option_flags(run)
     run.add_argument("--dry-run", action="store_true", help="validate and estimate credits only")
-    run.add_argument("--retries", type=int, default=d.RETRIES)
-    run.add_argument("--retry-delay", type=float, default=d.RETRY_DELAY_SECONDS, help="first retry delay, seconds")
-    run.add_argument("--resubmit-unknown", action="store_true",
-                     help="submit again rows whose earlier submission's outcome is unknown, with the "
-                          "same Idempotency-Key (the API returns the task it created, if any)")
-    run.add_argument("--wait-for-quota", action="store_true",
-                     help="when the key's daily quota is used up, wait until it renews instead of stopping")
-    run.add_argument("--rows-per-task", type=int, metavar="N",
-                     help="rows per Prefect task run (default: 1 up to 50 rows, else about 50 task runs)")
-    run.add_argument("--row-events", default=d.ROW_EVENTS, choices=get_args(d.RowEvents),
-                     help="per-row Prefect events (default: failures only)")
-    run.add_argument("--reference-store", metavar="URL",
-                     help="fsspec prefix (s3://bucket/refs) to upload local reference images to")
-    run.add_argument("--reference-public-url", metavar="URL",
-                     help="public base URL of --reference-store (default: presigned URLs)")
     run.add_argument("--shards", type=int, default=1, metavar="K",
                      help="run the rows as K shard flow runs on a work pool (needs PREFECT_API_URL)")
     run.add_argument("--work-pool", metavar="POOL", help="with --shards: the work pool of the shard deployment")
@@ -193,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     recover = commands.add_parser("recover", help="collect tasks a stopped run left in flight")
     recover.add_argument("output", help="the output folder (or URL) of the earlier run")
+    add_option_flags(recover, RECOVER_OPTIONS)
     _common(recover)
 
     init = commands.add_parser(
@@ -299,16 +368,8 @@ def _run(args: argparse.Namespace, api: _PrefectAPI) -> int:
         with listening(on_row, on_total=lambda rows: bar.update(job, total=rows)):
             try:
                 state = asyncio.run(generate_dataset.aio(
-                    args.dataset, args.output, model=args.model, size=args.size, quality=args.quality,
-                    output_format=args.output_format, n=args.n,
-                    prompt_priority=args.prompt_priority, max_concurrency=args.max_concurrency,
-                    concurrency_limit_name=args.concurrency_limit, credentials=_credentials(args),
-                    max_credits=args.max_credits, dry_run=args.dry_run, max_wait_seconds=args.max_wait,
-                    retries=args.retries, retry_delay_seconds=args.retry_delay,
-                    resubmit_unknown=args.resubmit_unknown, wait_for_quota=args.wait_for_quota,
-                    rows_per_task=args.rows_per_task, reference_store=args.reference_store,
-                    reference_public_url=args.reference_public_url,
-                    row_events=args.row_events, shards=args.shards, work_pool=args.work_pool,
+                    args.dataset, args.output, **run_options(args), credentials=_credentials(args),
+                    dry_run=args.dry_run, shards=args.shards, work_pool=args.work_pool,
                     shard_deployment=args.shard_deployment, return_state=True,
                 ))
             except (DatasetError, ValueError, OutputLockedError) as exc:
@@ -335,8 +396,7 @@ def _recover(args: argparse.Namespace, api: _PrefectAPI) -> int:
     api.ready()
     with _api_or_simulator(args):
         state = asyncio.run(recover_dataset.aio(
-            args.output, credentials=_credentials(args), max_wait_seconds=args.max_wait,
-            return_state=True,
+            args.output, **run_options(args), credentials=_credentials(args), return_state=True,
         ))
     print(f"{state.type.value.title()}: {state.message}")
     return 0 if state.is_completed() else 1

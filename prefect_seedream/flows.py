@@ -43,23 +43,19 @@ from prefect_seedream.engine.defaults import (
     RowEvents,
 )
 from prefect_seedream.engine.generation import (
-    GenerationOptions,
     StepReporter,
     SubmissionPolicy,
-    WaitOptions,
     generate_recorded,
 )
-from prefect_seedream.engine.ledger import LedgerRecord, NextStep, TaskLedger
+from prefect_seedream.engine.ledger import LedgerRecord, NextStep
 from prefect_seedream.engine.lines import update_manifest_lines
-from prefect_seedream.engine.options import RunOptions, dataset_storage_options_for
-from prefect_seedream.engine.output_lock import OutputLock, check_held_by
+from prefect_seedream.engine.options import RunOptions
+from prefect_seedream.engine.output import Output
 from prefect_seedream.engine.progress import RunProgress, notify_total
 from prefect_seedream.engine.reconcile import PromptKey, TaskListIndex, shared_prompt_keys
 from prefect_seedream.engine.rows import RowRange, scan_dataset
-from prefect_seedream.engine.run_folder import RunParts
 from prefect_seedream.engine.run_report import DEFAULT_PREFIX, RunTables
 from prefect_seedream.engine.sources import is_in_memory, spill_rows
-from prefect_seedream.engine.storage import ImageStore
 from prefect_seedream.engine.summary import DatasetRunSummary
 from prefect_seedream.events import PREFECT_EVENTS
 from prefect_seedream.execution import RowsJob, execute_rows, read_concurrency_limit
@@ -224,25 +220,13 @@ async def generate_dataset(
         ```
     """
     logger = get_run_logger()
-    options = RunOptions(
-        model=model, size=size, quality=quality, output_format=output_format, n=n,
-        prompt_priority=prompt_priority,
-        max_concurrency=max_concurrency, concurrency_limit_name=concurrency_limit_name,
-        max_credits=max_credits, max_wait_seconds=max_wait_seconds, poll_interval=poll_interval,
-        retries=retries, retry_delay_seconds=retry_delay_seconds,
-        resubmit_unknown=resubmit_unknown, wait_for_quota=wait_for_quota,
-        storage_options=storage_options, rows_per_task=rows_per_task, row_events=row_events,
-        reference_store=reference_store, reference_storage_options=reference_storage_options,
-        reference_public_url=reference_public_url,
-    )
+    options = RunOptions.from_parameters(locals())
     resolved = resolve_credentials(credentials)  # fail now, not per row, when there is no key
+    opened: Output | None = None
     if is_in_memory(dataset):  # rows that came through the API (the body of a flow run)
-        dataset = await asyncio.to_thread(spill_rows, dataset, output, storage_options)
-    options = options.model_copy(update={
-        "dataset_storage_options": dataset_storage_options_for(
-            dataset, output, storage_options, dataset_storage_options
-        ),
-    })
+        opened = Output.open(output, options.storage_options)
+        dataset = await asyncio.to_thread(opened.spill, dataset)
+    options = options.for_dataset(dataset, output)
     limit = None
     if concurrency_limit_name and not dry_run:
         limit = await read_concurrency_limit(concurrency_limit_name)
@@ -266,14 +250,15 @@ async def generate_dataset(
 
     tables = RunTables()
     keys = claim_story_keys(artifact_key)
+    opened = opened or Output.open(output, options.storage_options)
     gallery = await run_in_output(
-        dataset, output, options, credentials or resolved, total_rows=scan.rows,
+        dataset, opened, options, credentials or resolved, total_rows=scan.rows,
         run_id=str(flow_run.id), summary=summary, concurrency_limit=limit, tables=tables,
         estimated_credits=scan.estimated_credits,
         shard_plan=ShardPlan(shards, shard_deployment, work_pool, generate_shard) if shards > 1 else None,
         keys=keys,
     )
-    await publish_run_story(summary, tables, gallery, ImageStore(output, storage_options), keys)
+    await publish_run_story(summary, tables, gallery, opened.store, keys)
     logger.info("Manifest written to %s", summary.manifest)
     if summary.contact_sheet:
         logger.info("Contact sheet (open it in a browser): %s", summary.contact_sheet)
@@ -349,8 +334,8 @@ async def generate_shard(
         ```
     """
     logger = get_run_logger()
-    store = ImageStore(output, options.storage_options)
-    await asyncio.to_thread(check_held_by, store, run_id)
+    opened = Output.open(output, options.storage_options)
+    await asyncio.to_thread(opened.check_held_by, run_id)
     rows = RowRange(first_row, min(last_row, total_rows))
     job = RowsJob(
         dataset, options, credentials, run_id, total_rows, concurrency_limit=concurrency_limit,
@@ -366,8 +351,8 @@ async def generate_shard(
         progress.row_done(item)
 
     report = await execute_rows(
-        job, rows, store=store, parts=RunParts(store, run_id), on_row=on_row,
-        before_batch=lambda: check_held_by(store, run_id),
+        job, rows, store=opened.store, parts=opened.run_folder(run_id), on_row=on_row,
+        before_batch=lambda: opened.check_held_by(run_id),
     )
     await artifact.finish()
     counts.stopped = report.stop
@@ -417,17 +402,18 @@ async def recover_dataset(
         ```
     """
     logger = get_run_logger()
+    run_options = RunOptions.from_parameters(locals())
     api = resolve_credentials(credentials).api_identity
-    store = ImageStore(output, storage_options)
-    ledger = TaskLedger(store, api)
+    opened = Output.open(output, run_options.storage_options)
+    ledger = opened.ledger(api)
     records = await asyncio.to_thread(lambda: [r for r in ledger.records() if r.api in (api, None)])
     pending = [r for r in records if r.state.value in ("submitted", "completed") or r.outcome_unknown]
     logger.info(
         "%d task(s) in flight and %d submission(s) of unknown outcome in %s",
         sum(not r.outcome_unknown for r in pending), sum(r.outcome_unknown for r in pending), output,
     )
-    limit = asyncio.Semaphore(max_concurrency)
-    options = GenerationOptions(wait=WaitOptions(max_wait_seconds, poll_interval))
+    limit = asyncio.Semaphore(run_options.max_concurrency)
+    options = run_options.generation()
     reporter = StepReporter(logger, listener=PREFECT_EVENTS)
     collected: dict[str, LedgerRecord] = {}
 
@@ -447,7 +433,7 @@ async def recover_dataset(
                 logger.error("%s: could not collect %s: %s", record.row_id, record.task_id or "its task", exc)
             collected[record.row_id] = record
 
-    async with OutputLock(store, str(flow_run.id)), shared_clients(), api_client(credentials) as client:
+    async with opened.lock(str(flow_run.id)), shared_clients(), api_client(credentials) as client:
         shared = shared_prompt_keys((r.prompt_sha256, r.model) for r in records if r.prompt_sha256)
 
         async def shared_prompts() -> set[PromptKey]:
@@ -461,7 +447,7 @@ async def recover_dataset(
             if record.task_id:
                 finder.claim(record.task_id)
         await asyncio.gather(*(collect(record, client, finder) for record in pending))
-        stored = await asyncio.to_thread(update_manifest_lines, store, collected)
-        await asyncio.to_thread(publish_contact_sheet, store)
+        stored = await asyncio.to_thread(update_manifest_lines, opened.store, collected)
+        await asyncio.to_thread(publish_contact_sheet, opened.store)
     message = f"collected {stored} of {len(pending)} task(s) in {output}"
     return Completed(message=message) if stored == len(pending) else Failed(message=message)

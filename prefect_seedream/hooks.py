@@ -12,13 +12,14 @@ run killed outright (SIGKILL) gets its manifest from the next run.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from prefect.states import State
+from pydantic import ValidationError
 
-from prefect_seedream.engine.options import dataset_storage_options_for
-from prefect_seedream.engine.run_folder import RunParts
-from prefect_seedream.engine.storage import ImageStore
+from prefect_seedream.engine.options import RunOptions
+from prefect_seedream.engine.output import Output
 from prefect_seedream.engine.summary import DatasetRunSummary
 from prefect_seedream.runs import merge_manifest
 
@@ -29,24 +30,41 @@ def record_stopped_run(flow: Any, flow_run: Any, state: State) -> None:
     Remote tasks in flight cannot be cancelled (the API has no cancel endpoint);
     their ids are already in the ledger, and the manifest lists them ``in_flight``.
     """
-    parameters = flow_run.parameters
-    output = parameters.get("output", "output")
-    if parameters.get("dry_run") or not isinstance(output, str):
+    parameters = call_parameters(flow, flow_run.parameters)
+    uri = parameters.get("output")
+    if parameters.get("dry_run") or not isinstance(uri, str):
         return
-    storage_options = parameters.get("storage_options")
-    store = ImageStore(output, storage_options)
-    parts = RunParts(store, str(flow_run.id))
+    try:
+        given = RunOptions.from_parameters(parameters)
+    except ValidationError:  # the run refused its parameters: it ran nothing
+        return
+    output = Output.open(uri, given.storage_options)
+    parts = output.run_folder(str(flow_run.id))
     run = parts.description()
     if run is None:  # stopped before any row ran: nothing to tell
         return
-    options = run.options.model_copy(update={  # run.json holds no fsspec options
-        "storage_options": storage_options,
-        "dataset_storage_options": dataset_storage_options_for(
-            run.dataset, output, storage_options, parameters.get("dataset_storage_options")
-        ),
-    })
-    uri = merge_manifest(
-        store, parts, run.dataset, run.api, options, run.total_rows, str(flow_run.id),
-        DatasetRunSummary(), None,
+    # run.json holds no fsspec options: those the run was called with are given back.
+    options = run.options.with_storage_options_of(given).for_dataset(run.dataset, uri)
+    manifest = merge_manifest(
+        output, parts, run.model_copy(update={"options": options}), DatasetRunSummary(), None,
     )
-    print(f"Run {state.type.value.lower()}: manifest of what was done written to {uri}")
+    print(f"Run {state.type.value.lower()}: manifest of what was done written to {manifest}")
+
+
+def call_parameters(flow: Any, parameters: dict[str, Any]) -> dict[str, Any]:
+    """A flow run's parameters, with the flow's defaults of those it was not given (a
+    deployment's run holds only the parameters it was given).
+
+    Examples:
+        >>> def flow(dataset: str, output: str = "output", dry_run: bool = False): ...
+        >>> class Flow:
+        ...     fn = staticmethod(flow)
+        >>> call_parameters(Flow(), {"dataset": "rows.csv", "dry_run": True})
+        {'output': 'output', 'dry_run': True, 'dataset': 'rows.csv'}
+    """
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(flow.fn).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+    return {**defaults, **parameters}

@@ -65,15 +65,15 @@ from prefect_seedream.engine.generation import (
     submit_request,
     wait_for_task,
 )
-from prefect_seedream.engine.ledger import LedgerRecord, NextStep, TaskLedger, request_hash
+from prefect_seedream.engine.ledger import LedgerRecord, NextStep, request_hash
 from prefect_seedream.engine.lines import line_from_record
 from prefect_seedream.engine.manifest import ManifestError, RowStatus, RunLine
 from prefect_seedream.engine.options import RunOptions
+from prefect_seedream.engine.output import Output
 from prefect_seedream.engine.reconcile import TaskListIndex
 from prefect_seedream.engine.references import ReferenceStore, no_store_message
 from prefect_seedream.engine.rows import scan_dataset
 from prefect_seedream.engine.run_report import RunTables, destination_prefix
-from prefect_seedream.engine.sources import spill_rows
 from prefect_seedream.engine.storage import ImageStore, StoredImage
 from prefect_seedream.engine.summary import DatasetRunSummary
 from prefect_seedream.events import PREFECT_EVENTS
@@ -464,7 +464,7 @@ async def generate_images(
     story = call_story(artifact_key or destination_prefix(destination), _ledger_location(destination))
     run_id = str(current_task_run.id)
     async with api_client(credentials) as client:
-        ledger = TaskLedger(ImageStore(destination, storage_options), client.identity)
+        ledger = Output.open(destination, storage_options).ledger(client.identity)
         record = await ledger.arecord_for(label or request_hash(request)[:16], request)
         row = ValidRow(story.start(), record.row_id, request)
         reused = next_step_of(record, ledger.store, resubmit_unknown=resubmit_unknown) is NextStep.REUSE
@@ -523,15 +523,15 @@ async def generate_many(
     credentials: SeedreamCredentials | None = None,
     max_concurrency: Annotated[int, Field(ge=1, le=MAX_CONCURRENCY_BOUND)] = MAX_CONCURRENCY,
     concurrency_limit_name: str | None = None,
-    max_credits: float | None = None,
-    max_wait_seconds: float = MAX_WAIT_SECONDS,
-    poll_interval: float = POLL_INTERVAL_SECONDS,
-    retries: int = RETRIES,
-    retry_delay_seconds: float = RETRY_DELAY_SECONDS,
+    max_credits: Annotated[float, Field(gt=0)] | None = None,
+    max_wait_seconds: Annotated[float, Field(gt=0)] = MAX_WAIT_SECONDS,
+    poll_interval: Annotated[float, Field(gt=0)] = POLL_INTERVAL_SECONDS,
+    retries: Annotated[int, Field(ge=0, le=10)] = RETRIES,
+    retry_delay_seconds: Annotated[float, Field(ge=0)] = RETRY_DELAY_SECONDS,
     resubmit_unknown: bool = False,
     wait_for_quota: bool = False,
     storage_options: dict[str, Any] | None = None,
-    rows_per_task: int | None = None,
+    rows_per_task: Annotated[int, Field(ge=1, le=10_000)] | None = None,
     reference_store: str | None = None,
     reference_storage_options: dict[str, Any] | None = None,
     reference_public_url: str | None = None,
@@ -601,17 +601,10 @@ async def generate_many(
         print(asyncio.run(posters(["A red fox", "An owl"])))
         ```
     """
-    options = RunOptions(
-        max_concurrency=max_concurrency, concurrency_limit_name=concurrency_limit_name,
-        max_credits=max_credits, max_wait_seconds=max_wait_seconds, poll_interval=poll_interval,
-        retries=retries, retry_delay_seconds=retry_delay_seconds,
-        resubmit_unknown=resubmit_unknown, wait_for_quota=wait_for_quota,
-        storage_options=storage_options, rows_per_task=rows_per_task, row_events="failures",
-        reference_store=reference_store, reference_storage_options=reference_storage_options,
-        reference_public_url=reference_public_url,
-    )
+    options = RunOptions.from_parameters(locals())
     resolve_credentials(credentials)  # fail now, not per request, when there is no key
-    dataset = await asyncio.to_thread(spill_rows, requests, destination, storage_options)
+    output = Output.open(destination, options.storage_options)
+    dataset = await asyncio.to_thread(output.spill, requests)
     limit = await read_concurrency_limit(concurrency_limit_name) if concurrency_limit_name else None
     if "://" in destination and storage_options:  # the requests were written into the destination
         options = options.model_copy(update={"dataset_storage_options": storage_options})
@@ -628,11 +621,11 @@ async def generate_many(
     keys = claim_story_keys(artifact_key or destination_prefix(destination))
     async with shared_clients():
         gallery = await run_in_output(
-            dataset, destination, options, credentials, total_rows=scan.rows,
+            dataset, output, options, credentials, total_rows=scan.rows,
             run_id=str(current_task_run.id), summary=summary, concurrency_limit=limit,
             on_row=collect, tables=tables, keys=keys, estimated_credits=scan.estimated_credits,
         )
-    await publish_run_story(summary, tables, gallery, ImageStore(destination, storage_options), keys)
+    await publish_run_story(summary, tables, gallery, output.store, keys)
     emit_run_end_event(summary, dataset=dataset, output=destination)
     get_run_logger().info("%s", summary.message())
     return [result for result in results if result is not None]

@@ -220,8 +220,9 @@ async def test_a_restarted_shard_counts_what_the_lost_attempt_paid(
     paid for as free. A row's charge belongs to the parent run that made it, whichever
     attempt of whichever shard: the merged summary reports what the service charged."""
     from prefect_seedream.api.client import api_identity
+    from prefect_seedream.engine.output import Output
     from prefect_seedream.engine.output_lock import OutputLock
-    from prefect_seedream.engine.run_folder import RunParts
+    from prefect_seedream.engine.run_folder import RunDescription, RunParts
     from prefect_seedream.engine.storage import ImageStore
     from prefect_seedream.engine.summary import DatasetRunSummary
     from prefect_seedream.flows import generate_shard
@@ -239,10 +240,10 @@ async def test_a_restarted_shard_counts_what_the_lost_attempt_paid(
         # The shard is started again: every row is stored already (nothing is paid again).
         await generate_shard(str(dataset), str(output), 1, 8, parent, 8, options, return_state=True)
         summary = DatasetRunSummary()
-        await asyncio.to_thread(
-            merge_manifest, store, parts, str(dataset), api_identity(seedream_env.base_url),
-            options, 8, parent, summary, None,
+        run = RunDescription(
+            dataset=str(dataset), api=api_identity(seedream_env.base_url), options=options, total_rows=8,
         )
+        await asyncio.to_thread(merge_manifest, Output.open(str(output)), parts, run, summary, None)
     stats = seedream_env.stats()
     assert stats["tasks_created"] == 8
     assert summary.succeeded == 8 and summary.credits == stats["credits_charged"] == 16.0

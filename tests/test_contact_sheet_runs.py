@@ -130,8 +130,9 @@ async def _sharded_run(sim: RunningSimulator, tmp_path: Path) -> None:
     """Two shards of one parent run, then the parent's merge: the merged manifest's sheet."""
     from prefect_seedream.api.client import api_identity
     from prefect_seedream.engine.options import RunOptions
+    from prefect_seedream.engine.output import Output
     from prefect_seedream.engine.output_lock import OutputLock
-    from prefect_seedream.engine.run_folder import RunParts
+    from prefect_seedream.engine.run_folder import RunDescription, RunParts
     from prefect_seedream.engine.storage import ImageStore
     from prefect_seedream.engine.summary import DatasetRunSummary
     from prefect_seedream.flows import generate_shard
@@ -148,9 +149,9 @@ async def _sharded_run(sim: RunningSimulator, tmp_path: Path) -> None:
         for first, last in ((1, 3), (4, 6)):
             await generate_shard(str(dataset), str(output), first, last, parent, 6, options, return_state=True)
         assert not (output / INDEX_NAME).exists()  # shards leave the sheet to the parent
+        run = RunDescription(dataset=str(dataset), api=api_identity(sim.base_url), options=options, total_rows=6)
         await asyncio.to_thread(
-            merge_manifest, store, RunParts(store, parent), str(dataset), api_identity(sim.base_url),
-            options, 6, parent, summary, None,
+            merge_manifest, Output.open(str(output)), RunParts(store, parent), run, summary, None,
         )
     assert summary.contact_sheet == str(output.resolve() / INDEX_NAME)
     sheet = assert_sheet_names_every_row(output)

@@ -11,6 +11,8 @@ that write the manifest of a stopped run. Each field has the name of its flow pa
 
 from __future__ import annotations
 
+import inspect
+import textwrap
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -68,33 +70,10 @@ def dataset_storage_options_for(
 class RunOptions(BaseModel):
     """How the rows of a dataset run are generated (the flow's parameters of that name).
 
-    Attributes:
-        model: Default model for rows that name none (a known one, or any name: sent as is).
-        size: Default size for rows that name none: auto, a ratio (16:9), a preset, WxH.
-        quality: Default resolution of a ratio size (1K, 1.5K, 2K, 3K, 4K: per model).
-        output_format: Default image format of the 5.0 models (png or jpeg).
-        n: Default most images per prompt.
-        prompt_priority: Default prompt priority.
-        max_concurrency: Most generations in flight at once in one process (one shard).
-        concurrency_limit_name: A Prefect global concurrency limit shared by all runs.
-        max_credits: No submission may take the run's credits past this.
-        max_wait_seconds: Wall-clock cap of each wait.
-        poll_interval: Shortest pause between polls.
-        retries: Retries of a row for failures worth retrying.
-        retry_delay_seconds: First retry delay (doubles each retry, with jitter).
-        resubmit_unknown: Submit again rows whose earlier submission's outcome is unknown.
-        wait_for_quota: Pause (instead of stopping) when the key's daily quota is used up and
-            the API says when it renews.
-        storage_options: fsspec options of the output.
-        dataset_storage_options: fsspec options to read the dataset with.
-        rows_per_task: Rows per Prefect task run (None: chosen by the dataset's size).
-        row_events: Which per-row events to emit.
-        reference_store: An fsspec prefix (``s3://bucket/refs``) where local reference images
-            are uploaded (once each) for the API to fetch; without it, rows naming local files
-            in ``image_urls`` are refused.
-        reference_storage_options: fsspec options of ``reference_store``.
-        reference_public_url: The public base URL of ``reference_store``, if it is served
-            publicly (else presigned URLs are sent).
+    Each field's ``description`` is the one definition of that option: the Attributes below
+    are made from them, and so are the command line's ``prefect-seedream run`` flags (see
+    :mod:`prefect_seedream.cli`); the flows' parameters of the same name have the same type and
+    default (``tests/test_run_options_once.py`` checks it).
 
     Examples:
         >>> options = RunOptions(model="doubao-seedream-4.0", size="1K", max_credits=30)
@@ -109,28 +88,102 @@ class RunOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: ModelName = DEFAULT_MODEL
-    size: str = DEFAULT_SIZE
-    quality: Quality | None = None
-    output_format: OutputFormat | None = None
-    n: Annotated[int, Field(ge=1, le=15)] = DEFAULT_N
-    prompt_priority: PromptPriority = DEFAULT_PROMPT_PRIORITY
-    max_concurrency: Annotated[int, Field(ge=1, le=MAX_CONCURRENCY_BOUND)] = MAX_CONCURRENCY
-    concurrency_limit_name: str | None = None
-    max_credits: Annotated[float, Field(gt=0)] | None = None
-    max_wait_seconds: Annotated[float, Field(gt=0)] = MAX_WAIT_SECONDS
-    poll_interval: Annotated[float, Field(gt=0)] = POLL_INTERVAL_SECONDS
-    retries: Annotated[int, Field(ge=0, le=10)] = RETRIES
-    retry_delay_seconds: Annotated[float, Field(ge=0)] = RETRY_DELAY_SECONDS
-    resubmit_unknown: bool = False
-    wait_for_quota: bool = False
-    storage_options: dict[str, Any] | None = None
-    dataset_storage_options: dict[str, Any] | None = None
-    rows_per_task: Annotated[int, Field(ge=1, le=10_000)] | None = None
-    row_events: RowEvents = ROW_EVENTS
-    reference_store: str | None = None
-    reference_storage_options: dict[str, Any] | None = None
-    reference_public_url: str | None = None
+    model: ModelName = Field(
+        DEFAULT_MODEL,
+        description="Default model for rows that name none: a known model, or any other name, sent "
+        "as is (its rules are then not checked locally).",
+    )
+    size: str = Field(
+        DEFAULT_SIZE,
+        description="Default size, for the rows whose model takes one: auto, a ratio such as 16:9 "
+        "(with quality), a preset (2K) or WxH.",
+    )
+    quality: Quality | None = Field(
+        None,
+        description="Default resolution of a ratio size (which values a model takes: see the "
+        "README's Models).",
+    )
+    output_format: OutputFormat | None = Field(
+        None, description="Default image format of the 5.0 models (their default: jpeg)."
+    )
+    n: Annotated[int, Field(ge=1, le=15)] = Field(
+        DEFAULT_N, description="Default most images per prompt (1-15)."
+    )
+    prompt_priority: PromptPriority = Field(
+        DEFAULT_PROMPT_PRIORITY, description="Default prompt priority (fast exists on 4.0 only)."
+    )
+    max_concurrency: Annotated[int, Field(ge=1, le=MAX_CONCURRENCY_BOUND)] = Field(
+        MAX_CONCURRENCY,
+        description="Most generations in flight at once in one process (in each shard).",
+    )
+    concurrency_limit_name: str | None = Field(
+        None,
+        description="A Prefect global concurrency limit shared by all runs and workers (it must "
+        "exist: prefect gcl create NAME --limit N).",
+    )
+    max_credits: Annotated[float, Field(gt=0)] | None = Field(
+        None,
+        description="Budget: no submission may take the run's credits past it (each shard gets "
+        "its rows' share of it).",
+    )
+    max_wait_seconds: Annotated[float, Field(gt=0)] = Field(
+        MAX_WAIT_SECONDS,
+        description="Wall-clock cap of each wait, in seconds; a task still running after it is "
+        "recorded in_flight with its id, for recover.",
+    )
+    poll_interval: Annotated[float, Field(gt=0)] = Field(
+        POLL_INTERVAL_SECONDS, description="Shortest pause between polls, in seconds."
+    )
+    retries: Annotated[int, Field(ge=0, le=10)] = Field(
+        RETRIES,
+        description="Retries of a row for failures worth retrying (429, 5xx, service errors).",
+    )
+    retry_delay_seconds: Annotated[float, Field(ge=0)] = Field(
+        RETRY_DELAY_SECONDS,
+        description="First retry delay, in seconds (it doubles each retry, with jitter).",
+    )
+    resubmit_unknown: bool = Field(
+        False,
+        description="Submit again rows whose earlier submission's outcome is unknown, with the "
+        "same Idempotency-Key (the API returns the task it created, if any).",
+    )
+    wait_for_quota: bool = Field(
+        False,
+        description="When the key's daily quota is used up and the API says when it renews, "
+        "wait until then instead of stopping.",
+    )
+    storage_options: dict[str, Any] | None = Field(
+        None, description="fsspec options of the output (for example endpoint_url)."
+    )
+    dataset_storage_options: dict[str, Any] | None = Field(
+        None,
+        description="fsspec options to read the dataset with (default: the output's, when the "
+        "dataset is on the same kind of storage; rows in memory are written into the output).",
+    )
+    rows_per_task: Annotated[int, Field(ge=1, le=10_000)] | None = Field(
+        None,
+        description="Rows per Prefect task run (default: 1 up to 50 rows, else about 50 task "
+        "runs).",
+    )
+    row_events: RowEvents = Field(
+        ROW_EVENTS,
+        description="Per-row Prefect events: failures (seedream.generation.failed for each failed "
+        "row), all (also .submitted and .completed) or none.",
+    )
+    reference_store: str | None = Field(
+        None,
+        description="An fsspec prefix (s3://bucket/refs) where reference images named by local "
+        "paths or storage URLs in image_urls are uploaded, once each, and sent as presigned "
+        "URLs; without it such rows are refused.",
+    )
+    reference_storage_options: dict[str, Any] | None = Field(
+        None, description="fsspec options of reference_store."
+    )
+    reference_public_url: str | None = Field(
+        None,
+        description="The public base URL of reference_store, if it is served publicly (then no "
+        "URL is presigned).",
+    )
 
     @model_validator(mode="after")
     def _request_defaults_fit_together(self) -> RunOptions:
@@ -146,7 +199,14 @@ class RunOptions(BaseModel):
 
     @classmethod
     def from_parameters(cls, parameters: Mapping[str, Any]) -> RunOptions:
-        """The options among a flow run's parameters (the hooks of a stopped run use this)."""
+        """The options among a call's parameters, the others ignored: what the flows and
+        ``generate_many`` build from their ``locals()``, the command line from its parsed
+        flags, and the hooks of a stopped run from its flow run's parameters.
+
+        Examples:
+            >>> RunOptions.from_parameters({"dataset": "rows.csv", "n": 2, "dry_run": True}).n
+            2
+        """
         return cls.model_validate({name: parameters[name] for name in cls.model_fields if name in parameters})
 
     def row_defaults(self) -> RowDefaults:
@@ -179,6 +239,18 @@ class RunOptions(BaseModel):
         """Retries of each row."""
         return RetryOptions(self.retries, self.retry_delay_seconds)
 
+    def for_dataset(self, dataset: str, output: str) -> RunOptions:
+        """These options with the fsspec options ``dataset`` is read with (see
+        :func:`dataset_storage_options_for`)."""
+        return self.model_copy(update={"dataset_storage_options": dataset_storage_options_for(
+            dataset, output, self.storage_options, self.dataset_storage_options
+        )})
+
+    def with_storage_options_of(self, given: RunOptions) -> RunOptions:
+        """These options with the fsspec options of ``given`` (those of a ``run.json``, which
+        holds none, with those the run was called with)."""
+        return self.model_copy(update={name: getattr(given, name) for name in STORAGE_OPTION_FIELDS})
+
     def without_secrets(self) -> RunOptions:
         """These options without the fsspec options (they may hold storage credentials), for
         what is written to the output (``run.json``)."""
@@ -189,3 +261,19 @@ class RunOptions(BaseModel):
         if self.max_credits is None:
             return self
         return self.model_copy(update={"max_credits": self.max_credits * rows / total_rows})
+
+
+def _with_attributes(doc: str, fields: Mapping[str, Any]) -> str:
+    """A model's docstring with an ``Attributes:`` section made from its fields' descriptions,
+    before its ``Examples:``."""
+    section = ["Attributes:"]
+    for name, field in fields.items():
+        section += textwrap.wrap(
+            f"{name}: {field.description}", width=92, initial_indent="    ", subsequent_indent="        ",
+        )
+    text = inspect.cleandoc(doc)
+    head, marker, examples = text.partition("\nExamples:\n")
+    return "\n".join([head.rstrip(), "", *section, "", f"{marker.strip()}\n{examples}" if marker else ""]).rstrip() + "\n"
+
+
+RunOptions.__doc__ = _with_attributes(RunOptions.__doc__ or "", RunOptions.model_fields)

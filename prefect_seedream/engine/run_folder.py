@@ -42,7 +42,8 @@ class RunDescription(BaseModel):
     Attributes:
         dataset: The dataset's path or URL (in-memory rows: the file they were written to).
         api: The API's normalised address (the ledger's records are kept per API).
-        options: The run's options, without fsspec options (they may hold credentials).
+        options: The run's options (``run.json`` holds them without fsspec options: they may
+            hold credentials).
         total_rows: Rows in the dataset.
     """
 
@@ -161,8 +162,9 @@ class RunParts:
         self.store.remove_tree(self.folder)
 
     def describe(self, description: RunDescription) -> None:
-        """Write ``run.json``."""
-        self.store.write_text(f"{self.folder}/run.json", description.model_dump_json())
+        """Write ``run.json`` (its options without fsspec options: they may hold credentials)."""
+        public = description.model_copy(update={"options": description.options.without_secrets()})
+        self.store.write_text(f"{self.folder}/run.json", public.model_dump_json())
 
     def description(self) -> RunDescription | None:
         """The run's ``run.json``, or None when the run stopped before writing it."""

@@ -147,15 +147,18 @@ def _missing_id(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
-def spill_rows(data: Any, output: str, storage_options: dict[str, Any] | None = None) -> str:
+def spill_rows(
+    data: Any, output: str | ImageStore, storage_options: dict[str, Any] | None = None
+) -> str:
     """Write in-memory rows once to ``<output>/.seedream/inputs/<sha256>.jsonl``; returns its URI.
 
     The same rows always give the same file (written only if missing), so a re-run resumes.
+    ``output`` is a path or URL (with its ``storage_options``), or the store a run opened.
 
     Raises:
         DatasetError: the rows are not a supported kind, or there are none.
     """
-    store = ImageStore(output, storage_options)
+    store = output if isinstance(output, ImageStore) else ImageStore(output, storage_options)
     digest = hashlib.sha256()
     rows = 0
     with tempfile.TemporaryFile() as buffer:

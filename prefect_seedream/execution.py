@@ -25,9 +25,9 @@ from prefect_seedream.credentials import SeedreamCredentials, resolve_credential
 from prefect_seedream.engine.account import AccountStop, SubmissionGate
 from prefect_seedream.engine.budget import CreditBudget
 from prefect_seedream.engine.dataset import iter_rows
-from prefect_seedream.engine.ledger import TaskLedger
 from prefect_seedream.engine.manifest import RunLine
 from prefect_seedream.engine.options import RunOptions
+from prefect_seedream.engine.output import Output
 from prefect_seedream.engine.reconcile import TaskListIndex
 from prefect_seedream.engine.rows import (
     RowRange,
@@ -38,7 +38,6 @@ from prefect_seedream.engine.rows import (
 from prefect_seedream.engine.run_folder import RunParts
 from prefect_seedream.engine.runner import RowLimiter, RowRunner
 from prefect_seedream.engine.slot_pool import SlotPool
-from prefect_seedream.engine.storage import ImageStore
 from prefect_seedream.events import PREFECT_EVENTS
 from prefect_seedream.slots import GlobalLimitLeases
 
@@ -91,7 +90,7 @@ async def execute_rows(
     job: RowsJob,
     rows: RowRange,
     *,
-    store: ImageStore,
+    output: Output,
     parts: RunParts,
     on_row: Callable[[RunLine], None],
     before_batch: Callable[[], None] = lambda: None,
@@ -113,7 +112,7 @@ async def execute_rows(
                 shared_prompts=lambda: asyncio.to_thread(dataset_shared_prompts, job.dataset, job.options),
             )
             runner = RowRunner(
-                ledger=TaskLedger(store, client.identity),
+                ledger=output.ledger(client.identity),
                 client=client,
                 budget=CreditBudget(limit=options.max_credits),
                 limiter=RowLimiter(options.max_concurrency, slots),

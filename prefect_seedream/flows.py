@@ -351,7 +351,7 @@ async def generate_shard(
         progress.row_done(item)
 
     report = await execute_rows(
-        job, rows, store=opened.store, parts=opened.run_folder(run_id), on_row=on_row,
+        job, rows, output=opened, parts=opened.run_folder(run_id), on_row=on_row,
         before_batch=lambda: opened.check_held_by(run_id),
     )
     await artifact.finish()

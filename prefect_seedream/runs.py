@@ -196,7 +196,7 @@ async def _run_rows(
             summary.stopped = await asyncio.to_thread(parts.read_stop)
             return Gallery()
         report = await execute_rows(
-            job, RowRange(1, job.total_rows), store=output.store, parts=parts, on_row=on_row,
+            job, RowRange(1, job.total_rows), output=output, parts=parts, on_row=on_row,
             before_batch=lock.check, guard=lock.check,
         )
         summary.stopped = report.stop

@@ -1,6 +1,8 @@
 # Two commands do everything on a fresh machine with Python 3.11:
 #   make run    generate images for the sample dataset (bundled simulator when no API key is set)
 #   make test   the whole test suite (installs Debian's chromium for the browser test if missing)
+# `make test-unit` is the unit tier alone (tests/unit: the engine and the API layer, with Prefect
+# not importable and no Prefect server; under a minute); `make test-fast` and `make test` run it too.
 # CI (.ci/run) also runs:
 #   make check-package   build the sdist and wheel, twine check, the quick start from the wheel alone
 #   make check-versions  the fast tests at both ends of the supported Python and Prefect ranges
@@ -9,7 +11,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: run test test-fast check-package check-versions bench compare soak simulator stack-up stack-down clean
+.PHONY: run test test-fast test-unit check-package check-versions bench compare soak simulator stack-up stack-down clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +42,11 @@ test: $(VENV)/.dev
 
 test-fast: $(VENV)/.dev
 	$(BIN)/pytest -q
+
+# tests/unit alone: its conftest.py blocks `import prefect` and points PREFECT_API_URL at a closed
+# port. Two workers: the tests mostly wait on loopback HTTP (~35 s; ~55 s on one).
+test-unit: $(VENV)/.dev
+	$(BIN)/pytest -q -p no:cacheprovider -n 2 tests/unit -m unit
 
 check-package: $(VENV)/.dev
 	TOOLS_PYTHON=$(BIN)/python PYTHON=$(PYTHON) bash .ci/check-package.sh

@@ -25,8 +25,10 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 TESTS=(
-    tests/test_models.py
-    tests/test_client.py
+    tests/unit/test_models.py
+    tests/unit/test_client.py
+    tests/unit/test_ledger.py
+    tests/unit/test_layers.py
     tests/test_dataset_flow.py
     tests/test_observability_and_block.py
     tests/test_ledger_and_parts.py

@@ -3,7 +3,7 @@
 The README stays short and points at ``docs/*.md`` for the rest; every relative link of the
 README and of the docs pages reaches a file (and, with ``#anchor``, a heading) that exists, so
 moving or renaming a page cannot leave a dead link behind. The docs' examples are checked where
-they live: ``tests/test_examples.py`` (docs/own-flows.md), ``tests/test_models_today.py`` (the
+they live: ``tests/test_examples.py`` (docs/own-flows.md), ``tests/unit/test_models_today.py`` (the
 README's Models table).
 """
 

@@ -26,7 +26,7 @@ V40, V45 = "doubao-seedream-4.0", "doubao-seedream-4.5"
 LITE, PRO, FLASH = "doubao-seedream-5.0-lite", "doubao-seedream-5.0-pro", "doubao-seedream-5.0-flash"
 PRO_LAYERS, FLASH_LAYERS = "doubao-seedream-5.0-pro-layerize", "doubao-seedream-5.0-flash-layerize"
 REF = "https://cdn.example.com/ref.png"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def refusal(**fields: object) -> str:

@@ -43,7 +43,7 @@ from prefect_seedream.engine.account import SubmissionsPaused, SubmissionsStoppe
 from prefect_seedream.engine.defaults import RowEvents
 from prefect_seedream.engine.guidance import OUTCOME_UNKNOWN_GUIDANCE
 from prefect_seedream.engine.ledger import LedgerRecord, LedgerState, NextStep, TaskLedger
-from prefect_seedream.engine.listener import NO_LISTENER, RunListener
+from prefect_seedream.engine.listener import NO_LISTENER, GenerationEventKind, RunListener
 from prefect_seedream.engine.reconcile import TaskListIndex
 from prefect_seedream.engine.references import ReferenceImageError, ReferenceStore, no_store_message
 from prefect_seedream.engine.storage import ImageStore, StoredImage, safe_stem
@@ -142,10 +142,18 @@ class StepReporter:
                 task.usage.credits_reserved if task.usage else "?",
             )
         if self.events == "all":
-            self.listener.generation_event(
+            self._tell(
                 "submitted", task.id, label=label, model=request.model,
                 payload={"n": request.n, "credits_reserved": task.credits},
             )
+
+    def _tell(self, kind: GenerationEventKind, task_id: str, **facts: Any) -> None:
+        """Pass an event to the listener; a listener that fails never changes the row (its
+        submission may be paid already), it is logged."""
+        try:
+            self.listener.generation_event(kind, task_id, **facts)
+        except Exception:
+            self.logger.warning("the %s event of task %s could not be sent", kind, task_id, exc_info=True)
 
     def reattached(self, label: str, task_id: str) -> None:
         """A run waits for a task an earlier run submitted."""
@@ -175,7 +183,7 @@ class StepReporter:
             self.failure_level, "%s: remote task %s failed with %s: %s", label, task.id, code, message
         )
         if self.events in ("all", "failures"):
-            self.listener.generation_event(
+            self._tell(
                 "failed", task.id, label=label, model=task.model,
                 payload={"code": code, "message": message},
             )
@@ -183,7 +191,7 @@ class StepReporter:
     def completed(self, label: str, task: GenerationTask) -> None:
         """The task completed."""
         if self.events == "all":
-            self.listener.generation_event(
+            self._tell(
                 "completed", task.id, label=label, model=task.model,
                 payload={"images": len(task.image_urls), "credits": task.credits},
             )

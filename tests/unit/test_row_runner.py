@@ -504,6 +504,24 @@ async def test_a_listener_hears_what_row_events_asks_for(
     assert completed == ([{"images": 1, "credits": items[0].line.credits}] if success else [])
 
 
+async def test_a_listener_that_fails_changes_nothing_of_the_row(
+    sim: RunningSimulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The submitted event comes after the API accepted (and charged) the submission: a
+    listener raising there must not leave the row looking unanswered."""
+
+    class Broken(RunListener):
+        def generation_event(self, kind: Any, task_id: str, **facts: Any) -> None:
+            raise RuntimeError("the events endpoint is down")
+
+    async with sim_client(sim) as client:
+        runner = make_runner(client, tmp_path / "out", listener=Broken(), row_events="all")
+        (item,) = await run_rows(runner, [row(1, prompt("A quiet harbour"))])
+
+    assert item.line.status == "succeeded" and item.line.task_id and item.line.submissions == 1
+    assert "the submitted event of task" in caplog.text and "the completed event of task" in caplog.text
+
+
 # -- generate_recorded: the write-ahead rule, against a mock transport ------------------------
 
 

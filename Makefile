@@ -11,7 +11,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: run test test-fast test-unit check-package check-versions bench compare soak simulator stack-up stack-down clean
+.PHONY: run test test-fast test-unit check-package check-versions bench compare startup soak simulator stack-up stack-down clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,10 @@ bench: $(VENV)/.core
 
 compare: $(VENV)/.core
 	$(BIN)/python benchmarks/compare.py --rows 1000 --concurrency 50 --latency 2
+
+# What the plugin adds to `import prefect`, and a 14-row run end to end next to the peer script.
+startup: $(VENV)/.core
+	$(BIN)/python benchmarks/startup.py --repeat 5 --import-runs 11
 
 soak: $(VENV)/.core
 	$(BIN)/python benchmarks/soak.py --rows 3000

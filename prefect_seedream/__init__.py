@@ -16,13 +16,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
-
-try:
-    __version__ = version("prefect-seedream")
-except PackageNotFoundError:  # pragma: no cover - run from a source tree that is not installed
-    __version__ = "0+unknown"
 
 #: Names of the Prefect layer, by module. Everything else public comes from the API layer
 #: (``prefect_seedream.api``). Nothing is imported until it is used: ``import
@@ -80,9 +74,21 @@ def _api_names() -> list[str]:
     return list(importlib.import_module("prefect_seedream.api").__all__)
 
 
+def _version() -> str:
+    # Read when asked (importlib.metadata costs tens of milliseconds at import).
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("prefect-seedream")
+    except PackageNotFoundError:  # pragma: no cover - run from a source tree that is not installed
+        return "0+unknown"
+
+
 def __getattr__(name: str) -> Any:
-    if name == "__all__":
-        value: Any = [*_api_names(), *_LAZY, "__version__"]
+    if name == "__version__":
+        value: Any = _version()
+    elif name == "__all__":
+        value = [*_api_names(), *_LAZY, "__version__"]
     elif name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
     elif name[:1].isupper() and name in _api_names():  # the API layer's names are capitalised;

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import shlex
 import sys
@@ -106,6 +107,8 @@ def _api_or_simulator(args: argparse.Namespace) -> Iterator[None]:
     config = SimulatorConfig(
         latency_seconds=args.simulator_latency, jitter_seconds=args.simulator_latency / 4,
         fetch_reference_images=True,
+        # its longest latency: each task is seen done at its first poll (not 3 s later)
+        estimated_time=math.ceil(args.simulator_latency * 1.25),
     )
     with running_simulator(config, port=d.SIMULATOR_PORT, fallback_to_free_port=True) as simulator:
         print(
@@ -354,12 +357,12 @@ def _run(args: argparse.Namespace, api: _PrefectAPI) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    api.ready()
     with _api_or_simulator(args), Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[failed]} not succeeded"), TimeElapsedColumn(),
         transient=False,
     ) as bar:
+        api.ready()  # here: the simulator (--simulator) starts while the server boots
         job = bar.add_task("Generating", total=None, failed=0)
 
         def on_row(line: Any) -> None:

@@ -17,6 +17,10 @@ its Task and Flow objects and gives them the same dispatch, with Prefect's own r
 
 ``_sync=True`` / ``_sync=False`` forces either, as with ``async_dispatch``; ``x.aio(...)`` is
 always the awaitable.
+
+Called outside any run with no ``PREFECT_API_URL``, a task or flow first starts the plugin's
+temporary server (:func:`prefect_seedream.embedded_server.ensure_temporary_server`), where
+Prefect would start its own.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from prefect._internal.compatibility.async_dispatch import is_in_async_context
 from prefect.flows import Flow
 from prefect.tasks import Task
 from prefect.utilities.asyncutils import run_coro_as_sync
+
+from prefect_seedream.embedded_server import ensure_temporary_server, needs_temporary_server
 
 T = TypeVar("T")
 
@@ -70,10 +76,12 @@ class DualTask(Task):  # type: ignore[type-arg]
     :func:`~prefect_seedream.tasks.generate_many` call one from a sync and an async flow)."""
 
     def __call__(self, *args: Any, _sync: bool | None = None, **kwargs: Any) -> Any:
+        ensure_temporary_server()  # called outside any flow with no PREFECT_API_URL
         return _dispatch(super().__call__(*args, **kwargs), _sync)
 
     def aio(self, *args: Any, **kwargs: Any) -> Any:
         """The awaitable call, whatever the context."""
+        ensure_temporary_server()
         return super().__call__(*args, **kwargs)
 
     def with_options(self, *args: Any, **kwargs: Any) -> DualTask:
@@ -119,6 +127,9 @@ class DualFlow(Flow):  # type: ignore[type-arg]
     ) -> Any:
         from prefect.utilities.callables import get_call_parameters
 
+        if needs_temporary_server():  # no PREFECT_API_URL: the plugin's temporary server, which
+            # boots faster than Prefect's (see prefect_seedream.embedded_server)
+            await asyncio.to_thread(ensure_temporary_server)
         parameters = get_call_parameters(self.fn, args, kwargs)
         if self.prepare is not None:
             parameters = await self.prepare(parameters)

@@ -13,10 +13,10 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.exceptions import ObjectNotFound
+from prefect.logging import get_run_logger  # not `from prefect`: prefect.main costs 0.1 s
 from prefect.runtime import flow_run
 
 from prefect_seedream.batches import run_batches

@@ -17,12 +17,12 @@ import time
 from typing import Any
 from uuid import UUID
 
-from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
 from prefect.flows import Flow
+from prefect.logging import get_run_logger  # not `from prefect`: prefect.main costs 0.1 s
 
 from prefect_seedream.artifacts import ProgressArtifact
 from prefect_seedream.credentials import SeedreamCredentials

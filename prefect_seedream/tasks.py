@@ -23,9 +23,9 @@ import logging
 import re
 from typing import Annotated, Any
 
-from prefect import get_run_logger
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
+from prefect.logging import get_run_logger  # not `from prefect`: prefect.main costs 0.1 s
 from prefect.runtime import task_run as current_task_run
 from prefect.tasks import Task, exponential_backoff
 from pydantic import BaseModel, Field

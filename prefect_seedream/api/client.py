@@ -26,11 +26,13 @@ per run that shares its client): many tasks per ``POST /v1/tasks/batch``, see
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import logging
 import os
 import random
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -208,6 +210,20 @@ class DownloadResult:
     image_type: str
 
 
+
+def _ssl_context() -> ssl.SSLContext:
+    """The TLS settings the clients of this process share: httpx's defaults (certifi's CA
+    bundle, or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``), built once per value of those two.
+    Each ``httpx.AsyncClient`` would otherwise build its own (about 20 ms of CPU each; a
+    client holds two)."""
+    return _ssl_context_for(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+
+
+@functools.lru_cache(maxsize=4)
+def _ssl_context_for(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
+    return httpx.create_ssl_context()
+
+
 class SeedreamClient:
     """Async client of the Evolink Seedream API.
 
@@ -280,6 +296,8 @@ class SeedreamClient:
             "transport": transport,
             "follow_redirects": False,
         }
+        if transport is None:  # else the transport brings its own
+            common["verify"] = _ssl_context()
         self._api = httpx.AsyncClient(
             base_url=self.base_url,
             headers={"User-Agent": "prefect-seedream", "Authorization": f"Bearer {key}"},

@@ -24,7 +24,6 @@ import os
 from typing import Any
 
 import fsspec
-from PIL import Image, UnidentifiedImageError
 
 from prefect_seedream.api.errors import SeedreamError
 from prefect_seedream.api.models import GenerationRequest, is_local_reference
@@ -195,6 +194,8 @@ class ReferenceStore:
 
 def _image_format(reference: str, data: bytes) -> str:
     """The format of a reference's bytes, which must decode as an image the API reads."""
+    from PIL import Image, UnidentifiedImageError  # here: importing the plugin stays light
+
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()

@@ -33,17 +33,19 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, NamedTuple, TypeVar
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
-from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field
 
 from prefect_seedream.api.client import SeedreamClient
 from prefect_seedream.api.defaults import MAX_IMAGE_BYTES
 from prefect_seedream.api.errors import NotAnImageError
 from prefect_seedream.engine.thumbnails import needs_thumbnail, thumbnail_jpeg, thumbnail_name
+
+if TYPE_CHECKING:  # Pillow is imported where an image is decoded: importing the plugin stays light
+    from PIL import Image
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_STEM_CHARS = 80
@@ -93,6 +95,8 @@ class ImageFile(BaseModel):
 
     def open(self, storage_options: dict[str, Any] | None = None) -> Image.Image:
         """The image as a PIL image, decoded (``storage_options``: as :meth:`read_bytes`)."""
+        from PIL import Image
+
         image = Image.open(io.BytesIO(self.read_bytes(storage_options)))
         image.load()
         return image
@@ -500,6 +504,8 @@ class _Inspected(NamedTuple):
 def _inspect_image(url: str, buffer: Any, thumbnail: bool, *, sheet: bool = False) -> _Inspected:
     """Decode an image fully; return width, height, format, (if asked) a data-URI thumbnail
     and (with ``sheet``) the JPEG bytes of its contact-sheet thumbnail."""
+    from PIL import Image, UnidentifiedImageError
+
     preview = sheet_thumbnail = None
     try:
         with Image.open(buffer) as image:

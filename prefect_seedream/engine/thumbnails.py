@@ -14,8 +14,10 @@ Pillow only: no storage, no Prefect.
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
-from PIL import Image
+if TYPE_CHECKING:  # Pillow is imported where an image is encoded: importing the plugin stays light
+    from PIL import Image
 
 #: Longest side of a thumbnail file, in pixels (shown at half that, sharp on 2x screens).
 THUMBNAIL_SIDE = 256
@@ -51,6 +53,7 @@ def thumbnail_jpeg(image: Image.Image, side: int = THUMBNAIL_SIDE) -> bytes:
     Transparent parts are drawn on white (JPEG has no alpha channel).
 
     Examples:
+        >>> from PIL import Image
         >>> picture = Image.new("RGBA", (1024, 512), (255, 0, 0, 128))
         >>> small = Image.open(io.BytesIO(thumbnail_jpeg(picture)))
         >>> small.format, small.size
@@ -58,6 +61,8 @@ def thumbnail_jpeg(image: Image.Image, side: int = THUMBNAIL_SIDE) -> bytes:
         >>> Image.open(io.BytesIO(thumbnail_jpeg(Image.new("L", (40, 30))))).size
         (40, 30)
     """
+    from PIL import Image
+
     width, height = image.size
     scale = min(1.0, side / max(width, height, 1))
     small = image
@@ -74,6 +79,8 @@ def thumbnail_jpeg(image: Image.Image, side: int = THUMBNAIL_SIDE) -> bytes:
 def _opaque_rgb(image: Image.Image) -> Image.Image:
     """The image in RGB, with any transparency composited over white."""
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        from PIL import Image
+
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")

@@ -66,7 +66,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _proc import REPO, Simulator, become_subreaper, simulator_cli_command, simulator_process, write_dataset
+from _proc import (
+    REPO,
+    Simulator,
+    become_subreaper,
+    simulator_cli_command,
+    simulator_process,
+    write_dataset,
+)
 from compare import API_KEY, StartedServer, clean_env, executable, read_manifest, run_process
 
 HERE = Path(__file__).resolve().parent

@@ -29,7 +29,7 @@ _LAZY: dict[str, str] = {
     "store_images": "prefect_seedream.tasks",
     "generate_images": "prefect_seedream.tasks",
     "generate_many": "prefect_seedream.tasks",
-    "GeneratedImages": "prefect_seedream.tasks",
+    "GeneratedImages": "prefect_seedream.engine.lines",
     "StoredImage": "prefect_seedream.engine.storage",
     "ImageFile": "prefect_seedream.engine.storage",
     "ManifestLine": "prefect_seedream.engine.manifest",
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from prefect_seedream.api import *
     from prefect_seedream.credentials import SeedreamCredentials
     from prefect_seedream.engine.account import AccountStop
+    from prefect_seedream.engine.lines import GeneratedImages
     from prefect_seedream.engine.manifest import (
         ManifestError,
         ManifestImage,
@@ -61,7 +62,6 @@ if TYPE_CHECKING:
     from prefect_seedream.engine.summary import DatasetRunSummary
     from prefect_seedream.flows import generate_dataset, generate_shard, recover_dataset
     from prefect_seedream.tasks import (
-        GeneratedImages,
         generate_images,
         generate_many,
         store_images,

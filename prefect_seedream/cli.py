@@ -278,64 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _next_steps(args: argparse.Namespace, summary: Any) -> list[str]:
-    """The exact commands that finish a run's unfinished rows."""
-    from prefect_seedream.engine.guidance import recover_command, resubmit_command
-
-    steps = []
-    if summary.in_flight:
-        steps.append(recover_command(args.output))
-    if summary.outcome_unknown:
-        steps.append(resubmit_command(sys.argv[1:]))
-    return steps
-
-
-def _same_command() -> str:
-    return shlex.join(["prefect-seedream", *sys.argv[1:]])
-
-
-def _balance_text(balance: float | None) -> str:
-    if balance is None:
-        return "not known (the account reports no limit, or GET /v1/credits did not answer)"
-    return f"{balance:g} credits"
-
-
 def _print_summary(args: argparse.Namespace, summary: Any, state: Any) -> None:
-    from prefect_seedream.engine.guidance import outcome_unknown_guidance, recover_hint
+    from prefect_seedream.engine.run_report import summary_text
 
+    state_text = f"{state.type.value.title()}: {state.message}"
     print()
-    print(f"Rows:       {summary.rows} ({summary.invalid} invalid)")
-    if summary.dry_run:
-        print(f"Estimate:   at most {summary.estimated_credits:g} credits (dry run: nothing submitted)")
-        print(f"Balance:    {_balance_text(summary.balance)}")
-        return
-    print(f"Succeeded:  {summary.succeeded} ({summary.reused} already stored by an earlier run)")
-    print(f"Failed:     {summary.failed}")
-    for label, value in (("Unknown outcome", summary.outcome_unknown), ("In flight", summary.in_flight),
-                         ("Skipped", summary.skipped)):
-        if value:
-            print(f"{label + ':':<12}{value}")
-    print(f"Images:     {summary.images}")
-    credits = f"{summary.credits:g}"
-    if summary.credits_at_risk:
-        credits += f" (+{summary.credits_at_risk:g} reserved by submissions that may be charged)"
-    print(f"Credits:    {credits}")
-    if summary.balance is not None:
-        print(f"Balance:    {_balance_text(summary.balance)} after the run")
-    print(f"Manifest:   {summary.manifest}")
-    if getattr(summary, "contact_sheet", None):
-        print(f"Contact sheet: {summary.contact_sheet} (open it in a browser)")
-    print(f"Run state:  {state.type.value.title()}: {state.message}")
-    if summary.stopped is not None:
-        print(f"\n{summary.stopped.sentence()}")
-        print(f"  {_same_command()}")
-    if summary.outcome_unknown:
-        guidance = outcome_unknown_guidance("the command below")
-        print(f"\n{summary.outcome_unknown} row(s) have an unknown outcome: {guidance}.")
-        print(f"  {_next_steps(args, summary)[-1]}")
-    if summary.in_flight:
-        print(f"\n{summary.in_flight} task(s) are still in flight; {recover_hint('the command below')}.")
-        print(f"  {_next_steps(args, summary)[0]}")
+    print(summary_text(summary, output=args.output, arguments=sys.argv[1:], state=state_text))
 
 
 def _run(args: argparse.Namespace, api: _PrefectAPI) -> int:

@@ -28,7 +28,7 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.logging import get_run_logger  # not `from prefect`: prefect.main costs 0.1 s
 from prefect.runtime import task_run as current_task_run
 from prefect.tasks import Task, exponential_backoff
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from prefect_seedream.api.defaults import (
     MAX_IMAGE_BYTES,
@@ -65,9 +65,9 @@ from prefect_seedream.engine.generation import (
     submit_request,
     wait_for_task,
 )
-from prefect_seedream.engine.ledger import LedgerRecord, NextStep, request_hash
-from prefect_seedream.engine.lines import line_from_record
-from prefect_seedream.engine.manifest import ManifestError, RowStatus, RunLine
+from prefect_seedream.engine.ledger import NextStep, request_hash
+from prefect_seedream.engine.lines import GeneratedImages, line_from_record
+from prefect_seedream.engine.manifest import RunLine
 from prefect_seedream.engine.options import RunOptions
 from prefect_seedream.engine.output import Output
 from prefect_seedream.engine.reconcile import TaskListIndex
@@ -332,57 +332,6 @@ async def store_images(
         images = await store_task_images(client, store, task, name or task.id, max_bytes=max_bytes)
     _reporter().stored(label or task.id, len(images), store.destination)
     return images
-
-
-class GeneratedImages(BaseModel):
-    """The outcome of one request: of :func:`generate_images`, or one of :func:`generate_many`.
-
-    Attributes:
-        row_id: The request's id (it names the files and keys the ledger).
-        status: ``succeeded``, or why not (``failed``, ``skipped``, ``outcome_unknown``,
-            ``in_flight``: as in the manifest).
-        task_id: The remote task that produced the images.
-        images: The stored images (``image.open()`` reads one as a PIL image, from any storage).
-        credits: Credits charged (or reserved, when the final charge is unknown).
-        submissions: Submissions made for this row so far (across retries and runs).
-        reused: True when the images were stored by an earlier run (nothing was paid now).
-        error: Why the request did not succeed: the API's code and message.
-
-    Examples:
-        >>> GeneratedImages(row_id="r1", task_id=None, status="skipped").ok
-        False
-    """
-
-    row_id: str
-    status: RowStatus = "succeeded"
-    task_id: str | None
-    images: list[StoredImage] = Field(default_factory=list)
-    credits: float | None = None
-    submissions: int = 0
-    reused: bool = False
-    error: ManifestError | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True when the images are stored."""
-        return self.status == "succeeded"
-
-    @classmethod
-    def of(cls, record: LedgerRecord, *, reused: bool) -> GeneratedImages:
-        """The outcome a stored record stands for."""
-        return cls(
-            row_id=record.row_id, task_id=record.task_id, images=record.images,
-            credits=record.credits, submissions=record.submissions, reused=reused,
-        )
-
-    @classmethod
-    def of_line(cls, item: RunLine) -> GeneratedImages:
-        """The outcome a run's manifest line stands for."""
-        line = item.line
-        return cls(
-            row_id=line.row_id, status=line.status, task_id=line.task_id, images=item.stored,
-            credits=line.credits, submissions=line.submissions, reused=line.reused, error=line.error,
-        )
 
 
 @dual_task(

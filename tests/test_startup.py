@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from prefect_seedream.simulator import RunningSimulator
-
 from tests.conftest import TEST_API_KEY
 
 

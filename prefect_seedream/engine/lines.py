@@ -1,9 +1,12 @@
-"""Building a row's manifest line: from the dataset row and what the ledger says of it."""
+"""A row's outcome: its manifest line, from the dataset row and what the ledger says of it, and
+the :class:`GeneratedImages` a task returns for it."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from typing import Any
+
+from pydantic import BaseModel, Field
 
 from prefect_seedream.engine.dataset import DatasetRow, InvalidRow, RowDefaults, ValidRow, iter_rows
 from prefect_seedream.engine.ledger import LedgerRecord, LedgerState, TaskLedger, prompt_sha256
@@ -153,3 +156,54 @@ def _same_task(line: ManifestLine, record: LedgerRecord) -> bool:
         line.status == "outcome_unknown" and line.prompt is not None
         and record.prompt_sha256 == prompt_sha256(line.prompt)
     )
+
+
+class GeneratedImages(BaseModel):
+    """The outcome of one request: of :func:`~prefect_seedream.tasks.generate_images`, or one of :func:`~prefect_seedream.tasks.generate_many`.
+
+    Attributes:
+        row_id: The request's id (it names the files and keys the ledger).
+        status: ``succeeded``, or why not (``failed``, ``skipped``, ``outcome_unknown``,
+            ``in_flight``: as in the manifest).
+        task_id: The remote task that produced the images.
+        images: The stored images (``image.open()`` reads one as a PIL image, from any storage).
+        credits: Credits charged (or reserved, when the final charge is unknown).
+        submissions: Submissions made for this row so far (across retries and runs).
+        reused: True when the images were stored by an earlier run (nothing was paid now).
+        error: Why the request did not succeed: the API's code and message.
+
+    Examples:
+        >>> GeneratedImages(row_id="r1", task_id=None, status="skipped").ok
+        False
+    """
+
+    row_id: str
+    status: RowStatus = "succeeded"
+    task_id: str | None
+    images: list[StoredImage] = Field(default_factory=list)
+    credits: float | None = None
+    submissions: int = 0
+    reused: bool = False
+    error: ManifestError | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the images are stored."""
+        return self.status == "succeeded"
+
+    @classmethod
+    def of(cls, record: LedgerRecord, *, reused: bool) -> GeneratedImages:
+        """The outcome a stored record stands for."""
+        return cls(
+            row_id=record.row_id, task_id=record.task_id, images=record.images,
+            credits=record.credits, submissions=record.submissions, reused=reused,
+        )
+
+    @classmethod
+    def of_line(cls, item: RunLine) -> GeneratedImages:
+        """The outcome a run's manifest line stands for."""
+        line = item.line
+        return cls(
+            row_id=line.row_id, status=line.status, task_id=line.task_id, images=item.stored,
+            credits=line.credits, submissions=line.submissions, reused=line.reused, error=line.error,
+        )

@@ -10,13 +10,20 @@ line and the contact sheet read the same counts.
 from __future__ import annotations
 
 import re
+import shlex
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from prefect_seedream.engine.defaults import FAILED_ROWS_SHOWN, GALLERY_LIMIT, ROWS_TABLE_LIMIT
+from prefect_seedream.engine.guidance import (
+    outcome_unknown_guidance,
+    recover_command,
+    recover_hint,
+    resubmit_command,
+)
 from prefect_seedream.engine.manifest import ROW_STATUSES, ManifestLine
 from prefect_seedream.engine.summary import DatasetRunSummary, next_step_for
 
@@ -231,3 +238,77 @@ def summary_table(summary: DatasetRunSummary, where: tuple[str, str] | None = No
     if summary.stopped is not None:
         table.append({"what": "stopped", "count": summary.stopped.sentence()})
     return table
+
+
+def summary_text(
+    summary: DatasetRunSummary, *, output: str, arguments: Sequence[str], state: str
+) -> str:
+    """The summary as the command line prints it: counts, credits, balance, where the manifest
+    and the contact sheet are, and the exact commands that finish what is unfinished.
+
+    Args:
+        summary: The run's summary.
+        output: The run's output (the recover command names it).
+        arguments: The command's arguments (a stopped run is run again with them).
+        state: How the run ended, e.g. ``Completed: 2 rows succeeded``.
+
+    Examples:
+        >>> summary = DatasetRunSummary(rows=3, succeeded=2, in_flight=1, images=2, credits=5.0,
+        ...                             manifest="out/manifest.jsonl")
+        >>> print(summary_text(summary, output="out", arguments=["run", "rows.csv"], state="Failed: 1 in flight"))
+        Rows:       3 (0 invalid)
+        Succeeded:  2 (0 already stored by an earlier run)
+        Failed:     0
+        In flight:  1
+        Images:     2
+        Credits:    5
+        Manifest:   out/manifest.jsonl
+        Run state:  Failed: 1 in flight
+        <BLANKLINE>
+        1 task(s) are still in flight; collect them with the command below: nothing is paid again.
+          prefect-seedream recover out
+    """
+    lines = [f"Rows:       {summary.rows} ({summary.invalid} invalid)"]
+    if summary.dry_run:
+        lines.append(f"Estimate:   at most {summary.estimated_credits:g} credits (dry run: nothing submitted)")
+        lines.append(f"Balance:    {balance_text(summary.balance)}")
+        return "\n".join(lines)
+    lines.append(f"Succeeded:  {summary.succeeded} ({summary.reused} already stored by an earlier run)")
+    lines.append(f"Failed:     {summary.failed}")
+    for label, value in (("Unknown outcome", summary.outcome_unknown), ("In flight", summary.in_flight),
+                         ("Skipped", summary.skipped)):
+        if value:
+            lines.append(f"{label + ':':<12}{value}")
+    lines.append(f"Images:     {summary.images}")
+    credits = f"{summary.credits:g}"
+    if summary.credits_at_risk:
+        credits += f" (+{summary.credits_at_risk:g} reserved by submissions that may be charged)"
+    lines.append(f"Credits:    {credits}")
+    if summary.balance is not None:
+        lines.append(f"Balance:    {balance_text(summary.balance)} after the run")
+    lines.append(f"Manifest:   {summary.manifest}")
+    if summary.contact_sheet:
+        lines.append(f"Contact sheet: {summary.contact_sheet} (open it in a browser)")
+    lines.append(f"Run state:  {state}")
+    if summary.stopped is not None:
+        lines += ["", summary.stopped.sentence(), f"  {shlex.join(['prefect-seedream', *arguments])}"]
+    if summary.outcome_unknown:
+        guidance = outcome_unknown_guidance("the command below")
+        lines += ["", f"{summary.outcome_unknown} row(s) have an unknown outcome: {guidance}.",
+                  f"  {resubmit_command(arguments)}"]
+    if summary.in_flight:
+        lines += ["", f"{summary.in_flight} task(s) are still in flight; {recover_hint('the command below')}.",
+                  f"  {recover_command(output)}"]
+    return "\n".join(lines)
+
+
+def balance_text(balance: float | None) -> str:
+    """The account's balance as the command line says it.
+
+    Examples:
+        >>> balance_text(12.5), balance_text(None)[:9]
+        ('12.5 credits', 'not known')
+    """
+    if balance is None:
+        return "not known (the account reports no limit, or GET /v1/credits did not answer)"
+    return f"{balance:g} credits"

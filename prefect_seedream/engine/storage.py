@@ -73,6 +73,7 @@ class ImageFile(BaseModel):
 
     Examples:
         >>> import fsspec
+        >>> from PIL import Image
         >>> buffer = io.BytesIO()
         >>> Image.new("RGB", (64, 48), "orange").save(buffer, format="PNG")
         >>> fsspec.filesystem("memory").pipe("/docs/image-file/fox-1.png", buffer.getvalue())

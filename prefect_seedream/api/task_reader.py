@@ -9,6 +9,11 @@ previous read, and answers them all with one ``POST /v1/tasks/batch`` per 50 ids
 
 - How long a read may wait for its round: see :meth:`TaskStatusReader.hold_for` (a task's
   first read, while estimates prove right, only a tenth of the task's age).
+- Each wait tells the reader when its next read falls due (:meth:`TaskStatusReader.expect`).
+  A round waits, within that hold, for the reads it knows are coming, so that reads falling due
+  a few tens of milliseconds apart share one request; and a round whose reads were all expected
+  does not wait for ``interval`` when no other read is due before then (holding it would only
+  delay the rows: nobody would join it).
 - A round with a single read due makes it with ``GET /v1/tasks/{id}``: one request either
   way, on the endpoint every API has (so a lone wait reads exactly as it always did).
 - A task missing from a batch answer (not visible yet, expired, a body that does not parse) is
@@ -135,6 +140,8 @@ class TaskStatusReader:
         self._first_due = 0.0
         self._delay_limit = float("inf")
         self._first_reads_unfinished = 0.0
+        self._expected: dict[str, float] = {}  # task id -> when its wait's next read falls due
+        self._unexpected_pending = 0  # pending reads no wait announced (direct calls of read)
 
     def hold_for(self, *, first: bool, age: float, longest: float) -> float:
         """How long a read may wait for its round (the ``max_delay`` of :meth:`read`).
@@ -157,6 +164,22 @@ class TaskStatusReader:
         if first and self._first_reads_unfinished < 0.5:
             return min(longest, max(self.gather, FIRST_READ_HOLD_FRACTION * age))
         return longest
+
+    def expect(self, task_id: str, at: float) -> None:
+        """Announce that a read of ``task_id`` falls due at ``at`` (``time.monotonic()``).
+
+        :meth:`SeedreamClient.wait` calls it before each pause; the round that is gathering
+        then waits for the reads it knows are coming (never longer than their hold), and fires
+        at once when none is. An announced read that never comes costs nothing beyond today's
+        hold: :meth:`forget` drops it, and a round never waits past its reads' ``max_delay``.
+        """
+        self._expected[task_id] = at
+        if self._pending and self._wake is not None and self._loop is _running_loop():
+            self._wake.set()  # the round that is gathering may now fire sooner, or later
+
+    def forget(self, task_id: str) -> None:
+        """Drop the announcement of ``task_id`` (its wait ended, or was cancelled)."""
+        self._expected.pop(task_id, None)
 
     def note_first_read(self, *, finished: bool) -> None:
         """Record whether a task's first read found it terminal (estimates right or wrong)."""
@@ -199,6 +222,7 @@ class TaskStatusReader:
             if self._loop is asyncio.get_running_loop():
                 await asyncio.gather(runner, return_exceptions=True)
         pending, self._pending = self._pending, {}
+        self._unexpected_pending = 0
         closed = SeedreamConnectionError("the client was closed while a task status read was pending")
         for futures in pending.values():
             _settle(futures, error=closed)
@@ -211,13 +235,16 @@ class TaskStatusReader:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # a new event loop: what the old one waited for is gone
             self._loop, self._pending, self._runner = loop, {}, None
+            self._unexpected_pending = 0
             self._wake = asyncio.Event()
         assert self._wake is not None
         if not self._pending:
             self._first_due = time.monotonic()
         if max_delay is not None and max_delay < self._delay_limit:
             self._delay_limit = max_delay
-            self._wake.set()  # the round may have to come sooner
+        if self._expected.pop(task_id, None) is None:
+            self._unexpected_pending += 1
+        self._wake.set()  # the round may have to come sooner (a shorter hold, nobody else coming)
         future: asyncio.Future[GenerationTask | None] = loop.create_future()
         self._pending.setdefault(task_id, []).append(future)
         if self._runner is None or self._runner.done():
@@ -225,12 +252,26 @@ class TaskStatusReader:
         return future
 
     def _pause(self) -> float:
-        """Seconds until the next round: ``gather`` after the first read fell due, and
-        ``interval`` after the previous round, each at most the pending reads' ``max_delay``."""
+        """Seconds until the next round.
+
+        At least ``gather`` after the first pending read fell due; at most the hold
+        (``interval``, capped by the pending reads' ``max_delay``) after the previous round or
+        after that first read, whichever is later. Within those bounds the round waits for the
+        reads announced (:meth:`expect`) to fall due by then, plus ``gather``: with none coming,
+        it fires as soon as the gather is over, unless a pending read was never announced (a
+        direct call of :meth:`read`), which keeps the ``interval`` between rounds.
+        """
         now = time.monotonic()
+        hold = min(self.interval, self._delay_limit)
         gathered = self._first_due + min(self.gather, self._delay_limit)
-        spaced = self._last_round + min(self.interval, self._delay_limit)
-        return max(gathered, spaced) - now
+        spaced = self._last_round + hold
+        latest = max(spaced, self._first_due + hold)
+        coming = [at for at in self._expected.values() if now - self.gather < at <= latest]
+        if coming:
+            target = min(latest, max(coming) + self.gather)
+        else:
+            target = spaced if self._unexpected_pending else gathered
+        return max(gathered, target) - now
 
     async def _run(self) -> None:
         assert self._wake is not None
@@ -257,6 +298,7 @@ class TaskStatusReader:
     def _take_due(self) -> _Pending:
         due, self._pending = self._pending, {}
         self._delay_limit = float("inf")
+        self._unexpected_pending = 0
         live = {task_id: [f for f in futures if not f.done()] for task_id, futures in due.items()}
         return {task_id: futures for task_id, futures in live.items() if futures}
 
@@ -290,6 +332,13 @@ class TaskStatusReader:
                 "reading each task with GET /v1/tasks/{id} from now on",
                 status,
             )
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _settle(

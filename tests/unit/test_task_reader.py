@@ -145,6 +145,69 @@ async def test_the_first_read_waits_for_the_estimate() -> None:
     assert all(task.status is TaskStatus.COMPLETED for task in done)
 
 
+async def _read_staggered(
+    client: SeedreamClient, ids: list[str], *, step: float, announce: bool
+) -> None:
+    """Read ``ids`` falling due ``step`` s apart, each with a first read's hold (0.2 s)."""
+    reader = client.status_reader
+    start = time.monotonic()
+
+    async def one(i: int, task_id: str) -> None:
+        if announce:
+            reader.expect(task_id, start + i * step)
+        await asyncio.sleep(i * step)
+        await reader.read(task_id, max_delay=0.2)
+
+    await asyncio.gather(*(one(i, task_id) for i, task_id in enumerate(ids)))
+
+
+async def test_announced_reads_due_tens_of_ms_apart_share_one_request(
+    sim: RunningSimulator,
+) -> None:
+    async with client_for(sim) as client:
+        ids = await submit_many(client, 5)
+        await _read_staggered(client, ids, step=0.03, announce=True)
+    assert requests_of(sim) == {"batch_requests": 1, "batch_task_reads": 5, "get_task_requests": 0}
+    sim.reset()
+    async with client_for(sim) as client:  # the same reads, unannounced: the gather (50 ms)
+        ids = await submit_many(client, 5)  # ends before the last ones fall due
+        await _read_staggered(client, ids, step=0.03, announce=False)
+    reads = requests_of(sim)
+    assert reads["batch_requests"] + reads["get_task_requests"] >= 2, reads
+
+
+async def test_a_round_nobody_can_join_is_not_held_for_the_interval(
+    sim: RunningSimulator,
+) -> None:
+    async with client_for(sim) as client:
+        reader = client.status_reader
+        first, second = await submit_many(client, 2)
+        await reader.read(first)  # a round: the next one may come `interval` (1 s) later
+        reader.expect(second, time.monotonic())
+        started = time.monotonic()
+        await reader.read(second, max_delay=3.0)  # announced, and nothing else is coming
+        announced = time.monotonic() - started
+        started = time.monotonic()
+        await reader.read(first, max_delay=3.0)  # a direct read keeps the interval
+        direct = time.monotonic() - started
+        assert reader._expected == {}
+    assert announced < 0.5 <= direct, (announced, direct)
+
+
+async def test_a_wait_that_ends_or_is_cancelled_leaves_no_announcement(
+    sim: RunningSimulator,
+) -> None:
+    async with client_for(sim) as client:
+        done, pending = await submit_many(client, 2)
+        await client.wait(done, estimated_time=0.3)
+        waiting = asyncio.ensure_future(client.wait(pending, estimated_time=5))
+        await asyncio.sleep(0.05)
+        assert set(client.status_reader._expected) == {pending}
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        assert client.status_reader._expected == {}
+
+
 async def test_status_requests_per_task_at_concurrency_100() -> None:
     # A wrong estimate (1 s for tasks of 2 s): three reads per task, shared by the tasks due
     # together. One GET per read costs 2 or more requests per task.

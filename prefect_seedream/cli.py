@@ -253,7 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="generate images for every row of a dataset")
     run.add_argument("dataset", help="a .csv, .tsv, .jsonl or .parquet file (path or fsspec URL)")
-    run.add_argument("--output", default="output", help="folder or fsspec URL (default ./output)")
+    run.add_argument(
+        "--output", default=d.DEFAULT_OUTPUT, help=f"folder or fsspec URL (default ./{d.DEFAULT_OUTPUT})"
+    )
     add_option_flags(run)
     run.add_argument("--dry-run", action="store_true", help="validate and estimate credits only")
     run.add_argument("--shards", type=int, default=1, metavar="K",

@@ -13,7 +13,6 @@ again.
 
 
 import asyncio
-import inspect
 from typing import Annotated, Any
 
 from prefect.logging import get_run_logger  # not `from prefect`: prefect.main costs 0.1 s
@@ -31,6 +30,7 @@ from prefect_seedream.dispatch import dual_flow
 from prefect_seedream.engine.contact_sheet import publish_contact_sheet
 from prefect_seedream.engine.defaults import (
     DEFAULT_N,
+    DEFAULT_OUTPUT,
     DEFAULT_PROMPT_PRIORITY,
     DEFAULT_SIZE,
     MAX_CONCURRENCY,
@@ -75,7 +75,7 @@ async def _rows_to_file(parameters: dict[str, Any]) -> dict[str, Any]:
     output, so that the flow run's parameters hold its path, not the rows."""
     dataset = parameters.get("dataset")
     if dataset is not None and is_in_memory(dataset):
-        output = parameters.get("output", _OUTPUT_DEFAULT)
+        output = parameters.get("output", DEFAULT_OUTPUT)
         parameters = {**parameters, "dataset": await asyncio.to_thread(
             spill_rows, dataset, output, parameters.get("storage_options"),
         )}
@@ -91,7 +91,7 @@ async def _rows_to_file(parameters: dict[str, Any]) -> dict[str, Any]:
 )
 async def generate_dataset(
     dataset: DatasetParameter,
-    output: str = "output",
+    output: str = DEFAULT_OUTPUT,
     model: ModelName = DEFAULT_MODEL,
     size: str = DEFAULT_SIZE,
     quality: Quality | None = None,
@@ -267,8 +267,6 @@ async def generate_dataset(
         return Failed(message=summary.message(), data=summary)
     return Completed(message=summary.message(), data=summary)
 
-
-_OUTPUT_DEFAULT: str = inspect.signature(generate_dataset.fn).parameters["output"].default
 
 
 generate_dataset.on_cancellation_hooks.append(record_stopped_run)

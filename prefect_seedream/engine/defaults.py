@@ -40,6 +40,9 @@ RETRY_DELAY_SECONDS = 10.0
 RETRY_JITTER_FACTOR = 0.5
 
 # -- a dataset run --------------------------------------------------------------------------------
+#: Where a dataset run writes its images and manifest when not told (a folder, relative to the
+#: working directory; `--output` and the flows' `output` parameter).
+DEFAULT_OUTPUT = "output"
 #: Most generations in flight at once in one run (or one shard).
 MAX_CONCURRENCY = 8
 #: Upper bound of `max_concurrency` in the run form.

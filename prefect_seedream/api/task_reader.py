@@ -9,11 +9,12 @@ previous read, and answers them all with one ``POST /v1/tasks/batch`` per 50 ids
 
 - How long a read may wait for its round: see :meth:`TaskStatusReader.hold_for` (a task's
   first read, while estimates prove right, only a tenth of the task's age).
+- Reads falling due within ``gather`` of each other (a wave of rows submitted one after the
+  other) share a round: each moves it ``gather`` on, up to the first one's hold.
 - Each wait tells the reader when its next read falls due (:meth:`TaskStatusReader.expect`).
-  A round waits, within that hold, for the reads it knows are coming, so that reads falling due
-  a few tens of milliseconds apart share one request; and a round whose reads were all expected
-  does not wait for ``interval`` when no other read is due before then (holding it would only
-  delay the rows: nobody would join it).
+  A round held back by ``interval`` since the previous one fires at once when no announced
+  read falls due before that interval ends: holding it would only delay its rows, nobody would
+  join it (a direct call of :meth:`TaskStatusReader.read`, never announced, keeps the interval).
 - A round with a single read due makes it with ``GET /v1/tasks/{id}``: one request either
   way, on the endpoint every API has (so a lone wait reads exactly as it always did).
 - A task missing from a batch answer (not visible yet, expired, a body that does not parse) is
@@ -138,6 +139,7 @@ class TaskStatusReader:
         self._wake: asyncio.Event | None = None
         self._last_round = -float("inf")
         self._first_due = 0.0
+        self._last_due = 0.0
         self._delay_limit = float("inf")
         self._first_reads_unfinished = 0.0
         self._expected: dict[str, float] = {}  # task id -> when its wait's next read falls due
@@ -168,10 +170,11 @@ class TaskStatusReader:
     def expect(self, task_id: str, at: float) -> None:
         """Announce that a read of ``task_id`` falls due at ``at`` (``time.monotonic()``).
 
-        :meth:`SeedreamClient.wait` calls it before each pause; the round that is gathering
-        then waits for the reads it knows are coming (never longer than their hold), and fires
-        at once when none is. An announced read that never comes costs nothing beyond today's
-        hold: :meth:`forget` drops it, and a round never waits past its reads' ``max_delay``.
+        :meth:`SeedreamClient.wait` calls it before each pause. A round held back by the
+        interval since the previous one waits only while an announced read falls due before
+        that interval ends (see :meth:`_pause`). An announced read that never comes costs no
+        more than the interval did: :meth:`forget` drops it, and a round never waits past its
+        reads' ``max_delay``.
         """
         self._expected[task_id] = at
         if self._pending and self._wake is not None and self._loop is _running_loop():
@@ -238,8 +241,9 @@ class TaskStatusReader:
             self._unexpected_pending = 0
             self._wake = asyncio.Event()
         assert self._wake is not None
+        self._last_due = time.monotonic()
         if not self._pending:
-            self._first_due = time.monotonic()
+            self._first_due = self._last_due
         if max_delay is not None and max_delay < self._delay_limit:
             self._delay_limit = max_delay
         if self._expected.pop(task_id, None) is None:
@@ -254,23 +258,33 @@ class TaskStatusReader:
     def _pause(self) -> float:
         """Seconds until the next round.
 
-        At least ``gather`` after the first pending read fell due; at most the hold
-        (``interval``, capped by the pending reads' ``max_delay``) after the previous round or
-        after that first read, whichever is later. Within those bounds the round waits for the
-        reads announced (:meth:`expect`) to fall due by then, plus ``gather``: with none coming,
-        it fires as soon as the gather is over, unless a pending read was never announced (a
-        direct call of :meth:`read`), which keeps the ``interval`` between rounds.
+        At least ``gather`` after the first pending read fell due. Then:
+
+        - while the previous round is less than the hold ago (``interval``, capped by the
+          pending reads' ``max_delay``), the round waits for the end of that hold, as long as
+          a read announced (:meth:`expect`) will fall due by then or a pending read was never
+          announced (a direct call of :meth:`read`); with none coming, it fires at once;
+        - else it gathers the reads falling due together: ``gather`` after the latest pending
+          read, and each announced read due by then moves it to ``gather`` after that one, up
+          to the hold after the first read.
         """
         now = time.monotonic()
         hold = min(self.interval, self._delay_limit)
         gathered = self._first_due + min(self.gather, self._delay_limit)
         spaced = self._last_round + hold
-        latest = max(spaced, self._first_due + hold)
-        coming = [at for at in self._expected.values() if now - self.gather < at <= latest]
-        if coming:
-            target = min(latest, max(coming) + self.gather)
-        else:
-            target = spaced if self._unexpected_pending else gathered
+        if spaced > gathered:  # held back by the previous round
+            coming = [at for at in self._expected.values() if now - self.gather < at <= spaced]
+            if self._unexpected_pending:
+                target = spaced
+            else:
+                target = min(spaced, max(coming) + self.gather) if coming else gathered
+        else:  # gather the reads falling due together
+            cap = self._first_due + hold
+            target = min(cap, self._last_due + self.gather)
+            for at in sorted(at for at in self._expected.values() if now - self.gather < at <= cap):
+                if at > target:
+                    break
+                target = min(cap, at + self.gather)
         return max(gathered, target) - now
 
     async def _run(self) -> None:

@@ -145,35 +145,38 @@ async def test_the_first_read_waits_for_the_estimate() -> None:
     assert all(task.status is TaskStatus.COMPLETED for task in done)
 
 
-async def _read_staggered(
-    client: SeedreamClient, ids: list[str], *, step: float, announce: bool
-) -> None:
-    """Read ``ids`` falling due ``step`` s apart, each with a first read's hold (0.2 s)."""
-    reader = client.status_reader
-    start = time.monotonic()
+async def test_reads_falling_due_tens_of_ms_apart_share_one_request(sim: RunningSimulator) -> None:
+    # A wave of rows submitted one after the other: their first reads fall due 30 ms apart,
+    # each with a first read's hold (0.2 s). Each read moves the round `gather` (50 ms) on.
+    async with client_for(sim) as client:
+        ids = await submit_many(client, 5)
 
-    async def one(i: int, task_id: str) -> None:
-        if announce:
-            reader.expect(task_id, start + i * step)
-        await asyncio.sleep(i * step)
-        await reader.read(task_id, max_delay=0.2)
+        async def one(i: int, task_id: str) -> None:
+            await asyncio.sleep(i * 0.03)
+            await client.status_reader.read(task_id, max_delay=0.2)
 
-    await asyncio.gather(*(one(i, task_id) for i, task_id in enumerate(ids)))
+        await asyncio.gather(*(one(i, task_id) for i, task_id in enumerate(ids)))
+    assert requests_of(sim) == {"batch_requests": 1, "batch_task_reads": 5, "get_task_requests": 0}
 
 
-async def test_announced_reads_due_tens_of_ms_apart_share_one_request(
+async def test_a_read_announced_before_the_interval_ends_joins_the_next_round(
     sim: RunningSimulator,
 ) -> None:
     async with client_for(sim) as client:
-        ids = await submit_many(client, 5)
-        await _read_staggered(client, ids, step=0.03, announce=True)
-    assert requests_of(sim) == {"batch_requests": 1, "batch_task_reads": 5, "get_task_requests": 0}
-    sim.reset()
-    async with client_for(sim) as client:  # the same reads, unannounced: the gather (50 ms)
-        ids = await submit_many(client, 5)  # ends before the last ones fall due
-        await _read_staggered(client, ids, step=0.03, announce=False)
-    reads = requests_of(sim)
-    assert reads["batch_requests"] + reads["get_task_requests"] >= 2, reads
+        reader = client.status_reader
+        first, second, third = await submit_many(client, 3)
+        await reader.read(first)  # a round: the next one comes `interval` (1 s) later at most
+        reader.expect(third, time.monotonic() + 0.3)
+        reader.expect(second, time.monotonic())
+        await asyncio.gather(
+            reader.read(second, max_delay=3.0), _read_later(reader, third, 0.3, max_delay=3.0)
+        )
+    assert requests_of(sim) == {"batch_requests": 1, "batch_task_reads": 2, "get_task_requests": 1}
+
+
+async def _read_later(reader: Any, task_id: str, delay: float, max_delay: float) -> Any:
+    await asyncio.sleep(delay)
+    return await reader.read(task_id, max_delay=max_delay)
 
 
 async def test_a_round_nobody_can_join_is_not_held_for_the_interval(

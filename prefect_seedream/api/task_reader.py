@@ -9,8 +9,6 @@ previous read, and answers them all with one ``POST /v1/tasks/batch`` per 50 ids
 
 - How long a read may wait for its round: see :meth:`TaskStatusReader.hold_for` (a task's
   first read, while estimates prove right, only a tenth of the task's age).
-- Reads falling due within ``gather`` of each other (a wave of rows submitted one after the
-  other) share a round: each moves it ``gather`` on, up to the first one's hold.
 - Each wait tells the reader when its next read falls due (:meth:`TaskStatusReader.expect`).
   A round held back by ``interval`` since the previous one fires at once when no announced
   read falls due before that interval ends: holding it would only delay its rows, nobody would
@@ -139,7 +137,6 @@ class TaskStatusReader:
         self._wake: asyncio.Event | None = None
         self._last_round = -float("inf")
         self._first_due = 0.0
-        self._last_due = 0.0
         self._delay_limit = float("inf")
         self._first_reads_unfinished = 0.0
         self._expected: dict[str, float] = {}  # task id -> when its wait's next read falls due
@@ -241,9 +238,8 @@ class TaskStatusReader:
             self._unexpected_pending = 0
             self._wake = asyncio.Event()
         assert self._wake is not None
-        self._last_due = time.monotonic()
         if not self._pending:
-            self._first_due = self._last_due
+            self._first_due = time.monotonic()
         if max_delay is not None and max_delay < self._delay_limit:
             self._delay_limit = max_delay
         if self._expected.pop(task_id, None) is None:
@@ -256,35 +252,17 @@ class TaskStatusReader:
         return future
 
     def _pause(self) -> float:
-        """Seconds until the next round.
-
-        At least ``gather`` after the first pending read fell due. Then:
-
-        - while the previous round is less than the hold ago (``interval``, capped by the
-          pending reads' ``max_delay``), the round waits for the end of that hold, as long as
-          a read announced (:meth:`expect`) will fall due by then or a pending read was never
-          announced (a direct call of :meth:`read`); with none coming, it fires at once;
-        - else it gathers the reads falling due together: ``gather`` after the latest pending
-          read, and each announced read due by then moves it to ``gather`` after that one, up
-          to the hold after the first read.
-        """
+        """Seconds until the next round: ``gather`` after the first pending read fell due, and
+        the hold (``interval``, capped by the pending reads' ``max_delay``) after the previous
+        round, unless every pending read was announced (:meth:`expect`) and no announced read
+        falls due before that hold ends: nobody would join the round, it fires at once."""
         now = time.monotonic()
-        hold = min(self.interval, self._delay_limit)
         gathered = self._first_due + min(self.gather, self._delay_limit)
-        spaced = self._last_round + hold
-        if spaced > gathered:  # held back by the previous round
-            coming = [at for at in self._expected.values() if now - self.gather < at <= spaced]
-            if self._unexpected_pending:
-                target = spaced
-            else:
-                target = min(spaced, max(coming) + self.gather) if coming else gathered
-        else:  # gather the reads falling due together
-            cap = self._first_due + hold
-            target = min(cap, self._last_due + self.gather)
-            for at in sorted(at for at in self._expected.values() if now - self.gather < at <= cap):
-                if at > target:
-                    break
-                target = min(cap, at + self.gather)
+        spaced = self._last_round + min(self.interval, self._delay_limit)
+        if spaced <= gathered or self._unexpected_pending:
+            return max(gathered, spaced) - now
+        coming = [at for at in self._expected.values() if now - self.gather < at <= spaced]
+        target = min(spaced, max(coming) + self.gather) if coming else gathered
         return max(gathered, target) - now
 
     async def _run(self) -> None:

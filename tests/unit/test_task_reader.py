@@ -145,20 +145,6 @@ async def test_the_first_read_waits_for_the_estimate() -> None:
     assert all(task.status is TaskStatus.COMPLETED for task in done)
 
 
-async def test_reads_falling_due_tens_of_ms_apart_share_one_request(sim: RunningSimulator) -> None:
-    # A wave of rows submitted one after the other: their first reads fall due 30 ms apart,
-    # each with a first read's hold (0.2 s). Each read moves the round `gather` (50 ms) on.
-    async with client_for(sim) as client:
-        ids = await submit_many(client, 5)
-
-        async def one(i: int, task_id: str) -> None:
-            await asyncio.sleep(i * 0.03)
-            await client.status_reader.read(task_id, max_delay=0.2)
-
-        await asyncio.gather(*(one(i, task_id) for i, task_id in enumerate(ids)))
-    assert requests_of(sim) == {"batch_requests": 1, "batch_task_reads": 5, "get_task_requests": 0}
-
-
 async def test_a_read_announced_before_the_interval_ends_joins_the_next_round(
     sim: RunningSimulator,
 ) -> None:

@@ -9,10 +9,11 @@ previous read, and answers them all with one ``POST /v1/tasks/batch`` per 50 ids
 
 - How long a read may wait for its round: see :meth:`TaskStatusReader.hold_for` (a task's
   first read, while estimates prove right, only a tenth of the task's age).
-- Each wait tells the reader when its next read falls due (:meth:`TaskStatusReader.expect`).
-  A round held back by ``interval`` since the previous one fires at once when no announced
-  read falls due before that interval ends: holding it would only delay its rows, nobody would
-  join it (a direct call of :meth:`TaskStatusReader.read`, never announced, keeps the interval).
+- Each wait tells the reader when its next read falls due (:meth:`TaskStatusReader.expect`):
+  a round waits (for ``gather``, for ``interval`` since the previous one) only while an
+  announced read will fall due in that time, and comes at once when none will: holding it
+  would only delay its rows, nobody would join it (a direct call of
+  :meth:`TaskStatusReader.read`, never announced, keeps both waits).
 - A round with a single read due makes it with ``GET /v1/tasks/{id}``: one request either
   way, on the endpoint every API has (so a lone wait reads exactly as it always did).
 - A task missing from a batch answer (not visible yet, expired, a body that does not parse) is
@@ -167,9 +168,8 @@ class TaskStatusReader:
     def expect(self, task_id: str, at: float) -> None:
         """Announce that a read of ``task_id`` falls due at ``at`` (``time.monotonic()``).
 
-        :meth:`SeedreamClient.wait` calls it before each pause. A round held back by the
-        interval since the previous one waits only while an announced read falls due before
-        that interval ends (see :meth:`_pause`). An announced read that never comes costs no
+        :meth:`SeedreamClient.wait` calls it before each pause. A round waits only while an
+        announced read will fall due before it comes (see :meth:`_pause`). An announced read that never comes costs no
         more than the interval did: :meth:`forget` drops it, and a round never waits past its
         reads' ``max_delay``.
         """
@@ -252,18 +252,22 @@ class TaskStatusReader:
         return future
 
     def _pause(self) -> float:
-        """Seconds until the next round: ``gather`` after the first pending read fell due, and
-        the hold (``interval``, capped by the pending reads' ``max_delay``) after the previous
-        round, unless every pending read was announced (:meth:`expect`) and no announced read
-        falls due before that hold ends: nobody would join the round, it fires at once."""
+        """Seconds until the next round.
+
+        The round comes ``gather`` after the first pending read fell due, and not before the
+        hold (``interval``, capped by the pending reads' ``max_delay``) since the previous
+        round. When every pending read was announced (:meth:`expect`), it waits only while an
+        announced read will fall due by then, and comes at once when none will: nobody would
+        join it. A read never announced (a direct call of :meth:`read`) keeps both waits.
+        """
         now = time.monotonic()
         gathered = self._first_due + min(self.gather, self._delay_limit)
         spaced = self._last_round + min(self.interval, self._delay_limit)
-        if spaced <= gathered or self._unexpected_pending:
-            return max(gathered, spaced) - now
-        coming = [at for at in self._expected.values() if now - self.gather < at <= spaced]
-        target = min(spaced, max(coming) + self.gather) if coming else gathered
-        return max(gathered, target) - now
+        horizon = max(gathered, spaced)
+        if self._unexpected_pending:
+            return horizon - now
+        coming = [at for at in self._expected.values() if now - self.gather < at <= horizon]
+        return (min(horizon, max(coming) + self.gather) if coming else now) - now
 
     async def _run(self) -> None:
         assert self._wake is not None

@@ -206,7 +206,9 @@ def print_why(env: dict[str, str], statement: str, top: int = 25) -> None:
 
 class Timeline:
     """Polls ``/_sim/stats`` every ``period`` s while a contender runs: when its first submit
-    arrived, and when the downloads count last changed (its last download)."""
+    arrived, and when the downloads count last changed (its last download; read once more
+    after the process exited, so that downloads just before its exit are not missed: then the
+    figure is the time of that read, an upper bound)."""
 
     def __init__(self, sim: Simulator, period: float = 0.1) -> None:
         self.sim = sim
@@ -225,8 +227,9 @@ class Timeline:
 
         downloads = 0
         with httpx.Client(base_url=self.sim.base_url, timeout=10) as client:
-            while not self._stop.is_set():
-                try:
+            while True:
+                stopping = self._stop.is_set()  # one read after the process exited: its last
+                try:  # downloads may have come after the previous read (then: at exit, at most)
                     stats = client.get("/_sim/stats").json()
                 except (httpx.HTTPError, ValueError):
                     stats = {}
@@ -236,6 +239,8 @@ class Timeline:
                 if stats.get("downloads", 0) > downloads:
                     downloads = stats["downloads"]
                     self.last_download = now
+                if stopping:
+                    return
                 self._stop.wait(self.period)
 
     def stop(self) -> None:

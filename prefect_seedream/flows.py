@@ -268,7 +268,6 @@ async def generate_dataset(
     return Completed(message=summary.message(), data=summary)
 
 
-
 generate_dataset.on_cancellation_hooks.append(record_stopped_run)
 generate_dataset.on_crashed_hooks.append(record_stopped_run)
 

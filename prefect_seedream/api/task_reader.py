@@ -171,9 +171,9 @@ class TaskStatusReader:
         """Announce that a read of ``task_id`` falls due at ``at`` (``time.monotonic()``).
 
         :meth:`SeedreamClient.wait` calls it before each pause. A round waits only while an
-        announced read will fall due before it comes (see :meth:`_pause`). An announced read that never comes costs no
-        more than the interval did: :meth:`forget` drops it, and a round never waits past its
-        reads' ``max_delay``.
+        announced read will fall due before it comes (see :meth:`_pause`). An announced read
+        that never comes costs no more than the interval did: :meth:`forget` drops it, and a
+        round never waits past its reads' ``max_delay``.
         """
         self._expected[task_id] = at
         if self._pending and self._wake is not None and self._loop is _running_loop():

@@ -152,10 +152,10 @@ async def test_a_read_announced_before_the_interval_ends_joins_the_next_round(
         reader = client.status_reader
         first, second, third = await submit_many(client, 3)
         await reader.read(first)  # a round: the next one comes `interval` (1 s) later at most
-        reader.expect(third, time.monotonic() + 0.3)
+        reader.expect(third, time.monotonic() + 0.3)  # read a little before it falls due
         reader.expect(second, time.monotonic())
         await asyncio.gather(
-            reader.read(second, max_delay=3.0), _read_later(reader, third, 0.3, max_delay=3.0)
+            reader.read(second, max_delay=3.0), _read_later(reader, third, 0.25, max_delay=3.0)
         )
     assert requests_of(sim) == {"batch_requests": 1, "batch_task_reads": 2, "get_task_requests": 1}
 

@@ -501,50 +501,74 @@ class SeedreamClient:
         last: GenerationTask | None = None
         errors_in_a_row = 0
         reader = self.status_reader if self.batch_status_reads else None
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            await asyncio.sleep(min(delay, remaining))
-            delay, backoff = backoff, min(policy.max_interval, backoff * policy.factor)
-            try:
-                # One poll (with its own retries) may not outlive the cap either.
-                read = self.get_task(task_id) if reader is None else reader.read(
-                    task_id, max_delay=reader.hold_for(
-                        first=last is None, age=time.monotonic() - started, longest=policy.min_interval
-                    ),
-                )
-                task = await asyncio.wait_for(read, timeout=max(0.001, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
-                break
-            except NotFoundError:
-                if time.monotonic() - started > policy.not_found_grace:
-                    raise
-                logger.debug("task %s not visible yet; polling again", task_id)
-                continue
-            except SeedreamError as exc:
-                errors_in_a_row += 1
-                if not exc.retryable or errors_in_a_row > policy.max_consecutive_errors:
-                    raise
-                if isinstance(exc, SeedreamAPIError) and exc.retry_after:
-                    delay = max(delay, exc.retry_after)  # the API asked for a pause
-                logger.debug("transient poll error %d for %s: %s", errors_in_a_row, task_id, exc)
-                continue
-            errors_in_a_row = 0
-            if reader is not None and last is None:
-                reader.note_first_read(finished=task.status.is_terminal)
-            if on_progress is not None and (
-                last is None or (task.status, task.progress) != (last.status, last.progress)
-            ):
-                outcome = on_progress(task)
-                if inspect.isawaitable(outcome):
-                    await outcome
-            last = task
-            if task.status.is_terminal:
-                return task
-        raise WaitTimeoutError(
-            task_id, time.monotonic() - started, last.status.value if last else None
-        )
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                if reader is not None:
+                    reader.expect(task_id, time.monotonic() + min(delay, remaining))
+                await asyncio.sleep(min(delay, remaining))
+                delay, backoff = backoff, min(policy.max_interval, backoff * policy.factor)
+                try:
+                    task = await self._poll_once(
+                        task_id, reader, first=last is None, started=started, deadline=deadline,
+                        longest_hold=policy.min_interval,
+                    )  # fmt: skip
+                except asyncio.TimeoutError:
+                    break
+                except NotFoundError:
+                    if time.monotonic() - started > policy.not_found_grace:
+                        raise
+                    logger.debug("task %s not visible yet; polling again", task_id)
+                    continue
+                except SeedreamError as exc:
+                    errors_in_a_row += 1
+                    if not exc.retryable or errors_in_a_row > policy.max_consecutive_errors:
+                        raise
+                    if isinstance(exc, SeedreamAPIError) and exc.retry_after:
+                        delay = max(delay, exc.retry_after)  # the API asked for a pause
+                    logger.debug(
+                        "transient poll error %d for %s: %s", errors_in_a_row, task_id, exc
+                    )
+                    continue
+                errors_in_a_row = 0
+                if reader is not None and last is None:
+                    reader.note_first_read(finished=task.status.is_terminal)
+                if on_progress is not None and (
+                    last is None or (task.status, task.progress) != (last.status, last.progress)
+                ):
+                    outcome = on_progress(task)
+                    if inspect.isawaitable(outcome):
+                        await outcome
+                last = task
+                if task.status.is_terminal:
+                    return task
+            raise WaitTimeoutError(
+                task_id, time.monotonic() - started, last.status.value if last else None
+            )
+        finally:
+            if reader is not None:
+                reader.forget(task_id)  # its announced read will not come
+
+    async def _poll_once(
+        self,
+        task_id: str,
+        reader: TaskStatusReader | None,
+        *,
+        first: bool,
+        started: float,
+        deadline: float,
+        longest_hold: float,
+    ) -> GenerationTask:
+        """One read of a wait: through the reader (held for its round) or a ``GET``; with its
+        own retries, it may not outlive the wait's cap (``asyncio.TimeoutError``) either."""
+        if reader is None:
+            read = self.get_task(task_id)
+        else:
+            hold = reader.hold_for(first=first, age=time.monotonic() - started, longest=longest_hold)
+            read = reader.read(task_id, max_delay=hold)
+        return await asyncio.wait_for(read, timeout=max(0.001, deadline - time.monotonic()))
 
     async def download(
         self, url: str, sink: IO[bytes], *, max_bytes: int = MAX_IMAGE_BYTES

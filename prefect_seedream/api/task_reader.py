@@ -9,6 +9,11 @@ previous read, and answers them all with one ``POST /v1/tasks/batch`` per 50 ids
 
 - How long a read may wait for its round: see :meth:`TaskStatusReader.hold_for` (a task's
   first read, while estimates prove right, only a tenth of the task's age).
+- Each wait tells the reader when its next read falls due (:meth:`TaskStatusReader.expect`):
+  a round waits (for ``gather``, for ``interval`` since the previous one) only while an
+  announced read will fall due in that time, and comes at once when none will: holding it
+  would only delay its rows, nobody would join it (a direct call of
+  :meth:`TaskStatusReader.read`, never announced, keeps both waits).
 - A round with a single read due makes it with ``GET /v1/tasks/{id}``: one request either
   way, on the endpoint every API has (so a lone wait reads exactly as it always did).
 - A task missing from a batch answer (not visible yet, expired, a body that does not parse) is
@@ -41,9 +46,11 @@ schedule). For ``N = 200``, ``C = 100``, ``D = 6 s``, ``s = 1 s``:
 Both stay under 0.2 requests per task, against 1.0 and 3.0 with a ``GET`` per read. The bound
 grows with ``D / C``: long tasks at low concurrency make more rounds per task, never more
 requests than a ``GET`` per read would. Measured (``benchmarks/status_reads.py``, 7 December
-2026): 0.03 and 0.10 requests per task, against 1.0 and 3.0. The price is latency: a read
-waits for its round, up to ``s`` (the mean wait grew by 0.4 s and 0.8 s there); a wait whose
-own pause is shorter than ``s`` (``PollPolicy.min_interval``) is never held longer than it.
+2026): 0.03 and 0.09 requests per task, against 1.0 and 3.0. The price could be latency: a
+read may wait for its round, up to ``s``, but only while an announced read will join it; there
+the mean wait was the same as with a ``GET`` per read (6.07 s and 8.58 s against 6.08 s and
+8.57 s). A wait whose own pause is shorter than ``s`` (``PollPolicy.min_interval``) is never
+held longer than it.
 """
 
 from __future__ import annotations
@@ -135,6 +142,8 @@ class TaskStatusReader:
         self._first_due = 0.0
         self._delay_limit = float("inf")
         self._first_reads_unfinished = 0.0
+        self._expected: dict[str, float] = {}  # task id -> when its wait's next read falls due
+        self._unexpected_pending = 0  # pending reads no wait announced (direct calls of read)
 
     def hold_for(self, *, first: bool, age: float, longest: float) -> float:
         """How long a read may wait for its round (the ``max_delay`` of :meth:`read`).
@@ -157,6 +166,22 @@ class TaskStatusReader:
         if first and self._first_reads_unfinished < 0.5:
             return min(longest, max(self.gather, FIRST_READ_HOLD_FRACTION * age))
         return longest
+
+    def expect(self, task_id: str, at: float) -> None:
+        """Announce that a read of ``task_id`` falls due at ``at`` (``time.monotonic()``).
+
+        :meth:`SeedreamClient.wait` calls it before each pause. A round waits only while an
+        announced read will fall due before it comes (see :meth:`_pause`). An announced read
+        that never comes costs no more than the interval did: :meth:`forget` drops it, and a
+        round never waits past its reads' ``max_delay``.
+        """
+        self._expected[task_id] = at
+        if self._pending and self._wake is not None and self._loop is _running_loop():
+            self._wake.set()  # the round that is gathering may now fire sooner, or later
+
+    def forget(self, task_id: str) -> None:
+        """Drop the announcement of ``task_id`` (its wait ended, or was cancelled)."""
+        self._expected.pop(task_id, None)
 
     def note_first_read(self, *, finished: bool) -> None:
         """Record whether a task's first read found it terminal (estimates right or wrong)."""
@@ -199,6 +224,7 @@ class TaskStatusReader:
             if self._loop is asyncio.get_running_loop():
                 await asyncio.gather(runner, return_exceptions=True)
         pending, self._pending = self._pending, {}
+        self._unexpected_pending = 0
         closed = SeedreamConnectionError("the client was closed while a task status read was pending")
         for futures in pending.values():
             _settle(futures, error=closed)
@@ -211,13 +237,16 @@ class TaskStatusReader:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # a new event loop: what the old one waited for is gone
             self._loop, self._pending, self._runner = loop, {}, None
+            self._unexpected_pending = 0
             self._wake = asyncio.Event()
         assert self._wake is not None
         if not self._pending:
             self._first_due = time.monotonic()
         if max_delay is not None and max_delay < self._delay_limit:
             self._delay_limit = max_delay
-            self._wake.set()  # the round may have to come sooner
+        if self._expected.pop(task_id, None) is None:
+            self._unexpected_pending += 1
+        self._wake.set()  # the round may have to come sooner (a shorter hold, nobody else coming)
         future: asyncio.Future[GenerationTask | None] = loop.create_future()
         self._pending.setdefault(task_id, []).append(future)
         if self._runner is None or self._runner.done():
@@ -225,12 +254,22 @@ class TaskStatusReader:
         return future
 
     def _pause(self) -> float:
-        """Seconds until the next round: ``gather`` after the first read fell due, and
-        ``interval`` after the previous round, each at most the pending reads' ``max_delay``."""
+        """Seconds until the next round.
+
+        The round comes ``gather`` after the first pending read fell due, and not before the
+        hold (``interval``, capped by the pending reads' ``max_delay``) since the previous
+        round. When every pending read was announced (:meth:`expect`), it waits only while an
+        announced read will fall due by then, and comes at once when none will: nobody would
+        join it. A read never announced (a direct call of :meth:`read`) keeps both waits.
+        """
         now = time.monotonic()
         gathered = self._first_due + min(self.gather, self._delay_limit)
         spaced = self._last_round + min(self.interval, self._delay_limit)
-        return max(gathered, spaced) - now
+        horizon = max(gathered, spaced)
+        if self._unexpected_pending:
+            return horizon - now
+        coming = [at for at in self._expected.values() if now - self.gather < at <= horizon]
+        return (min(horizon, max(coming) + self.gather) if coming else now) - now
 
     async def _run(self) -> None:
         assert self._wake is not None
@@ -257,6 +296,7 @@ class TaskStatusReader:
     def _take_due(self) -> _Pending:
         due, self._pending = self._pending, {}
         self._delay_limit = float("inf")
+        self._unexpected_pending = 0
         live = {task_id: [f for f in futures if not f.done()] for task_id, futures in due.items()}
         return {task_id: futures for task_id, futures in live.items() if futures}
 
@@ -290,6 +330,13 @@ class TaskStatusReader:
                 "reading each task with GET /v1/tasks/{id} from now on",
                 status,
             )
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _settle(

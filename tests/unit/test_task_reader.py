@@ -145,6 +145,58 @@ async def test_the_first_read_waits_for_the_estimate() -> None:
     assert all(task.status is TaskStatus.COMPLETED for task in done)
 
 
+async def test_a_read_announced_before_the_interval_ends_joins_the_next_round(
+    sim: RunningSimulator,
+) -> None:
+    async with client_for(sim) as client:
+        reader = client.status_reader
+        first, second, third = await submit_many(client, 3)
+        await reader.read(first)  # a round: the next one comes `interval` (1 s) later at most
+        reader.expect(third, time.monotonic() + 0.3)  # read a little before it falls due
+        reader.expect(second, time.monotonic())
+        await asyncio.gather(
+            reader.read(second, max_delay=3.0), _read_later(reader, third, 0.25, max_delay=3.0)
+        )
+    assert requests_of(sim) == {"batch_requests": 1, "batch_task_reads": 2, "get_task_requests": 1}
+
+
+async def _read_later(reader: Any, task_id: str, delay: float, max_delay: float) -> Any:
+    await asyncio.sleep(delay)
+    return await reader.read(task_id, max_delay=max_delay)
+
+
+async def test_a_round_nobody_can_join_is_not_held_for_the_interval(
+    sim: RunningSimulator,
+) -> None:
+    async with client_for(sim) as client:
+        reader = client.status_reader
+        first, second = await submit_many(client, 2)
+        await reader.read(first)  # a round: the next one may come `interval` (1 s) later
+        reader.expect(second, time.monotonic())
+        started = time.monotonic()
+        await reader.read(second, max_delay=3.0)  # announced, and nothing else is coming
+        announced = time.monotonic() - started
+        started = time.monotonic()
+        await reader.read(first, max_delay=3.0)  # a direct read keeps the interval
+        direct = time.monotonic() - started
+        assert reader._expected == {}
+    assert announced < 0.5 <= direct, (announced, direct)
+
+
+async def test_a_wait_that_ends_or_is_cancelled_leaves_no_announcement(
+    sim: RunningSimulator,
+) -> None:
+    async with client_for(sim) as client:
+        done, pending = await submit_many(client, 2)
+        await client.wait(done, estimated_time=0.3)
+        waiting = asyncio.ensure_future(client.wait(pending, estimated_time=5))
+        await asyncio.sleep(0.05)
+        assert set(client.status_reader._expected) == {pending}
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        assert client.status_reader._expected == {}
+
+
 async def test_status_requests_per_task_at_concurrency_100() -> None:
     # A wrong estimate (1 s for tasks of 2 s): three reads per task, shared by the tasks due
     # together. One GET per read costs 2 or more requests per task.

@@ -137,6 +137,15 @@ def _dataset(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return dataset, prompts
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """In the run's process, before it starts: SIGINT does what Ctrl-C does in a terminal.
+
+    A signal ignored by the test's process stays ignored in its children (a suite started in
+    the background of a non-interactive shell ignores SIGINT: ``cmd &``, ``nohup``), and a
+    Python started with SIGINT ignored never raises ``KeyboardInterrupt``."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt_mid_run(
     command: list[str], env: dict[str, str], tmp_path: Path, output: Path, stop: Any,
 ) -> subprocess.Popen[Any]:
@@ -158,6 +167,7 @@ def _interrupt_mid_run(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_sigint_as_in_a_terminal,
         )
         try:
             deadline = time.monotonic() + 360
